@@ -2,15 +2,19 @@
 
 Every test runs against a *target*, parametrized over:
 
-- ``route``:    ``direct`` (the real peer, no gateway: proves the tests themselves)
-                or ``gateway`` (the Portcullis binary in front of the peer);
+- ``route``:    ``direct`` (server-everything itself, no gateway: proves the
+                tests against the real peer), ``direct-py`` (tests/peers/everything_py.py,
+                a Python-SDK stand-in for the same names that also speaks 2026-07-28:
+                proves the 2026-era test code), or ``gateway`` (the Portcullis binary
+                in front of server-everything);
 - ``upstream``: how the peer (server-everything) is reached: ``stdio`` or
                 ``http`` (Streamable HTTP);
 - ``era``:      the client protocol era: ``legacy`` (initialize handshake) or
                 ``2026-07-28`` (the stateless per-request envelope).
 
 server-everything speaks only the handshake era, so ``direct`` x ``2026-07-28``
-is skipped; through the gateway that combination is the era-translation test.
+is not generated (``direct-py`` covers it); through the gateway that combination is
+the era-translation test.
 
 Environment:
 - ``PORTCULLIS_BIN``: gateway binary (default ``target/debug/portcullis``).
@@ -27,6 +31,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -42,6 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPS = Path(os.environ.get("E2E_DEPS", REPO / ".deps"))
 NPM = DEPS / "npm" / "node_modules"
 EVERYTHING_JS = NPM / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+EVERYTHING_PY = REPO / "tests" / "peers" / "everything_py.py"
 NODE = os.environ.get("E2E_NODE", "node")
 
 UPSTREAM_NAME = "everything"
@@ -67,7 +73,7 @@ def _tail(path: Path, n: int = 30) -> str:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join(lines[-n:])
+    return "\n".join(lines[-n:]) if lines else "(log is empty)"
 
 
 @dataclass
@@ -177,18 +183,12 @@ def everything_js() -> Path:
     return EVERYTHING_JS
 
 
-@pytest.fixture(scope="session")
-def everything_http(everything_js: Path, logs_dir: Path) -> Iterator[str]:
-    """server-everything over Streamable HTTP on a free loopback port; yields its /mcp URL."""
+def _serve_http(name: str, argv: list[str], logs_dir: Path) -> Iterator[str]:
+    """Start a peer's Streamable HTTP server on a free loopback port; yield its /mcp URL."""
     last_error: Exception | None = None
     for attempt in range(3):  # the free port may be taken between probe and bind
         port = free_port()
-        proc = spawn(
-            "server-everything",
-            [NODE, str(everything_js), "streamableHttp"],
-            logs_dir / f"everything-http-{attempt}.log",
-            env={"PORT": str(port)},
-        )
+        proc = spawn(name, argv, logs_dir / f"{name}-{attempt}.log", env={"PORT": str(port)})
         try:
             wait_for_line(proc, re.compile(r".*listening on port \d+"))
             wait_for_port(port)
@@ -201,7 +201,19 @@ def everything_http(everything_js: Path, logs_dir: Path) -> Iterator[str]:
         finally:
             proc.stop()
         return
-    raise RuntimeError(f"server-everything did not start: {last_error}")
+    raise RuntimeError(f"{name} did not start: {last_error}")
+
+
+@pytest.fixture(scope="session")
+def everything_http(everything_js: Path, logs_dir: Path) -> Iterator[str]:
+    """server-everything over Streamable HTTP; yields its /mcp URL."""
+    yield from _serve_http("everything-http", [NODE, str(everything_js), "streamableHttp"], logs_dir)
+
+
+@pytest.fixture(scope="session")
+def everything_py_http(logs_dir: Path) -> Iterator[str]:
+    """The Python stand-in (tests/peers/everything_py.py) over Streamable HTTP; serves both eras."""
+    yield from _serve_http("everything-py-http", [sys.executable, str(EVERYTHING_PY), "streamableHttp"], logs_dir)
 
 
 @dataclass
@@ -230,19 +242,25 @@ def _start_gateway(upstream_args: list[str], log: Path) -> Gateway:
 
 
 @pytest.fixture(scope="session")
-def gateway_factory(logs_dir: Path) -> Iterator[Callable[[str, Callable[[], str]], Gateway]]:
-    """Start (once per upstream kind) a gateway; stopped at session end."""
+def gateway_factory(request: pytest.FixtureRequest, logs_dir: Path) -> Iterator[Callable[[str], Gateway]]:
+    """``gateway_factory(kind)``: the gateway in front of server-everything reached over
+    ``kind`` (``stdio`` -> ``--upstream-cmd``, ``http`` -> ``--upstream``). Started once
+    per kind, stopped at session end; a failed start is remembered, not retried."""
 
-    def get(kind: str, upstream_spec: Callable[[], str]) -> Gateway:
+    def get(kind: str) -> Gateway:
         gw = _gateways.get(kind)
         if gw is not None and gw.proc.alive():
             return gw
         if kind in _gateway_failures:
             # Don't pay the startup timeout again for every test.
             raise RuntimeError(f"gateway ({kind} upstream) failed to start earlier: {_gateway_failures[kind]}")
-        flag, value = ("--upstream-cmd", upstream_spec()) if kind == "stdio" else ("--upstream", upstream_spec())
+        request.getfixturevalue("everything_js")  # skip/fail early when deps are missing
+        if kind == "stdio":
+            args = ["--upstream-cmd", f"{UPSTREAM_NAME}={shlex.join(everything_stdio_argv())}"]
+        else:
+            args = ["--upstream", f"{UPSTREAM_NAME}={request.getfixturevalue('everything_http')}"]
         try:
-            gw = _start_gateway([flag, value], logs_dir / f"gateway-{kind}.log")
+            gw = _start_gateway(args, logs_dir / f"gateway-{kind}.log")
         except RuntimeError as e:
             _gateway_failures[kind] = str(e)
             raise
@@ -276,25 +294,33 @@ class Target:
         return self.prefix + bare
 
 
-@pytest.fixture(params=["direct", "gateway"])
-def route(request: pytest.FixtureRequest) -> str:
-    return request.param
+ROUTES = ("direct", "direct-py", "gateway")
+UPSTREAMS = ("stdio", "http")
+ERAS = ("legacy", "2026-07-28")
 
 
-@pytest.fixture(params=["stdio", "http"])
-def upstream(request: pytest.FixtureRequest) -> str:
-    return request.param
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize every test that uses a target over route x upstream x era.
 
-
-@pytest.fixture(params=["legacy", "2026-07-28"])
-def era(request: pytest.FixtureRequest) -> str:
-    return request.param
+    server-everything speaks only the handshake era, so the pair
+    (direct, 2026-07-28) is not generated; direct-py covers that era.
+    """
+    if "route" not in metafunc.fixturenames:
+        return
+    combos = [
+        (r, u, e)
+        for r in ROUTES
+        for u in UPSTREAMS
+        for e in ERAS
+        if not (r == "direct" and e != "legacy")
+    ]
+    metafunc.parametrize(("route", "upstream", "era"), combos, ids=["-".join(c) for c in combos])
 
 
 @pytest.fixture
 def prefix(route: str) -> str:
     """Tool/prompt name prefix: none directly, ``<server>__`` through the gateway."""
-    return "" if route == "direct" else f"{UPSTREAM_NAME}__"
+    return f"{UPSTREAM_NAME}__" if route == "gateway" else ""
 
 
 @pytest.fixture
@@ -305,30 +331,27 @@ def target(
     era: str,
     prefix: str,
     everything_js: Path,
-    gateway_factory: Callable[[str, Callable[[], str]], Gateway],
+    gateway_factory: Callable[[str], Gateway],
 ) -> Target:
-    if route == "direct":
-        if era != "legacy":
-            pytest.skip("server-everything speaks only the handshake era (no server/discover)")
+    if route == "direct-py":
         if upstream == "stdio":
             server: str | StdioServerParameters = StdioServerParameters(
+                command=sys.executable, args=[str(EVERYTHING_PY), "stdio"], cwd=str(REPO)
+            )
+        else:
+            server = request.getfixturevalue("everything_py_http")
+        return Target(route, upstream, era, server, prefix)
+
+    if route == "direct":
+        if upstream == "stdio":
+            server = StdioServerParameters(
                 command=NODE, args=[str(everything_js), "stdio"], cwd=str(REPO)
             )
         else:
             server = request.getfixturevalue("everything_http")
         return Target(route, upstream, era, server, prefix)
 
-    if upstream == "stdio":
-
-        def spec() -> str:
-            return f"{UPSTREAM_NAME}={shlex.join(everything_stdio_argv())}"
-
-    else:
-
-        def spec() -> str:
-            return f"{UPSTREAM_NAME}={request.getfixturevalue('everything_http')}"
-
-    gw = gateway_factory(upstream, spec)
+    gw = gateway_factory(upstream)
     return Target(route, upstream, era, gw.url, prefix, log=gw.proc.log)
 
 
@@ -374,7 +397,7 @@ def connect(target: Target, recorder: Recorder) -> Callable[..., Any]:
     @asynccontextmanager
     async def _connect(**kwargs: Any) -> AsyncIterator[Client]:
         kwargs.setdefault("elicitation_callback", recorder.on_elicit)
-        kwargs.setdefault("read_timeout_seconds", 30)
+        kwargs.setdefault("read_timeout_seconds", 20)
         async with Client(target.server, mode=target.era, **kwargs) as client:
             yield client
 
