@@ -1,1 +1,19 @@
-//! placeholder
+//! The Portcullis gateway: client-facing transports, client sessions,
+//! federation over several upstreams, and the upstream pool.
+//!
+//! Data flows one way: transport → (identity → policy → inspect, in later
+//! stages) → route → upstream, and back. Each module knows only its own
+//! concern; `gateway` wires them for one message.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod conn;
+pub mod gateway;
+pub mod naming;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod upstream;
+
+pub use config::Config;
+pub use gateway::Gateway;

@@ -1,0 +1,413 @@
+//! `portcullis.toml`: listeners, upstreams, timeouts and limits, validated at
+//! load with errors that name the offending key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration that failed to load; the message names the key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error (the parser's message names the key).
+    #[error("{0}")]
+    Syntax(String),
+    /// A value that parsed but is not acceptable.
+    #[error("{key}: {why}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// Why it was refused.
+        why: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client-facing listener.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Size, depth and time bounds.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The MCP servers behind the gateway.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Where and how the gateway accepts clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Socket address, e.g. `127.0.0.1:8787` (port 0 picks a free port).
+    #[serde(default = "default_addr")]
+    pub addr: String,
+    /// The MCP endpoint path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Origins allowed to call the endpoint from a browser; an `Origin`
+    /// header outside this list is refused (DNS-rebinding defence). Empty
+    /// means: only loopback origins.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Host header values accepted; empty means: loopback names when the
+    /// listener is on loopback, anything otherwise.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+fn default_addr() -> String {
+    "127.0.0.1:8787".into()
+}
+fn default_path() -> String {
+    "/mcp".into()
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            addr: default_addr(),
+            path: default_path(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// Bounds that keep one caller from exhausting the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted (bytes); larger gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted, checked before parsing.
+    #[serde(default = "default_max_depth")]
+    pub max_json_depth: usize,
+    /// Largest single message read from an upstream (bytes).
+    #[serde(default = "default_max_upstream_message")]
+    pub max_upstream_message_bytes: usize,
+    /// Time an upstream has to answer one call.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_ms: u64,
+    /// Time a client session may stay idle before it is dropped.
+    #[serde(default = "default_idle")]
+    pub session_idle_timeout_secs: u64,
+    /// Most client sessions open at once.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_depth() -> usize {
+    64
+}
+fn default_max_upstream_message() -> usize {
+    16 * 1024 * 1024
+}
+fn default_call_timeout() -> u64 {
+    60_000
+}
+fn default_idle() -> u64 {
+    3600
+}
+fn default_max_sessions() -> usize {
+    10_000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body(),
+            max_json_depth: default_max_depth(),
+            max_upstream_message_bytes: default_max_upstream_message(),
+            call_timeout_ms: default_call_timeout(),
+            session_idle_timeout_secs: default_idle(),
+            max_sessions: default_max_sessions(),
+        }
+    }
+}
+
+/// Which protocol revision to speak to an upstream.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamProtocol {
+    /// Probe `server/discover`, fall back to `initialize`.
+    #[default]
+    Auto,
+    /// Handshake era only (`initialize`, sessions).
+    Handshake,
+    /// 2026-07-28 only (stateless).
+    #[serde(rename = "2026-07-28")]
+    Stateless,
+}
+
+/// One MCP server behind the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Short name; client-side tool names are `<name>__<tool>`.
+    pub name: String,
+    /// Streamable HTTP endpoint.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Command line of a stdio server the gateway spawns.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Environment given to a stdio server (nothing else is inherited
+    /// except the variables in `inherit_env`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of gateway environment variables a stdio server may inherit.
+    #[serde(default = "default_inherit")]
+    pub inherit_env: Vec<String>,
+    /// Working directory of a stdio server.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Client-facing names for this server's tools and prompts, replacing
+    /// the `<name>__<tool>` default: `{ original = "new_name" }`.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Revision to speak to this server.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Per-call timeout for this server (overrides `limits.call_timeout_ms`).
+    #[serde(default)]
+    pub call_timeout_ms: Option<u64>,
+    /// Extra HTTP headers sent to this server (the gateway's own credential;
+    /// a client's token is never forwarded).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_inherit() -> Vec<String> {
+    ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ"]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+impl UpstreamConfig {
+    /// An HTTP upstream with defaults (used by `--upstream NAME=URL`).
+    pub fn http(name: &str, url: &str) -> Self {
+        UpstreamConfig {
+            url: Some(url.to_owned()),
+            ..UpstreamConfig::blank(name)
+        }
+    }
+
+    /// A stdio upstream with defaults (used by `--upstream-cmd`).
+    pub fn command(name: &str, argv: Vec<String>) -> Self {
+        UpstreamConfig {
+            command: Some(argv),
+            ..UpstreamConfig::blank(name)
+        }
+    }
+
+    fn blank(name: &str) -> Self {
+        UpstreamConfig {
+            name: name.to_owned(),
+            url: None,
+            command: None,
+            env: BTreeMap::new(),
+            inherit_env: default_inherit(),
+            cwd: None,
+            rename: BTreeMap::new(),
+            protocol: UpstreamProtocol::Auto,
+            call_timeout_ms: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// An empty configuration with every default.
+    pub fn empty() -> Config {
+        Config {
+            listen: Listen::default(),
+            limits: Limits::default(),
+            upstreams: Vec::new(),
+        }
+    }
+
+    /// Checks cross-field rules; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen.addr.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "listen.addr",
+                format!("{:?} is not a socket address: {e}", self.listen.addr),
+            )
+        })?;
+        if !self.listen.path.starts_with('/') {
+            return Err(invalid("listen.path", "must start with '/'"));
+        }
+        let l = &self.limits;
+        if l.max_body_bytes < 1024 {
+            return Err(invalid("limits.max_body_bytes", "must be at least 1024"));
+        }
+        if !(2..=10_000).contains(&l.max_json_depth) {
+            return Err(invalid(
+                "limits.max_json_depth",
+                "must be between 2 and 10000",
+            ));
+        }
+        if l.call_timeout_ms == 0 {
+            return Err(invalid("limits.call_timeout_ms", "must be positive"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut client_names = std::collections::BTreeSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let key = |f: &str| format!("upstream[{i}].{f}");
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || u.name.contains("__")
+                || u.name.starts_with('_')
+                || u.name.ends_with('_')
+            {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?}: use letters, digits, '-' and single '_' (no '__', no leading or trailing '_')", u.name),
+                ));
+            }
+            if !seen.insert(u.name.clone()) {
+                return Err(invalid(key("name"), format!("{:?} is used twice", u.name)));
+            }
+            match (&u.url, &u.command) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(key("url"), "set either url or command, not both"))
+                }
+                (None, None) => return Err(invalid(key("url"), "set url or command")),
+                (Some(url), None) => {
+                    let ok = url.starts_with("http://") || url.starts_with("https://");
+                    if !ok || url.parse::<http::Uri>().is_err() {
+                        return Err(invalid(
+                            key("url"),
+                            format!("{url:?} is not an http(s) URL"),
+                        ));
+                    }
+                }
+                (None, Some(cmd)) => {
+                    if cmd.first().is_none_or(|c| c.is_empty()) {
+                        return Err(invalid(key("command"), "must name a program"));
+                    }
+                }
+            }
+            for (orig, new) in &u.rename {
+                if new.is_empty() || orig.is_empty() {
+                    return Err(invalid(key("rename"), "names must not be empty"));
+                }
+                if !client_names.insert(new.clone()) {
+                    return Err(invalid(
+                        format!("upstream[{i}].rename.{orig}"),
+                        format!("client name {new:?} is used twice"),
+                    ));
+                }
+            }
+            if u.call_timeout_ms == Some(0) {
+                return Err(invalid(key("call_timeout_ms"), "must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_with_empty_file() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen.addr, "127.0.0.1:8787");
+        assert_eq!(c.limits.max_body_bytes, 4 * 1024 * 1024);
+        assert!(c.upstreams.is_empty());
+    }
+
+    #[test]
+    fn parses_upstreams() {
+        let c = Config::from_toml(
+            r#"
+            [listen]
+            addr = "127.0.0.1:0"
+            [[upstream]]
+            name = "docs"
+            url = "http://127.0.0.1:3001/mcp"
+            [[upstream]]
+            name = "local"
+            command = ["node", "server.js", "stdio"]
+            env = { API_KEY = "x" }
+            rename = { echo = "say" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(
+            c.upstreams[1].rename.get("echo").map(String::as_str),
+            Some("say")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[listen]\naddr = \"nope\"", "listen.addr"),
+            ("[limits]\nmax_json_depth = 1", "limits.max_json_depth"),
+            ("[[upstream]]\nname = \"a__b\"\nurl = \"http://x/\"", "upstream[0].name"),
+            ("[[upstream]]\nname = \"a\"", "upstream[0].url"),
+            ("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"", "upstream[0].url"),
+            ("[[upstream]]\nname = \"a\"\ncommand = []", "upstream[0].command"),
+            (
+                "[[upstream]]\nname = \"a\"\nurl = \"http://x/\"\n[[upstream]]\nname = \"a\"\nurl = \"http://y/\"",
+                "upstream[1].name",
+            ),
+            ("[listen]\nbogus = 1", "bogus"),
+        ];
+        for (text, key) in cases {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(
+                e.contains(key),
+                "{text:?} gave {e:?}, expected it to name {key}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1473 @@
+//! The gateway: upstream pool, federation (aggregated lists, namespaced
+//! names, routing), request-id remapping and the delivery of server
+//! messages to the one client they belong to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use portcullis_wire::message::{raw_u64, to_raw};
+use portcullis_wire::{codes, Kind, Message, Revision};
+use rand::{RngCore, TryRngCore};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, UpstreamConfig, UpstreamProtocol};
+use crate::conn::Conn;
+use crate::naming::Naming;
+use crate::protocol::{self, fit_result, has_cap};
+use crate::session::{lock, Client, InFlight, ServerRequest, Sessions};
+use crate::upstream::http::{self as uphttp, HttpSession, HttpTarget, StatelessHttp};
+use crate::upstream::stdio::{Launch, StdioUpstream};
+use crate::upstream::UpstreamError;
+
+/// Prefix of `requestState` values minted by the gateway itself (when it
+/// bridges a 2026-07-28 client to a handshake-era upstream); any other
+/// `requestState` belongs to the upstream and passes through unchanged.
+pub const STATE_PREFIX: &str = "portcullis.v1.";
+
+/// How long a bridged call may wait for the client's input.
+const SUSPEND_TTL: Duration = Duration::from_secs(600);
+
+enum UpstreamKind {
+    Http {
+        target: HttpTarget,
+        /// `Some(discover result)` if the upstream speaks 2026-07-28.
+        modern: tokio::sync::OnceCell<Option<Arc<Value>>>,
+    },
+    Stdio(Arc<StdioUpstream>),
+}
+
+/// One configured upstream.
+pub struct Upstream {
+    /// Its configured name.
+    pub name: String,
+    cfg: UpstreamConfig,
+    kind: UpstreamKind,
+    /// The connection used for 2026-07-28 clients (gateway-held).
+    shared: tokio::sync::Mutex<Option<Conn>>,
+    timeout: Duration,
+}
+
+/// A step of a call in progress, as produced by its task.
+type Step = Result<Message, UpstreamError>;
+
+/// A call parked until a 2026-07-28 client supplies input.
+struct Suspended {
+    steps: mpsc::Receiver<Step>,
+    task: tokio::task::AbortHandle,
+    conn: Conn,
+    idx: usize,
+    uid: u64,
+    their_id: Box<RawValue>,
+    key: String,
+    binding: String,
+    progress: Option<Value>,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct Routes {
+    uris: HashMap<String, usize>,
+    templates: Vec<(String, usize)>,
+}
+
+/// The gateway core, shared by every transport.
+pub struct Gateway {
+    /// The configuration it runs with.
+    pub cfg: Config,
+    upstreams: Vec<Upstream>,
+    naming: Naming,
+    next_id: AtomicU64,
+    routes: StdMutex<Routes>,
+    /// Open handshake-era client sessions.
+    pub sessions: Sessions,
+    suspended: StdMutex<HashMap<String, Suspended>>,
+}
+
+fn err(id: Option<Box<RawValue>>, code: i64, msg: &str) -> Message {
+    Message::error(id, code, msg, None)
+}
+
+fn list_key(method: &str) -> Option<(&'static str, &'static str)> {
+    Some(match method {
+        "tools/list" => ("tools", "tools"),
+        "prompts/list" => ("prompts", "prompts"),
+        "resources/list" => ("resources", "resources"),
+        "resources/templates/list" => ("resourceTemplates", "resources"),
+        _ => return None,
+    })
+}
+
+fn encode_cursor(map: &BTreeMap<usize, String>) -> String {
+    let v = Value::Object(
+        map.iter()
+            .map(|(k, c)| (k.to_string(), Value::from(c.as_str())))
+            .collect(),
+    );
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn decode_cursor(c: &str) -> Option<BTreeMap<usize, String>> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()?;
+    let v: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    v.into_iter()
+        .map(|(k, c)| Some((k.parse().ok()?, c.as_str()?.to_owned())))
+        .collect()
+}
+
+fn binding_of(method: &str, params: &Value) -> String {
+    let target = params
+        .get("name")
+        .or_else(|| params.get("uri"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let args = params.get("arguments").cloned().unwrap_or(Value::Null);
+    format!("{method}\u{0}{target}\u{0}{args}")
+}
+
+impl Gateway {
+    /// Builds the gateway and starts its stdio upstreams.
+    /// `namespaced = false` keeps a single upstream's names unchanged.
+    pub fn new(cfg: Config, self_exe_env: &[(String, String)], namespaced: bool) -> Arc<Gateway> {
+        let mut naming = Naming::new(cfg.upstreams.iter().map(|u| (u.name.as_str(), &u.rename)));
+        if !namespaced {
+            naming = naming.transparent();
+        }
+        let http = uphttp::client();
+        Arc::new_cyclic(|weak: &Weak<Gateway>| {
+            let upstreams = cfg
+                .upstreams
+                .iter()
+                .enumerate()
+                .map(|(idx, u)| {
+                    let timeout = Duration::from_millis(
+                        u.call_timeout_ms.unwrap_or(cfg.limits.call_timeout_ms),
+                    );
+                    let kind = if let Some(argv) = &u.command {
+                        let w = weak.clone();
+                        let mut env = u.env.clone();
+                        for (k, v) in self_exe_env {
+                            env.entry(k.clone()).or_insert_with(|| v.clone());
+                        }
+                        UpstreamKind::Stdio(StdioUpstream::spawn(
+                            &u.name,
+                            Launch {
+                                argv: argv.clone(),
+                                env,
+                                inherit_env: u.inherit_env.clone(),
+                                cwd: u.cwd.clone(),
+                            },
+                            protocol::server_info(),
+                            cfg.limits.max_upstream_message_bytes,
+                            Arc::new(move |m| {
+                                if let Some(g) = w.upgrade() {
+                                    g.on_shared_unsolicited(idx, m);
+                                }
+                            }),
+                        ))
+                    } else {
+                        let url = u.url.clone().unwrap_or_default();
+                        let target = HttpTarget::new(
+                            &u.name,
+                            &url,
+                            &u.headers,
+                            http.clone(),
+                            cfg.limits.max_upstream_message_bytes,
+                        );
+                        match target {
+                            Ok(target) => UpstreamKind::Http {
+                                target,
+                                modern: tokio::sync::OnceCell::new(),
+                            },
+                            Err(e) => {
+                                // Validation already checked the URL; keep a
+                                // target that can only fail, never panic.
+                                tracing::error!(upstream = %u.name, error = %e, "bad upstream");
+                                UpstreamKind::Http {
+                                    target: HttpTarget::new(
+                                        &u.name,
+                                        "http://127.0.0.1:9/",
+                                        &BTreeMap::new(),
+                                        http.clone(),
+                                        1024,
+                                    )
+                                    .unwrap_or_else(|_| unreachable_target()),
+                                    modern: tokio::sync::OnceCell::new(),
+                                }
+                            }
+                        }
+                    };
+                    Upstream {
+                        name: u.name.clone(),
+                        cfg: u.clone(),
+                        kind,
+                        shared: tokio::sync::Mutex::new(None),
+                        timeout,
+                    }
+                })
+                .collect();
+            Gateway {
+                cfg,
+                upstreams,
+                naming,
+                next_id: AtomicU64::new(1),
+                routes: StdMutex::new(Routes::default()),
+                sessions: Sessions::default(),
+                suspended: StdMutex::new(HashMap::new()),
+            }
+        })
+    }
+
+    /// Names of the configured upstreams, in order.
+    pub fn upstream_names(&self) -> Vec<String> {
+        self.upstreams.iter().map(|u| u.name.clone()).collect()
+    }
+
+    /// Number of upstreams.
+    pub fn upstream_count(&self) -> usize {
+        self.upstreams.len()
+    }
+
+    fn next_uid(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn upstream(&self, idx: usize) -> Result<&Upstream, UpstreamError> {
+        self.upstreams
+            .get(idx)
+            .ok_or_else(|| UpstreamError::Unavailable(idx.to_string(), "no such upstream".into()))
+    }
+
+    /// Stops every stdio child.
+    pub fn shutdown(&self) {
+        for u in &self.upstreams {
+            if let UpstreamKind::Stdio(s) = &u.kind {
+                s.shutdown();
+            }
+        }
+    }
+
+    /// Whether an HTTP upstream speaks 2026-07-28 (probed once).
+    async fn modern(&self, u: &Upstream) -> Result<Option<Arc<Value>>, UpstreamError> {
+        let UpstreamKind::Http { target, modern } = &u.kind else {
+            return Ok(None);
+        };
+        let probe = async {
+            match u.cfg.protocol {
+                UpstreamProtocol::Handshake => Ok(None),
+                UpstreamProtocol::Auto | UpstreamProtocol::Stateless => {
+                    let d = StatelessHttp::new(target.clone())
+                        .discover(self.next_uid())
+                        .await?;
+                    if d.is_none() && u.cfg.protocol == UpstreamProtocol::Stateless {
+                        return Err(UpstreamError::Protocol(
+                            u.name.clone(),
+                            "does not speak 2026-07-28".into(),
+                        ));
+                    }
+                    Ok(d.map(Arc::new))
+                }
+            }
+        };
+        modern.get_or_try_init(|| probe).await.cloned()
+    }
+
+    /// Opens a new connection to upstream `idx` on behalf of `caps`/`info`.
+    async fn open(
+        &self,
+        idx: usize,
+        revision: Revision,
+        caps: &Value,
+        info: &Value,
+    ) -> Result<Conn, UpstreamError> {
+        let u = self.upstream(idx)?;
+        match &u.kind {
+            UpstreamKind::Stdio(s) => {
+                s.ready(u.timeout).await?;
+                Ok(Conn::Stdio(s.clone()))
+            }
+            UpstreamKind::Http { target, .. } => {
+                if let Some(d) = self.modern(u).await? {
+                    return Ok(Conn::Stateless(StatelessHttp::new(target.clone()), d));
+                }
+                let v = if revision.is_handshake() {
+                    revision
+                } else {
+                    Revision::LATEST_HANDSHAKE
+                };
+                let params = json!({"protocolVersion": v.as_str(), "capabilities": caps, "clientInfo": info});
+                let s = tokio::time::timeout(
+                    u.timeout,
+                    HttpSession::open(target.clone(), params, self.next_uid()),
+                )
+                .await
+                .map_err(|_| {
+                    UpstreamError::Timeout(u.name.clone(), u.timeout.as_millis() as u64)
+                })??;
+                Ok(Conn::Session(Arc::new(s)))
+            }
+        }
+    }
+
+    /// The connection `client` uses for upstream `idx`, opened on first use.
+    pub async fn conn(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        idx: usize,
+    ) -> Result<Conn, UpstreamError> {
+        if client.is_stateless() {
+            let u = self.upstream(idx)?;
+            let mut slot = u.shared.lock().await;
+            if let Some(c) = slot.as_ref() {
+                return Ok(c.clone());
+            }
+            // The gateway holds this session for every 2026-07-28 client; it
+            // declares what it can bridge into input-required results.
+            let caps = json!({"elicitation": {"form": {}}, "sampling": {}, "roots": {}});
+            let c = self
+                .open(
+                    idx,
+                    Revision::LATEST_HANDSHAKE,
+                    &caps,
+                    &protocol::server_info(),
+                )
+                .await?;
+            *slot = Some(c.clone());
+            return Ok(c);
+        }
+        let slot = client.conns.get(idx).ok_or_else(|| {
+            UpstreamError::Unavailable(idx.to_string(), "no such upstream".into())
+        })?;
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self
+            .open(idx, client.revision, &client.caps, &client.info)
+            .await?;
+        *slot = Some(c.clone());
+        if client.listening.load(Ordering::Relaxed) {
+            self.listen_one(client, idx, &c);
+        }
+        Ok(c)
+    }
+
+    async fn drop_conn(&self, client: &Arc<Client>, idx: usize) {
+        if client.is_stateless() {
+            if let Ok(u) = self.upstream(idx) {
+                *u.shared.lock().await = None;
+            }
+        } else if let Some(slot) = client.conns.get(idx) {
+            *slot.lock().await = None;
+        }
+    }
+
+    /// Opens connections to every upstream for a new handshake session and
+    /// returns the `initialize` result the client gets.
+    pub async fn initialize(self: &Arc<Self>, client: &Arc<Client>) -> Value {
+        let opens = (0..self.upstreams.len()).map(|idx| {
+            let me = self.clone();
+            let c = client.clone();
+            async move { (idx, me.conn(&c, idx).await) }
+        });
+        let results = futures_util::future::join_all(opens).await;
+        let mut caps = Vec::new();
+        let mut instructions = Vec::new();
+        for (idx, r) in results {
+            match r {
+                Ok(c) => {
+                    caps.push(c.capabilities());
+                    if let Some(i) = c.describe().get("instructions").and_then(Value::as_str) {
+                        instructions.push(format!(
+                            "[{}] {i}",
+                            self.upstreams
+                                .get(idx)
+                                .map(|u| u.name.as_str())
+                                .unwrap_or("")
+                        ));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "upstream left out of the session"),
+            }
+        }
+        let mut out = json!({
+            "protocolVersion": client.revision.as_str(),
+            "capabilities": protocol::merge_capabilities(caps.iter()),
+            "serverInfo": protocol::server_info(),
+        });
+        if !instructions.is_empty() {
+            out["instructions"] = Value::from(instructions.join("\n"));
+        }
+        out
+    }
+
+    /// Answers `server/discover` for a 2026-07-28 client.
+    async fn discover(self: &Arc<Self>, client: &Arc<Client>) -> Value {
+        let opens = (0..self.upstreams.len()).map(|idx| {
+            let me = self.clone();
+            let c = client.clone();
+            async move { me.conn(&c, idx).await }
+        });
+        let caps: Vec<Value> = futures_util::future::join_all(opens)
+            .await
+            .into_iter()
+            .filter_map(|r| {
+                r.map_err(|e| tracing::warn!(error = %e, "upstream left out of discover"))
+                    .ok()
+            })
+            .map(|c| c.capabilities())
+            .collect();
+        json!({
+            "supportedVersions": Revision::all_strs(),
+            "capabilities": protocol::merge_capabilities(caps.iter()),
+            "_meta": {protocol::META_SERVER_INFO: protocol::server_info()},
+        })
+    }
+
+    /// Handles one client request; sends interim messages and then the
+    /// final response (with the client's id) to `out`.
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        msg: Message,
+        forwarded: &[(String, String)],
+        out: &mpsc::Sender<Message>,
+    ) {
+        let id = msg.id_owned();
+        let method = msg.method().unwrap_or_default().to_owned();
+        let params = msg.params();
+        let reply = |result: Value| {
+            let mut r = result;
+            fit_result(&mut r, &method, client.revision);
+            Message::response(id.clone().unwrap_or_else(|| raw_u64(0)), r)
+        };
+        if !params.is_null() && !params.is_object() {
+            let _ = out
+                .send(err(id, codes::INVALID_PARAMS, "params must be an object"))
+                .await;
+            return;
+        }
+        let stateless = client.is_stateless();
+        match method.as_str() {
+            "ping" if !stateless => {
+                let _ = out.send(reply(json!({}))).await;
+            }
+            "server/discover" if stateless => {
+                let d = self.discover(client).await;
+                let _ = out.send(reply(d)).await;
+            }
+            "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
+                let r = self.list(client, &method, &params).await;
+                let _ = out
+                    .send(match r {
+                        Ok(v) => reply(v),
+                        Err((code, m)) => err(id, code, &m),
+                    })
+                    .await;
+            }
+            "tools/call" | "prompts/get" => {
+                let name = params
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                match self.naming.inward(name) {
+                    Some((idx, orig)) => {
+                        let mut p = params.clone();
+                        p["name"] = Value::from(orig);
+                        self.forward(client, idx, msg, &method, p, forwarded, out)
+                            .await;
+                    }
+                    None => {
+                        let what = if method == "tools/call" {
+                            "tool"
+                        } else {
+                            "prompt"
+                        };
+                        let _ = out
+                            .send(err(
+                                id,
+                                codes::INVALID_PARAMS,
+                                &format!("Unknown {what}: {name}"),
+                            ))
+                            .await;
+                    }
+                }
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe"
+                if !(stateless && method != "resources/read") =>
+            {
+                let uri = params
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                match self.route_uri(client, &uri).await {
+                    Some(idx) => {
+                        if method == "resources/subscribe" {
+                            lock(&client.subscriptions).insert(uri);
+                        } else if method == "resources/unsubscribe" {
+                            lock(&client.subscriptions).remove(&uri);
+                        }
+                        self.forward(client, idx, msg, &method, params, forwarded, out)
+                            .await;
+                    }
+                    None => {
+                        let _ = out
+                            .send(Message::error(
+                                id,
+                                codes::RESOURCE_NOT_FOUND,
+                                "Resource not found",
+                                Some(json!({"uri": uri})),
+                            ))
+                            .await;
+                    }
+                }
+            }
+            "completion/complete" => {
+                let r = params.get("ref").cloned().unwrap_or(Value::Null);
+                let target = match r.get("type").and_then(Value::as_str) {
+                    Some("ref/prompt") => r
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .and_then(|n| self.naming.inward(n))
+                        .map(|(idx, orig)| (idx, Some(orig))),
+                    Some("ref/resource") => {
+                        let uri = r
+                            .get("uri")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        self.route_uri(client, &uri).await.map(|idx| (idx, None))
+                    }
+                    _ => None,
+                };
+                match target {
+                    Some((idx, orig)) => {
+                        let mut p = params.clone();
+                        if let Some(o) = orig {
+                            p["ref"]["name"] = Value::from(o);
+                        }
+                        self.forward(client, idx, msg, &method, p, forwarded, out)
+                            .await;
+                    }
+                    None => {
+                        let _ = out
+                            .send(err(
+                                id,
+                                codes::INVALID_PARAMS,
+                                "Unknown completion reference",
+                            ))
+                            .await;
+                    }
+                }
+            }
+            "logging/setLevel" if !stateless => {
+                for idx in 0..self.upstreams.len() {
+                    let Ok(conn) = self.conn(client, idx).await else {
+                        continue;
+                    };
+                    if !has_cap(&conn.capabilities(), "logging") {
+                        continue;
+                    }
+                    let m =
+                        Message::request(raw_u64(self.next_uid()), &method, Some(params.clone()));
+                    let (tx, _rx) = mpsc::channel(8);
+                    let t = self
+                        .upstreams
+                        .get(idx)
+                        .map(|u| u.timeout)
+                        .unwrap_or(Duration::from_secs(30));
+                    if let Err(e) = conn.call(&m, &[], &tx, t).await {
+                        tracing::warn!(error = %e, "logging/setLevel not applied upstream");
+                    }
+                }
+                let _ = out.send(reply(json!({}))).await;
+            }
+            _ => {
+                let _ = out
+                    .send(Message::error(
+                        id,
+                        codes::METHOD_NOT_FOUND,
+                        "Method not found",
+                        Some(Value::from(method.as_str())),
+                    ))
+                    .await;
+            }
+        }
+    }
+
+    /// Handles a notification from a handshake-era client.
+    pub async fn client_notification(self: &Arc<Self>, client: &Arc<Client>, msg: Message) {
+        match msg.method() {
+            Some("notifications/cancelled") => {
+                let params = msg.params();
+                let Some(rid) = params.get("requestId") else {
+                    return;
+                };
+                let key = rid.to_string();
+                let Some(f) = lock(&client.inflight).get(&key).copied() else {
+                    return;
+                };
+                let mut p = params.clone();
+                p["requestId"] = Value::from(f.uid);
+                if let Ok(conn) = self.conn(client, f.idx).await {
+                    let t = self
+                        .upstreams
+                        .get(f.idx)
+                        .map(|u| u.timeout)
+                        .unwrap_or_default();
+                    let _ = conn
+                        .notify(
+                            &Message::notification("notifications/cancelled", Some(p)),
+                            t,
+                        )
+                        .await;
+                }
+            }
+            Some("notifications/roots/list_changed") => {
+                for idx in 0..self.upstreams.len() {
+                    let slot = client.conns.get(idx);
+                    let conn = match slot {
+                        Some(s) => s.lock().await.clone(),
+                        None => None,
+                    };
+                    if let Some(conn) = conn {
+                        let _ = conn.notify(&msg, Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles a client's response to a server→client request.
+    pub async fn client_response(self: &Arc<Self>, client: &Arc<Client>, mut msg: Message) {
+        let gid = msg.id().and_then(|i| i.get().parse::<u64>().ok());
+        let Some(r) = gid.and_then(|g| lock(&client.server_requests).remove(&g)) else {
+            tracing::debug!("client answered a request nobody is waiting for");
+            return;
+        };
+        match r {
+            ServerRequest::Local(tx) => {
+                let _ = tx.send(msg);
+            }
+            ServerRequest::Upstream { idx, their_id } => {
+                msg.set_id(their_id);
+                if let Ok(conn) = self.conn(client, idx).await {
+                    let t = self
+                        .upstreams
+                        .get(idx)
+                        .map(|u| u.timeout)
+                        .unwrap_or_default();
+                    if let Err(e) = conn.notify(&msg, t).await {
+                        tracing::warn!(error = %e, "could not deliver the client's answer upstream");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn route_uri(self: &Arc<Self>, client: &Arc<Client>, uri: &str) -> Option<usize> {
+        if let Some(i) = self.lookup_uri(uri) {
+            return Some(i);
+        }
+        // Unknown: refresh the tables from every upstream, then try again.
+        for m in ["resources/list", "resources/templates/list"] {
+            let mut cursor = Value::Null;
+            for _ in 0..20 {
+                let p = if cursor.is_null() {
+                    json!({})
+                } else {
+                    json!({"cursor": cursor})
+                };
+                match self.list(client, m, &p).await {
+                    Ok(v) => {
+                        cursor = v.get("nextCursor").cloned().unwrap_or(Value::Null);
+                        if cursor.is_null() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(i) = self.lookup_uri(uri) {
+            return Some(i);
+        }
+        // A single upstream that serves resources owns every URI.
+        let mut with = Vec::new();
+        for idx in 0..self.upstreams.len() {
+            if let Ok(c) = self.conn(client, idx).await {
+                if has_cap(&c.capabilities(), "resources") {
+                    with.push(idx);
+                }
+            }
+        }
+        match with.as_slice() {
+            [only] => Some(*only),
+            _ => None,
+        }
+    }
+
+    fn lookup_uri(&self, uri: &str) -> Option<usize> {
+        let r = lock(&self.routes);
+        if let Some(i) = r.uris.get(uri) {
+            return Some(*i);
+        }
+        r.templates
+            .iter()
+            .filter(|(prefix, _)| !prefix.is_empty() && uri.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, i)| *i)
+    }
+
+    /// One page of an aggregated list.
+    async fn list(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        method: &str,
+        params: &Value,
+    ) -> Result<Value, (i64, String)> {
+        let Some((items_key, cap)) = list_key(method) else {
+            return Err((codes::METHOD_NOT_FOUND, "Method not found".into()));
+        };
+        let page: Option<BTreeMap<usize, String>> = match params.get("cursor") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(c)) => Some(
+                decode_cursor(c).ok_or((codes::INVALID_PARAMS, "Invalid cursor".to_string()))?,
+            ),
+            Some(_) => return Err((codes::INVALID_PARAMS, "Invalid cursor".into())),
+        };
+        let targets: Vec<(usize, Option<String>)> = match page {
+            None => (0..self.upstreams.len()).map(|i| (i, None)).collect(),
+            Some(m) => m.into_iter().map(|(i, c)| (i, Some(c))).collect(),
+        };
+        let calls = targets.into_iter().map(|(idx, cursor)| {
+            let me = self.clone();
+            let client = client.clone();
+            let mut p = params.clone();
+            if !p.is_object() {
+                p = json!({});
+            }
+            match cursor {
+                Some(c) => p["cursor"] = Value::from(c),
+                None => {
+                    if let Some(o) = p.as_object_mut() {
+                        o.remove("cursor");
+                    }
+                }
+            }
+            async move {
+                let conn = me.conn(&client, idx).await?;
+                if !has_cap(&conn.capabilities(), cap) {
+                    return Ok((idx, Value::Null));
+                }
+                let r = me.simple_call(&client, idx, &conn, method, p).await?;
+                Ok::<_, UpstreamError>((idx, r))
+            }
+        });
+        let mut items = Vec::new();
+        let mut next = BTreeMap::new();
+        for r in futures_util::future::join_all(calls).await {
+            let (idx, result) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, method, "upstream left out of list");
+                    continue;
+                }
+            };
+            if let Some(c) = result.get("nextCursor").and_then(Value::as_str) {
+                next.insert(idx, c.to_owned());
+            }
+            let Some(arr) = result.get(items_key).and_then(Value::as_array) else {
+                continue;
+            };
+            for item in arr {
+                let mut item = item.clone();
+                match items_key {
+                    "tools" | "prompts" => {
+                        let Some(n) = item.get("name").and_then(Value::as_str) else {
+                            continue;
+                        };
+                        item["name"] = Value::from(self.naming.outward(idx, n));
+                    }
+                    "resources" => {
+                        if let Some(u) = item.get("uri").and_then(Value::as_str) {
+                            let mut r = lock(&self.routes);
+                            r.uris.entry(u.to_owned()).or_insert(idx);
+                        }
+                    }
+                    _ => {
+                        if let Some(t) = item.get("uriTemplate").and_then(Value::as_str) {
+                            let prefix = t.split('{').next().unwrap_or_default().to_owned();
+                            let mut r = lock(&self.routes);
+                            if !r.templates.iter().any(|(p, i)| *p == prefix && *i == idx) {
+                                r.templates.push((prefix, idx));
+                            }
+                        }
+                    }
+                }
+                items.push(item);
+            }
+        }
+        let mut out = Map::new();
+        out.insert(items_key.into(), Value::Array(items));
+        if !next.is_empty() {
+            out.insert("nextCursor".into(), Value::from(encode_cursor(&next)));
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// A call made by the gateway itself (lists, fan-outs): no events.
+    async fn simple_call(
+        &self,
+        client: &Arc<Client>,
+        idx: usize,
+        conn: &Conn,
+        method: &str,
+        mut params: Value,
+    ) -> Result<Value, UpstreamError> {
+        let u = self.upstream(idx)?;
+        self.shape_params(client, conn, &mut params);
+        let m = Message::request(raw_u64(self.next_uid()), method, Some(params));
+        let (tx, _rx) = mpsc::channel(16);
+        let r = tokio::time::timeout(u.timeout, conn.call(&m, &[], &tx, u.timeout))
+            .await
+            .map_err(|_| UpstreamError::Timeout(u.name.clone(), u.timeout.as_millis() as u64))??;
+        match r.kind() {
+            Kind::Response => Ok(r.result()),
+            _ => Err(UpstreamError::Protocol(
+                u.name.clone(),
+                format!(
+                    "{method} failed: {}",
+                    r.error_value().unwrap_or(Value::Null)
+                ),
+            )),
+        }
+    }
+
+    fn shape_params(&self, client: &Client, conn: &Conn, params: &mut Value) {
+        if conn.revision().is_handshake() {
+            protocol::strip_request_meta(params);
+        } else {
+            let caps = if client.is_stateless() {
+                params
+                    .get("_meta")
+                    .and_then(|m| m.get(protocol::META_CAPS))
+                    .cloned()
+                    .unwrap_or_else(|| client.caps.clone())
+            } else {
+                client.caps.clone()
+            };
+            protocol::stamp_request_meta(params, &caps, &client.info);
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call's whole context; splitting it obscures the flow"
+    )]
+    async fn forward(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        idx: usize,
+        msg: Message,
+        method: &str,
+        mut params: Value,
+        forwarded: &[(String, String)],
+        out: &mpsc::Sender<Message>,
+    ) {
+        let client_id = msg.id_owned();
+        // A retry carrying a gateway-minted requestState resumes a parked call.
+        if let Some(state) = params.get("requestState").and_then(Value::as_str) {
+            if let Some(token) = state.strip_prefix(STATE_PREFIX) {
+                let token = token.to_owned();
+                self.resume(client, token, method, &params, client_id, out)
+                    .await;
+                return;
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            let conn = match self.conn(client, idx).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = out.send(e.to_message(client_id)).await;
+                    return;
+                }
+            };
+            let uid = self.next_uid();
+            let mut p = params.clone();
+            let progress = p.get("_meta").and_then(|m| m.get("progressToken")).cloned();
+            if progress.is_some() {
+                p["_meta"]["progressToken"] = Value::from(uid);
+            }
+            self.shape_params(client, &conn, &mut p);
+            let mut m = msg.clone();
+            m.set_id(raw_u64(uid));
+            m.set_params(&p);
+            if let Some(cid) = &client_id {
+                lock(&client.inflight).insert(cid.get().to_owned(), InFlight { idx, uid });
+            }
+            let steps = self.spawn_call(idx, conn.clone(), m, forwarded.to_vec());
+            let outcome = self
+                .drive(
+                    client,
+                    idx,
+                    &conn,
+                    uid,
+                    steps.0,
+                    steps.1,
+                    progress.clone(),
+                    method,
+                    &params,
+                    client_id.clone(),
+                    out,
+                )
+                .await;
+            if let Some(cid) = &client_id {
+                lock(&client.inflight).remove(cid.get());
+            }
+            match outcome {
+                Driven::Done => return,
+                Driven::Retry(new_params) => {
+                    // Handshake-era client, 2026-07-28 upstream: the gateway
+                    // answered the input requests and sends the retry.
+                    params = new_params;
+                    attempt += 1;
+                    if attempt > 16 {
+                        let _ = out
+                            .send(err(
+                                client_id,
+                                codes::INTERNAL_ERROR,
+                                "too many input rounds",
+                            ))
+                            .await;
+                        return;
+                    }
+                }
+                Driven::SessionGone(e) => {
+                    self.drop_conn(client, idx).await;
+                    attempt += 1;
+                    if attempt > 1 {
+                        let _ = out.send(e.to_message(client_id)).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_call(
+        &self,
+        idx: usize,
+        conn: Conn,
+        m: Message,
+        forwarded: Vec<(String, String)>,
+    ) -> (mpsc::Receiver<Step>, tokio::task::AbortHandle) {
+        let (tx, rx) = mpsc::channel::<Step>(64);
+        let (name, timeout) = self
+            .upstreams
+            .get(idx)
+            .map(|u| (u.name.clone(), u.timeout))
+            .unwrap_or_else(|| (String::new(), Duration::from_secs(60)));
+        let task = tokio::spawn(async move {
+            let (ev_tx, mut ev_rx) = mpsc::channel::<Message>(64);
+            let call = tokio::time::timeout(timeout, conn.call(&m, &forwarded, &ev_tx, timeout));
+            tokio::pin!(call);
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    Some(ev) = ev_rx.recv() => {
+                        if tx.send(Ok(ev)).await.is_err() {
+                            break None;
+                        }
+                    }
+                    r = &mut call => break Some(r),
+                }
+            };
+            while let Ok(ev) = ev_rx.try_recv() {
+                let _ = tx.send(Ok(ev)).await;
+            }
+            let step = match result {
+                Some(Ok(r)) => r,
+                Some(Err(_)) => {
+                    // Tell the upstream to stop working on it.
+                    let p = json!({"requestId": m.id().map(|i| i.get().parse::<u64>().unwrap_or(0)), "reason": "timeout"});
+                    let _ = conn
+                        .notify(
+                            &Message::notification("notifications/cancelled", Some(p)),
+                            Duration::from_secs(5),
+                        )
+                        .await;
+                    Err(UpstreamError::Timeout(name, timeout.as_millis() as u64))
+                }
+                None => return,
+            };
+            let _ = tx.send(step).await;
+        });
+        (rx, task.abort_handle())
+    }
+
+    /// Consumes a call's steps: interim messages to the client, server
+    /// requests to the client (or parked for a 2026-07-28 client), then the
+    /// final response.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call's whole context; splitting it obscures the flow"
+    )]
+    async fn drive(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        idx: usize,
+        conn: &Conn,
+        uid: u64,
+        mut steps: mpsc::Receiver<Step>,
+        task: tokio::task::AbortHandle,
+        progress: Option<Value>,
+        method: &str,
+        params: &Value,
+        client_id: Option<Box<RawValue>>,
+        out: &mpsc::Sender<Message>,
+    ) -> Driven {
+        loop {
+            let step = tokio::select! {
+                s = steps.recv() => s,
+                _ = out.closed() => {
+                    // The client went away: cancel upstream (2026-07-28
+                    // semantics; handshake-era streams are never dropped).
+                    task.abort();
+                    let p = json!({"requestId": uid, "reason": "client disconnected"});
+                    let _ = conn.notify(&Message::notification("notifications/cancelled", Some(p)), Duration::from_secs(5)).await;
+                    return Driven::Done;
+                }
+            };
+            let Some(step) = step else {
+                let _ = out
+                    .send(err(
+                        client_id,
+                        codes::INTERNAL_ERROR,
+                        "call ended without a response",
+                    ))
+                    .await;
+                return Driven::Done;
+            };
+            let mut m = match step {
+                Ok(m) => m,
+                Err(e @ UpstreamError::SessionGone(_)) => return Driven::SessionGone(e),
+                Err(e) => {
+                    let _ = out.send(e.to_message(client_id)).await;
+                    return Driven::Done;
+                }
+            };
+            match m.kind() {
+                Kind::Response | Kind::Error => {
+                    if m.kind() == Kind::Response {
+                        let mut r = m.result();
+                        let input_required =
+                            r.get("resultType").and_then(Value::as_str) == Some("input_required");
+                        if input_required && client.revision.is_handshake() {
+                            match self.bridge_input(client, &r, params, out).await {
+                                Ok(p) => return Driven::Retry(p),
+                                Err(e) => {
+                                    let _ =
+                                        out.send(err(client_id, codes::INTERNAL_ERROR, &e)).await;
+                                    return Driven::Done;
+                                }
+                            }
+                        }
+                        fit_result(&mut r, method, client.revision);
+                        m.set_result(&r);
+                    }
+                    m.set_id(client_id.unwrap_or_else(|| raw_u64(0)));
+                    let _ = out.send(m).await;
+                    return Driven::Done;
+                }
+                Kind::Request => {
+                    if client.is_stateless() {
+                        // Park the call; the client retries with our requestState.
+                        let their_id = m.id_owned().unwrap_or_else(|| raw_u64(0));
+                        let token = {
+                            let mut b = [0u8; 16];
+                            rand::rngs::OsRng
+                                .try_fill_bytes(&mut b)
+                                .unwrap_or_else(|_| rand::rng().fill_bytes(&mut b));
+                            hex::encode(b)
+                        };
+                        let key = format!(
+                            "{}-{}",
+                            m.method().unwrap_or("input"),
+                            token.get(..8).unwrap_or("")
+                        );
+                        let mut req = Map::new();
+                        req.insert("method".into(), Value::from(m.method().unwrap_or_default()));
+                        req.insert("params".into(), m.params());
+                        let result = json!({
+                            "resultType": "input_required",
+                            "inputRequests": {key.clone(): Value::Object(req)},
+                            "requestState": format!("{STATE_PREFIX}{token}"),
+                        });
+                        self.sweep_suspended();
+                        lock(&self.suspended).insert(
+                            token,
+                            Suspended {
+                                steps,
+                                task,
+                                conn: conn.clone(),
+                                idx,
+                                uid,
+                                their_id,
+                                key,
+                                binding: binding_of(method, params),
+                                progress,
+                                expires: Instant::now() + SUSPEND_TTL,
+                            },
+                        );
+                        let _ = out
+                            .send(Message::response(
+                                client_id.unwrap_or_else(|| raw_u64(0)),
+                                result,
+                            ))
+                            .await;
+                        return Driven::Done;
+                    }
+                    let their_id = m.id_owned().unwrap_or_else(|| raw_u64(0));
+                    let gid =
+                        client.register_server_request(ServerRequest::Upstream { idx, their_id });
+                    m.set_id(raw_u64(gid));
+                    let _ = out.send(m).await;
+                }
+                Kind::Notification => {
+                    if let Some(fixed) =
+                        restore_tokens(&m, uid, progress.as_ref(), client_id.as_deref())
+                    {
+                        let _ = out.send(fixed).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handshake-era client, 2026-07-28 upstream: ask the client each input
+    /// request as a server→client request and build the retry's params.
+    async fn bridge_input(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        result: &Value,
+        params: &Value,
+        out: &mpsc::Sender<Message>,
+    ) -> Result<Value, String> {
+        let reqs = result
+            .get("inputRequests")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mut responses = Map::new();
+        for (key, req) in reqs {
+            let method = req
+                .get("method")
+                .and_then(Value::as_str)
+                .ok_or("input request without a method")?;
+            let (tx, rx) = oneshot::channel();
+            let gid = client.register_server_request(ServerRequest::Local(tx));
+            let m = Message::request(raw_u64(gid), method, req.get("params").cloned());
+            out.send(m).await.map_err(|_| "client went away")?;
+            let answer = tokio::time::timeout(SUSPEND_TTL, rx)
+                .await
+                .map_err(|_| "client did not answer in time")?
+                .map_err(|_| "client session ended")?;
+            match answer.kind() {
+                Kind::Response => {
+                    responses.insert(key, answer.result());
+                }
+                _ => {
+                    return Err(format!(
+                        "client refused the input request: {}",
+                        answer.error_value().unwrap_or(Value::Null)
+                    ))
+                }
+            }
+        }
+        let mut p = params.clone();
+        p["inputResponses"] = Value::Object(responses);
+        if let Some(s) = result.get("requestState") {
+            p["requestState"] = s.clone();
+        }
+        Ok(p)
+    }
+
+    async fn resume(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        token: String,
+        method: &str,
+        params: &Value,
+        client_id: Option<Box<RawValue>>,
+        out: &mpsc::Sender<Message>,
+    ) {
+        let s = lock(&self.suspended).remove(&token);
+        let Some(s) = s else {
+            let _ = out
+                .send(err(
+                    client_id,
+                    codes::INVALID_PARAMS,
+                    "Invalid or expired requestState",
+                ))
+                .await;
+            return;
+        };
+        if s.binding != binding_of(method, params) || s.expires < Instant::now() {
+            s.task.abort();
+            let _ = out
+                .send(err(
+                    client_id,
+                    codes::INVALID_PARAMS,
+                    "Invalid or expired requestState",
+                ))
+                .await;
+            return;
+        }
+        let Some(answer) = params
+            .get("inputResponses")
+            .and_then(|r| r.get(&s.key))
+            .cloned()
+        else {
+            // Keep it parked: the client may still answer.
+            let _ = out
+                .send(err(
+                    client_id,
+                    codes::INVALID_PARAMS,
+                    &format!("inputResponses lacks {:?}", s.key),
+                ))
+                .await;
+            lock(&self.suspended).insert(token, s);
+            return;
+        };
+        let t = self
+            .upstreams
+            .get(s.idx)
+            .map(|u| u.timeout)
+            .unwrap_or_default();
+        if let Err(e) = s
+            .conn
+            .notify(&Message::response(s.their_id, answer), t)
+            .await
+        {
+            s.task.abort();
+            let _ = out.send(e.to_message(client_id)).await;
+            return;
+        }
+        let _ = self
+            .drive(
+                client, s.idx, &s.conn, s.uid, s.steps, s.task, s.progress, method, params,
+                client_id, out,
+            )
+            .await;
+    }
+
+    fn sweep_suspended(&self) {
+        let now = Instant::now();
+        lock(&self.suspended).retain(|_, s| {
+            let keep = s.expires > now;
+            if !keep {
+                s.task.abort();
+            }
+            keep
+        });
+    }
+
+    /// A message from a shared (stdio) upstream that no call claimed.
+    fn on_shared_unsolicited(self: &Arc<Self>, idx: usize, m: Message) {
+        match (m.kind(), m.method()) {
+            (Kind::Notification, Some(method)) if method.ends_with("/list_changed") => {
+                for c in self.sessions.all() {
+                    let _ = c.outbound.try_send(m.clone());
+                }
+            }
+            (Kind::Notification, Some("notifications/resources/updated")) => {
+                let uri = m
+                    .params()
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                for c in self.sessions.all() {
+                    if lock(&c.subscriptions).contains(&uri) {
+                        let _ = c.outbound.try_send(m.clone());
+                    }
+                }
+            }
+            (Kind::Request, method) => {
+                // With several clients in flight there is no safe owner:
+                // refuse rather than guess.
+                tracing::warn!(
+                    upstream = idx,
+                    ?method,
+                    "server request with no single owning client refused"
+                );
+                let me = self.clone();
+                if let (Some(id), Some(UpstreamKind::Stdio(s))) =
+                    (m.id_owned(), self.upstreams.get(idx).map(|u| &u.kind))
+                {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let e = Message::error(
+                            Some(id),
+                            codes::INTERNAL_ERROR,
+                            "no client session to route this request to",
+                            None,
+                        );
+                        let _ = s.notify(&e, Duration::from_secs(5)).await;
+                        drop(me);
+                    });
+                }
+            }
+            _ => {
+                tracing::debug!(upstream = idx, method = ?m.method(), "unrouted server notification dropped")
+            }
+        }
+    }
+
+    /// Starts the upstream GET listeners of a session whose client opened
+    /// its own GET stream.
+    pub async fn start_listening(self: &Arc<Self>, client: &Arc<Client>) {
+        if client.listening.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        for idx in 0..client.conns.len() {
+            let conn = match client.conns.get(idx) {
+                Some(s) => s.lock().await.clone(),
+                None => None,
+            };
+            if let Some(c) = conn {
+                self.listen_one(client, idx, &c);
+            }
+        }
+    }
+
+    fn listen_one(self: &Arc<Self>, client: &Arc<Client>, idx: usize, conn: &Conn) {
+        let Conn::Session(s) = conn else { return };
+        let s = s.clone();
+        let weak_client = Arc::downgrade(client);
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::channel::<Message>(64);
+            let listener = s.listen(&tx);
+            tokio::pin!(listener);
+            loop {
+                tokio::select! {
+                    r = &mut listener => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "upstream GET stream ended");
+                        }
+                        break;
+                    }
+                    Some(mut m) = rx.recv() => {
+                        let Some(client) = weak_client.upgrade() else { break };
+                        if m.kind() == Kind::Request {
+                            let their_id = m.id_owned().unwrap_or_else(|| raw_u64(0));
+                            let gid = client.register_server_request(ServerRequest::Upstream { idx, their_id });
+                            m.set_id(raw_u64(gid));
+                        }
+                        if client.outbound.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Ends a handshake-era session: its upstream sessions are closed.
+    pub async fn end_session(&self, client: &Arc<Client>) {
+        for slot in &client.conns {
+            let c = slot.lock().await.take();
+            if let Some(Conn::Session(s)) = c {
+                s.close().await;
+            }
+        }
+        for (_, r) in lock(&client.server_requests).drain() {
+            drop(r);
+        }
+    }
+}
+
+enum Driven {
+    Done,
+    Retry(Value),
+    SessionGone(UpstreamError),
+}
+
+/// Rewrites gateway-chosen tokens in a server notification back to the
+/// client's: progress tokens and cancelled request ids.
+fn restore_tokens(
+    m: &Message,
+    uid: u64,
+    progress: Option<&Value>,
+    client_id: Option<&RawValue>,
+) -> Option<Message> {
+    match m.method() {
+        Some("notifications/progress") => {
+            let mut p = m.params();
+            let token = progress?;
+            if p.get("progressToken").and_then(Value::as_u64) != Some(uid) {
+                return None;
+            }
+            p["progressToken"] = token.clone();
+            let mut out = m.clone();
+            out.set_params(&p);
+            Some(out)
+        }
+        Some("notifications/cancelled") => {
+            let mut p = m.params();
+            let cid: Value = serde_json::from_str(client_id?.get()).ok()?;
+            p["requestId"] = cid;
+            let mut out = m.clone();
+            out.set_params(&p);
+            Some(out)
+        }
+        _ => Some(m.clone()),
+    }
+}
+
+#[expect(
+    clippy::panic,
+    reason = "a constant loopback URL always parses; this cannot run"
+)]
+fn unreachable_target() -> HttpTarget {
+    panic!("constant upstream URL rejected")
+}
+
+#[allow(dead_code)]
+fn _assert_raw(v: &Value) -> Box<RawValue> {
+    to_raw(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let m = BTreeMap::from([(0usize, "abc".to_string()), (3, "x".to_string())]);
+        assert_eq!(decode_cursor(&encode_cursor(&m)), Some(m));
+        assert_eq!(decode_cursor("!!!"), None);
+        assert_eq!(decode_cursor(""), None);
+    }
+
+    #[test]
+    fn restores_progress_tokens() {
+        let n = Message::notification(
+            "notifications/progress",
+            Some(json!({"progressToken": 9, "progress": 1})),
+        );
+        let fixed = restore_tokens(&n, 9, Some(&json!("client-tok")), None).unwrap();
+        assert_eq!(fixed.params()["progressToken"], "client-tok");
+        assert!(restore_tokens(&n, 8, Some(&json!("t")), None).is_none());
+    }
+}

@@ -1,0 +1,793 @@
+//! The client-facing Streamable HTTP transport: thin axum handlers that turn
+//! HTTP into calls on the gateway core.
+//!
+//! Handshake-era clients (`initialize`, `Mcp-Session-Id`) and 2026-07-28
+//! clients (one self-contained POST per request) share one endpoint; the
+//! `MCP-Protocol-Version` header picks the path and the body must agree
+//! with every `Mcp-*` header.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use portcullis_wire::headers as mh;
+use portcullis_wire::message::raw_u64;
+use portcullis_wire::{codes, depth, sse, Body as WireBody, Kind, Message, Revision, WireError};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::gateway::Gateway;
+use crate::protocol;
+use crate::session::{lock, new_session_id, Client, StreamBuf, STREAM_BUFFER};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    gw: Arc<Gateway>,
+    loopback: bool,
+}
+
+/// The router serving the MCP endpoint at the configured path.
+pub fn router(gw: Arc<Gateway>, bound: SocketAddr) -> Router {
+    let path = gw.cfg.listen.path.clone();
+    let state = AppState {
+        gw,
+        loopback: bound.ip().is_loopback(),
+    };
+    Router::new().route(&path, any(handle)).with_state(state)
+}
+
+/// Spawns the idle-session sweeper.
+pub fn spawn_sweeper(gw: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let idle = Duration::from_secs(gw.cfg.limits.session_idle_timeout_secs);
+        let mut tick =
+            tokio::time::interval(Duration::from_secs(30).min(idle.max(Duration::from_secs(1))));
+        loop {
+            tick.tick().await;
+            for c in gw.sessions.expire(idle) {
+                tracing::info!(session = %c.id, "session expired (idle)");
+                gw.end_session(&c).await;
+            }
+        }
+    });
+}
+
+fn json_response(status: StatusCode, msg: &Message, extra: &[(&'static str, String)]) -> Response {
+    let mut r = Response::new(Body::from(msg.to_bytes()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (k, v) in extra {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            r.headers_mut().insert(*k, v);
+        }
+    }
+    r
+}
+
+fn error_response(
+    status: StatusCode,
+    id: Option<Box<serde_json::value::RawValue>>,
+    code: i64,
+    text: &str,
+) -> Response {
+    json_response(status, &Message::error(id, code, text, None), &[])
+}
+
+fn status_only(status: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim();
+    let name = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']')
+            .next()
+            .map(|n| format!("[{n}]"))
+            .unwrap_or_default()
+    } else {
+        h.rsplit_once(':')
+            .map(|(n, _)| n.to_owned())
+            .unwrap_or_else(|| h.to_owned())
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "[::1]"
+    )
+}
+
+/// DNS-rebinding defence: `Origin` must be allowed, and on a loopback
+/// listener `Host` must be a loopback name.
+fn check_origin_host(st: &AppState, h: &HeaderMap) -> Result<(), Response> {
+    let listen = &st.gw.cfg.listen;
+    if let Some(host) = header_str(h, "host") {
+        let ok = if !listen.allowed_hosts.is_empty() {
+            listen
+                .allowed_hosts
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(host))
+        } else {
+            !st.loopback || is_loopback_host(host)
+        };
+        if !ok {
+            return Err(error_response(
+                StatusCode::FORBIDDEN,
+                None,
+                codes::INVALID_REQUEST,
+                "Forbidden: Host not allowed",
+            ));
+        }
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let ok = if !listen.allowed_origins.is_empty() {
+            listen.allowed_origins.iter().any(|a| a == origin)
+        } else {
+            let host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+            (origin.starts_with("http://") || origin.starts_with("https://"))
+                && is_loopback_host(host)
+        };
+        if !ok {
+            return Err(error_response(
+                StatusCode::FORBIDDEN,
+                None,
+                codes::INVALID_REQUEST,
+                "Forbidden: Origin not allowed",
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn handle(
+    State(st): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = check_origin_host(&st, &headers) {
+        return r;
+    }
+    let version = headers
+        .get(mh::MCP_PROTOCOL_VERSION)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let era = match version {
+        None => None,
+        Some(v) => match Revision::parse(v) {
+            Some(r) => Some(r),
+            None => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &Message::error(
+                        None,
+                        codes::UNSUPPORTED_VERSION,
+                        "Unsupported protocol version",
+                        Some(json!({"supported": Revision::all_strs(), "requested": v})),
+                    ),
+                    &[],
+                )
+            }
+        },
+    };
+    let stateless = era == Some(Revision::V2026_07_28);
+    match method {
+        Method::POST => post(st, headers, body, stateless).await,
+        Method::GET if !stateless => get(st, headers).await,
+        Method::DELETE if !stateless => delete(st, headers).await,
+        _ => {
+            let mut r = status_only(StatusCode::METHOD_NOT_ALLOWED);
+            let allow = if stateless {
+                "POST"
+            } else {
+                "GET, POST, DELETE"
+            };
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            r
+        }
+    }
+}
+
+/// Reads the body within the size limit and the depth bound.
+async fn read_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let ctype = header_str(headers, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !ctype.starts_with("application/json") {
+        return Err(error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            codes::INVALID_REQUEST,
+            "Content-Type must be application/json",
+        ));
+    }
+    let limits = &st.gw.cfg.limits;
+    let bytes = match axum::body::to_bytes(body, limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Err(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+                codes::INVALID_REQUEST,
+                &format!("request body larger than {} bytes", limits.max_body_bytes),
+            ))
+        }
+    };
+    if depth::within_depth(&bytes, limits.max_json_depth).is_none() {
+        let e = WireError::TooDeep(limits.max_json_depth);
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            e.code(),
+            &e.to_string(),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn wire_error(e: &WireError, id: Option<Box<serde_json::value::RawValue>>) -> Response {
+    error_response(StatusCode::BAD_REQUEST, id, e.code(), &e.to_string())
+}
+
+fn accepts_sse(h: &HeaderMap) -> bool {
+    header_str(h, "accept").is_some_and(|a| a.contains("text/event-stream") || a.contains("*/*"))
+}
+
+async fn post(st: AppState, headers: HeaderMap, body: Body, stateless: bool) -> Response {
+    let bytes = match read_body(&st, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed = match Message::parse_body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return wire_error(&e, None),
+    };
+    if stateless {
+        return match parsed {
+            WireBody::Single(m) => post_stateless(st, headers, m).await,
+            WireBody::Batch(_) => wire_error(&WireError::BatchNotAllowed, None),
+        };
+    }
+    let session_id = header_str(&headers, mh::MCP_SESSION_ID).map(str::to_owned);
+    match parsed {
+        WireBody::Single(m) if m.method() == Some("initialize") => {
+            if m.kind() != Kind::Request {
+                return wire_error(
+                    &WireError::Invalid("initialize must be a request".into()),
+                    None,
+                );
+            }
+            initialize(st, m).await
+        }
+        WireBody::Single(m) => {
+            // A body that carries the 2026-07-28 envelope without the
+            // header disagrees with itself.
+            if session_id.is_none()
+                && protocol::meta_version(&m.params()) == Some(Revision::V2026_07_28.as_str())
+            {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    m.id_owned(),
+                    codes::HEADER_MISMATCH,
+                    "MCP-Protocol-Version header does not match _meta protocolVersion",
+                );
+            }
+            let client = match find_session(&st, session_id.as_deref()) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            handshake_message(st, client, m).await
+        }
+        WireBody::Batch(items) => {
+            let client = match find_session(&st, session_id.as_deref()) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            if !client.revision.allows_batch() {
+                return wire_error(&WireError::BatchNotAllowed, None);
+            }
+            batch(st, client, items).await
+        }
+    }
+}
+
+fn find_session(st: &AppState, id: Option<&str>) -> Result<Arc<Client>, Response> {
+    let Some(id) = id else {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            codes::INVALID_REQUEST,
+            "Bad Request: Missing session ID",
+        ));
+    };
+    st.gw.sessions.get(id).ok_or_else(|| {
+        error_response(
+            StatusCode::NOT_FOUND,
+            None,
+            codes::INVALID_REQUEST,
+            "Session not found",
+        )
+    })
+}
+
+async fn initialize(st: AppState, m: Message) -> Response {
+    let params = m.params();
+    let requested = params
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let revision = Revision::negotiate_handshake(requested);
+    let caps = params
+        .get("capabilities")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let info = params
+        .get("clientInfo")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let client = Client::new(
+        new_session_id(),
+        revision,
+        caps,
+        info,
+        st.gw.upstream_count(),
+    );
+    if !st
+        .gw
+        .sessions
+        .insert(client.clone(), st.gw.cfg.limits.max_sessions)
+    {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            m.id_owned(),
+            codes::INTERNAL_ERROR,
+            "too many sessions",
+        );
+    }
+    let result = st.gw.initialize(&client).await;
+    tracing::info!(session = %client.id, revision = %revision, "session started");
+    json_response(
+        StatusCode::OK,
+        &Message::response(m.id_owned().unwrap_or_else(|| raw_u64(0)), result),
+        &[(mh::MCP_SESSION_ID, client.id.clone())],
+    )
+}
+
+async fn handshake_message(st: AppState, client: Arc<Client>, m: Message) -> Response {
+    match m.kind() {
+        Kind::Notification => {
+            st.gw.client_notification(&client, m).await;
+            status_only(StatusCode::ACCEPTED)
+        }
+        Kind::Response | Kind::Error => {
+            st.gw.client_response(&client, m).await;
+            status_only(StatusCode::ACCEPTED)
+        }
+        Kind::Request => {
+            let (tx, mut rx) = mpsc::channel::<Message>(64);
+            let gw = st.gw.clone();
+            let c = client.clone();
+            tokio::spawn(async move { gw.dispatch(&c, m, &[], &tx).await });
+            let Some(first) = rx.recv().await else {
+                return error_response(StatusCode::OK, None, codes::INTERNAL_ERROR, "no response");
+            };
+            if matches!(first.kind(), Kind::Response | Kind::Error) {
+                return json_response(StatusCode::OK, &first, &[]);
+            }
+            resumable_stream(client, first, rx)
+        }
+    }
+}
+
+/// A 2025-03-26 batch: each entry handled in turn, answers collected.
+async fn batch(
+    st: AppState,
+    client: Arc<Client>,
+    items: Vec<Result<Message, (Option<Box<serde_json::value::RawValue>>, WireError)>>,
+) -> Response {
+    let mut answers = Vec::new();
+    for item in items {
+        match item {
+            Err((id, e)) => answers.push(Message::error(id, e.code(), &e.to_string(), None)),
+            Ok(m) => match m.kind() {
+                Kind::Notification => st.gw.client_notification(&client, m).await,
+                Kind::Response | Kind::Error => st.gw.client_response(&client, m).await,
+                Kind::Request if m.method() == Some("initialize") => answers.push(Message::error(
+                    m.id_owned(),
+                    codes::INVALID_REQUEST,
+                    "initialize cannot be batched",
+                    None,
+                )),
+                Kind::Request => {
+                    let (tx, mut rx) = mpsc::channel::<Message>(64);
+                    let gw = st.gw.clone();
+                    let c = client.clone();
+                    tokio::spawn(async move { gw.dispatch(&c, m, &[], &tx).await });
+                    while let Some(x) = rx.recv().await {
+                        if matches!(x.kind(), Kind::Response | Kind::Error) {
+                            answers.push(x);
+                        } else {
+                            // Interim messages of a batched call go to the GET stream.
+                            let _ = client.outbound.try_send(x);
+                        }
+                    }
+                }
+            },
+        }
+    }
+    if answers.is_empty() {
+        return status_only(StatusCode::ACCEPTED);
+    }
+    let mut body = Vec::from(&b"["[..]);
+    for (i, a) in answers.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&a.to_bytes());
+    }
+    body.push(b']');
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response {
+    let stream = ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    let mut r = Response::new(Body::from_stream(stream));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// An SSE response whose events are buffered per stream so a client that
+/// loses the connection can resume with `Last-Event-ID`.
+fn resumable_stream(
+    client: Arc<Client>,
+    first: Message,
+    mut rest: mpsc::Receiver<Message>,
+) -> Response {
+    let sid = client.new_stream();
+    let (live_tx, live_rx) = mpsc::channel::<Bytes>(64);
+    if client.revision >= Revision::V2025_11_25 {
+        let _ = live_tx.try_send(sse::encode_priming(&format!("{sid}-0"), None));
+    }
+    lock(&client.streams).insert(
+        sid,
+        StreamBuf {
+            events: Default::default(),
+            next_seq: 1,
+            done: false,
+            live: Some(live_tx),
+        },
+    );
+    tokio::spawn(async move {
+        let mut next = Some(first);
+        while let Some(m) = next {
+            let last = matches!(m.kind(), Kind::Response | Kind::Error);
+            push_event(&client, sid, &m, last).await;
+            if last {
+                break;
+            }
+            next = rest.recv().await;
+        }
+        // Keep the tail for a while for late resumption, then forget it.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        lock(&client.streams).remove(&sid);
+    });
+    sse_response(live_rx)
+}
+
+async fn push_event(client: &Client, sid: u64, m: &Message, last: bool) {
+    let (bytes, live) = {
+        let mut streams = lock(&client.streams);
+        let Some(buf) = streams.get_mut(&sid) else {
+            return;
+        };
+        let seq = buf.next_seq;
+        buf.next_seq += 1;
+        let bytes = sse::encode(Some(&format!("{sid}-{seq}")), &m.to_bytes());
+        buf.events.push_back((seq, bytes.clone()));
+        while buf.events.len() > STREAM_BUFFER {
+            buf.events.pop_front();
+        }
+        if last {
+            buf.done = true;
+        }
+        let live = if last {
+            buf.live.take()
+        } else {
+            buf.live.clone()
+        };
+        (bytes, live)
+    };
+    if let Some(l) = live {
+        if l.send(bytes).await.is_err() {
+            if let Some(buf) = lock(&client.streams).get_mut(&sid) {
+                buf.live = None;
+            }
+        }
+    }
+}
+
+async fn get(st: AppState, headers: HeaderMap) -> Response {
+    if !accepts_sse(&headers) {
+        return error_response(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            codes::INVALID_REQUEST,
+            "Not Acceptable: client must accept text/event-stream",
+        );
+    }
+    let client = match find_session(&st, header_str(&headers, mh::MCP_SESSION_ID)) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let resume = header_str(&headers, "last-event-id").and_then(|v| {
+        let (s, q) = v.split_once('-')?;
+        Some((s.parse::<u64>().ok()?, q.parse::<u64>().ok()?))
+    });
+    let (live_tx, live_rx) = mpsc::channel::<Bytes>(64);
+    let sid = match resume {
+        Some((sid, after)) => {
+            let mut streams = lock(&client.streams);
+            let Some(buf) = streams.get_mut(&sid) else {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    None,
+                    codes::INVALID_REQUEST,
+                    "unknown Last-Event-ID",
+                );
+            };
+            if buf.live.as_ref().is_some_and(|l| !l.is_closed()) {
+                return error_response(
+                    StatusCode::CONFLICT,
+                    None,
+                    codes::INVALID_REQUEST,
+                    "Conflict: stream already attached",
+                );
+            }
+            for (seq, ev) in &buf.events {
+                if *seq > after {
+                    let _ = live_tx.try_send(ev.clone());
+                }
+            }
+            if !buf.done {
+                buf.live = Some(live_tx);
+            }
+            sid
+        }
+        None => {
+            // Stream 0 is the session's standalone GET stream.
+            let mut streams = lock(&client.streams);
+            let buf = streams.entry(0).or_insert_with(|| StreamBuf {
+                events: Default::default(),
+                next_seq: 1,
+                done: false,
+                live: None,
+            });
+            if buf.live.as_ref().is_some_and(|l| !l.is_closed()) {
+                return error_response(
+                    StatusCode::CONFLICT,
+                    None,
+                    codes::INVALID_REQUEST,
+                    "Conflict: Only one SSE stream is allowed per session",
+                );
+            }
+            if client.revision >= Revision::V2025_11_25 {
+                let _ = live_tx.try_send(sse::encode_priming(
+                    &format!("0-{}", buf.next_seq - 1),
+                    None,
+                ));
+            }
+            buf.live = Some(live_tx);
+            0
+        }
+    };
+    if sid == 0 {
+        let rx = lock(&client.outbound_rx).take();
+        if let Some(mut rx) = rx {
+            let c = client.clone();
+            tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    push_event(&c, 0, &m, false).await;
+                }
+            });
+        }
+        let gw = st.gw.clone();
+        let c = client.clone();
+        tokio::spawn(async move { gw.start_listening(&c).await });
+    }
+    let _ = client.listening.load(Ordering::Relaxed);
+    sse_response(live_rx)
+}
+
+async fn delete(st: AppState, headers: HeaderMap) -> Response {
+    let Some(id) = header_str(&headers, mh::MCP_SESSION_ID) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            codes::INVALID_REQUEST,
+            "Bad Request: Missing session ID",
+        );
+    };
+    match st.gw.sessions.remove(id) {
+        Some(c) => {
+            tracing::info!(session = %c.id, "session ended by client");
+            st.gw.end_session(&c).await;
+            status_only(StatusCode::OK)
+        }
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            None,
+            codes::INVALID_REQUEST,
+            "Session not found",
+        ),
+    }
+}
+
+fn status_for(code: i64) -> StatusCode {
+    match code {
+        codes::PARSE_ERROR
+        | codes::INVALID_REQUEST
+        | codes::INVALID_PARAMS
+        | codes::HEADER_MISMATCH
+        | codes::MISSING_CAPABILITY
+        | codes::UNSUPPORTED_VERSION => StatusCode::BAD_REQUEST,
+        codes::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
+}
+
+async fn post_stateless(st: AppState, headers: HeaderMap, m: Message) -> Response {
+    let id = m.id_owned();
+    match m.kind() {
+        Kind::Notification => return status_only(StatusCode::ACCEPTED),
+        Kind::Response | Kind::Error => {
+            return wire_error(
+                &WireError::Invalid(
+                    "Body must be a single JSON-RPC request or notification object".into(),
+                ),
+                None,
+            )
+        }
+        Kind::Request => {}
+    }
+    for name in [mh::MCP_PROTOCOL_VERSION, mh::MCP_METHOD, mh::MCP_NAME] {
+        if headers.get_all(name).iter().count() > 1 {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                id,
+                codes::HEADER_MISMATCH,
+                &format!("{name} header sent more than once"),
+            );
+        }
+    }
+    let params = m.params();
+    let meta = params.get("_meta");
+    let version = meta.and_then(|x| x.get(protocol::META_VERSION));
+    let caps = meta.and_then(|x| x.get(protocol::META_CAPS));
+    let (Some(version), Some(caps)) = (version, caps) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            id,
+            codes::INVALID_PARAMS,
+            "params._meta must carry io.modelcontextprotocol/protocolVersion and clientCapabilities",
+        );
+    };
+    if version.as_str() != Some(Revision::V2026_07_28.as_str()) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            id,
+            codes::HEADER_MISMATCH,
+            "MCP-Protocol-Version header does not match _meta protocolVersion",
+        );
+    }
+    let method = m.method().unwrap_or_default();
+    if let Err(e) = mh::check(
+        method,
+        &params,
+        headers.get(mh::MCP_METHOD).map(|v| v.as_bytes()),
+        headers.get(mh::MCP_NAME).map(|v| v.as_bytes()),
+    ) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            id,
+            codes::HEADER_MISMATCH,
+            &e.to_string(),
+        );
+    }
+    let forwarded: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with(mh::MCP_PARAM_PREFIX))
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let info = meta
+        .and_then(|x| x.get(protocol::META_CLIENT_INFO))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let client = Client::new(String::new(), Revision::V2026_07_28, caps.clone(), info, 0);
+    let (tx, mut rx) = mpsc::channel::<Message>(64);
+    let gw = st.gw.clone();
+    tokio::spawn(async move { gw.dispatch(&client, m, &forwarded, &tx).await });
+    let Some(first) = rx.recv().await else {
+        return error_response(StatusCode::OK, id, codes::INTERNAL_ERROR, "no response");
+    };
+    if matches!(first.kind(), Kind::Response | Kind::Error) {
+        let status = first
+            .error_value()
+            .and_then(|e| e.get("code").and_then(Value::as_i64))
+            .map(status_for)
+            .unwrap_or(StatusCode::OK);
+        return json_response(status, &first, &[]);
+    }
+    // Streamed: no event ids (2026-07-28 streams are not resumable); a
+    // closed connection cancels the call.
+    let (live_tx, live_rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut next = Some(first);
+        while let Some(m) = next {
+            if live_tx
+                .send(sse::encode(None, &m.to_bytes()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if matches!(m.kind(), Kind::Response | Kind::Error) {
+                return;
+            }
+            next = rx.recv().await;
+        }
+    });
+    sse_response(live_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in ["localhost", "127.0.0.1:8080", "[::1]:3000", "LOCALHOST:1"] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example.com",
+            "evil.example.com:80",
+            "127.0.0.1.evil.com",
+            "[::2]:1",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+}

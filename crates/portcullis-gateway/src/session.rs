@@ -1,0 +1,251 @@
+//! Client sessions: what the gateway remembers about one client.
+//!
+//! A handshake-era client gets a session (`Mcp-Session-Id`, 128-bit random)
+//! holding its own upstream sessions, its in-flight calls and the
+//! server→client requests waiting for its answer. A 2026-07-28 client gets
+//! a throwaway context per request that uses the gateway's shared upstream
+//! connections.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use portcullis_wire::{Message, Revision};
+use rand::{RngCore, TryRngCore};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conn::Conn;
+
+/// Locks a std mutex, recovering from poisoning (the data stays valid).
+pub(crate) fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where the client's answer to a server→client request goes.
+pub enum ServerRequest {
+    /// Back to the upstream that asked, under its own id.
+    Upstream {
+        /// Upstream index.
+        idx: usize,
+        /// The id the upstream used.
+        their_id: Box<RawValue>,
+    },
+    /// To a task of the gateway's own (input-required bridging).
+    Local(oneshot::Sender<Message>),
+}
+
+/// A request from the client still waiting on an upstream.
+#[derive(Clone, Copy, Debug)]
+pub struct InFlight {
+    /// Upstream index.
+    pub idx: usize,
+    /// The id the gateway used upstream.
+    pub uid: u64,
+}
+
+/// Buffered SSE events of one stream, kept for `Last-Event-ID` resumption.
+pub struct StreamBuf {
+    /// `(sequence, encoded event)` pairs still held.
+    pub events: VecDeque<(u64, Bytes)>,
+    /// The next sequence number.
+    pub next_seq: u64,
+    /// Whether the final event has been written.
+    pub done: bool,
+    /// The live HTTP body, if a client is attached.
+    pub live: Option<mpsc::Sender<Bytes>>,
+}
+
+/// Events kept per stream for resumption.
+pub const STREAM_BUFFER: usize = 512;
+
+/// One client: a handshake-era session, or a 2026-07-28 request context.
+pub struct Client {
+    /// The session id (handshake era), empty for a stateless context.
+    pub id: String,
+    /// The client's revision.
+    pub revision: Revision,
+    /// The client's declared capabilities.
+    pub caps: Value,
+    /// The client's `clientInfo`.
+    pub info: Value,
+    /// Per-upstream connections (handshake sessions only).
+    pub conns: Vec<tokio::sync::Mutex<Option<Conn>>>,
+    /// Requests waiting on upstreams, by the client's raw id.
+    pub inflight: StdMutex<HashMap<String, InFlight>>,
+    /// Server→client requests waiting on the client, by gateway id.
+    pub server_requests: StdMutex<HashMap<u64, ServerRequest>>,
+    next_gid: AtomicU64,
+    /// Queue of messages for the GET stream.
+    pub outbound: mpsc::Sender<Message>,
+    /// Receiving end of `outbound`, taken by the GET stream while open.
+    pub outbound_rx: StdMutex<Option<mpsc::Receiver<Message>>>,
+    /// Resource URIs this client subscribed to.
+    pub subscriptions: StdMutex<HashSet<String>>,
+    /// SSE streams kept for resumption, by stream number.
+    pub streams: StdMutex<HashMap<u64, StreamBuf>>,
+    next_stream: AtomicU64,
+    last_used: StdMutex<Instant>,
+    /// Whether upstream GET listeners were started for this session.
+    pub listening: std::sync::atomic::AtomicBool,
+}
+
+/// A fresh 128-bit session id from the OS CSPRNG, hex-encoded.
+pub fn new_session_id() -> String {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut b)
+        .unwrap_or_else(|_| rand::rng().fill_bytes(&mut b));
+    hex::encode(b)
+}
+
+impl Client {
+    /// A new client with `n` upstream slots (0 for stateless contexts).
+    pub fn new(id: String, revision: Revision, caps: Value, info: Value, n: usize) -> Arc<Client> {
+        let (tx, rx) = mpsc::channel(256);
+        Arc::new(Client {
+            id,
+            revision,
+            caps,
+            info,
+            conns: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            inflight: StdMutex::new(HashMap::new()),
+            server_requests: StdMutex::new(HashMap::new()),
+            next_gid: AtomicU64::new(1),
+            outbound: tx,
+            outbound_rx: StdMutex::new(Some(rx)),
+            subscriptions: StdMutex::new(HashSet::new()),
+            streams: StdMutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            last_used: StdMutex::new(Instant::now()),
+            listening: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether this is a per-request 2026-07-28 context.
+    pub fn is_stateless(&self) -> bool {
+        !self.revision.is_handshake()
+    }
+
+    /// Registers a server→client request and returns the id the client sees.
+    pub fn register_server_request(&self, r: ServerRequest) -> u64 {
+        let gid = self.next_gid.fetch_add(1, Ordering::Relaxed);
+        lock(&self.server_requests).insert(gid, r);
+        gid
+    }
+
+    /// A new stream number for SSE event ids.
+    pub fn new_stream(&self) -> u64 {
+        self.next_stream.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Marks the session as used now.
+    pub fn touch(&self) {
+        *lock(&self.last_used) = Instant::now();
+    }
+
+    /// How long the session has been idle.
+    pub fn idle(&self) -> Duration {
+        lock(&self.last_used).elapsed()
+    }
+}
+
+/// The table of handshake-era sessions.
+#[derive(Default)]
+pub struct Sessions {
+    map: StdMutex<HashMap<String, Arc<Client>>>,
+}
+
+impl Sessions {
+    /// Looks a session up and marks it used.
+    pub fn get(&self, id: &str) -> Option<Arc<Client>> {
+        let c = lock(&self.map).get(id).cloned();
+        if let Some(c) = &c {
+            c.touch();
+        }
+        c
+    }
+
+    /// Adds a session; `false` if the table is full.
+    pub fn insert(&self, c: Arc<Client>, max: usize) -> bool {
+        let mut m = lock(&self.map);
+        if m.len() >= max {
+            return false;
+        }
+        m.insert(c.id.clone(), c);
+        true
+    }
+
+    /// Removes a session.
+    pub fn remove(&self, id: &str) -> Option<Arc<Client>> {
+        lock(&self.map).remove(id)
+    }
+
+    /// Every open session.
+    pub fn all(&self) -> Vec<Arc<Client>> {
+        lock(&self.map).values().cloned().collect()
+    }
+
+    /// The number of open sessions.
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes and returns sessions idle longer than `max_idle`.
+    pub fn expire(&self, max_idle: Duration) -> Vec<Arc<Client>> {
+        let mut m = lock(&self.map);
+        let dead: Vec<String> = m
+            .iter()
+            .filter(|(_, c)| c.idle() > max_idle)
+            .map(|(k, _)| k.clone())
+            .collect();
+        dead.iter().filter_map(|k| m.remove(k)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_128_bit_hex_and_distinct() {
+        let a = new_session_id();
+        let b = new_session_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn table_bounds_and_expiry() {
+        let s = Sessions::default();
+        let c = Client::new(
+            "a".into(),
+            Revision::V2025_06_18,
+            Value::Null,
+            Value::Null,
+            0,
+        );
+        assert!(s.insert(c, 1));
+        let d = Client::new(
+            "b".into(),
+            Revision::V2025_06_18,
+            Value::Null,
+            Value::Null,
+            0,
+        );
+        assert!(!s.insert(d, 1));
+        assert!(s.get("a").is_some());
+        assert!(s.expire(Duration::from_secs(60)).is_empty());
+        assert_eq!(s.expire(Duration::ZERO).len(), 1);
+        assert!(s.get("a").is_none());
+    }
+}

@@ -1,0 +1,329 @@
+//! `portcullis demo-server`: a small MCP server used as the embedded default
+//! upstream and in tests. Its tools are the kinds later stages police: a
+//! document reader, a confidential tool returning a secret-looking value, a
+//! note writer, and a simulated URL fetch (no network).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use portcullis_wire::{codes, Kind, Message, Revision};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+
+const DOCS: [(&str, &str); 2] = [
+    ("welcome", "Welcome to the Portcullis demo. Every call you make is routed through the gateway."),
+    ("handbook", "Handbook: notes are private to the demo server; secrets never leave the confidential segment."),
+];
+
+/// In-memory state: the notes written so far.
+#[derive(Default)]
+pub struct Demo {
+    notes: Mutex<BTreeMap<String, String>>,
+}
+
+fn text(s: impl Into<String>) -> Value {
+    json!({"content": [{"type": "text", "text": s.into()}], "isError": false})
+}
+
+fn tools() -> Value {
+    json!([
+        {"name": "echo", "description": "Echo the message back.",
+         "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]},
+         "annotations": {"readOnlyHint": true, "openWorldHint": false}},
+        {"name": "read_document", "description": "Read a document from the demo library.",
+         "inputSchema": {"type": "object", "properties": {"name": {"type": "string", "enum": ["welcome", "handbook"]}}, "required": ["name"]},
+         "annotations": {"readOnlyHint": true, "openWorldHint": false}},
+        {"name": "read_secret", "description": "Read the deployment credential (confidential).",
+         "inputSchema": {"type": "object", "properties": {"name": {"type": "string"}}},
+         "annotations": {"readOnlyHint": true, "openWorldHint": false},
+         "_meta": {"portcullis/labels": ["confidential"]}},
+        {"name": "write_note", "description": "Save a note.",
+         "inputSchema": {"type": "object", "properties": {"title": {"type": "string"}, "body": {"type": "string"}}, "required": ["title", "body"]},
+         "annotations": {"readOnlyHint": false, "destructiveHint": false, "openWorldHint": false}},
+        {"name": "fetch_url", "description": "Fetch a URL (simulated: no network is used).",
+         "inputSchema": {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]},
+         "annotations": {"readOnlyHint": true, "openWorldHint": true}}
+    ])
+}
+
+fn arg<'a>(params: &'a Value, key: &str) -> Option<&'a str> {
+    params.get("arguments")?.get(key)?.as_str()
+}
+
+impl Demo {
+    fn call_tool(&self, params: &Value) -> Result<Value, (i64, String)> {
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match name {
+            "echo" => Ok(text(format!(
+                "Echo: {}",
+                arg(params, "message").unwrap_or_default()
+            ))),
+            "read_document" => {
+                let doc = arg(params, "name").unwrap_or("welcome");
+                match DOCS.iter().find(|(n, _)| *n == doc) {
+                    Some((_, body)) => Ok(text(*body)),
+                    None => Ok(
+                        json!({"content": [{"type": "text", "text": format!("no document named {doc}")}], "isError": true}),
+                    ),
+                }
+            }
+            // A fake credential in a well-known shape, so DLP has something to find.
+            "read_secret" => Ok(text(
+                "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            )),
+            "write_note" => {
+                let title = arg(params, "title").unwrap_or("untitled").to_owned();
+                let body = arg(params, "body").unwrap_or_default().to_owned();
+                let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+                notes.insert(title.clone(), body);
+                Ok(text(format!(
+                    "saved note {title:?} ({} notes)",
+                    notes.len()
+                )))
+            }
+            "fetch_url" => {
+                let url = arg(params, "url").unwrap_or_default();
+                Ok(text(format!(
+                    "<html><title>simulated</title><body>Simulated fetch of {url}</body></html>"
+                )))
+            }
+            other => Err((codes::INVALID_PARAMS, format!("Unknown tool: {other}"))),
+        }
+    }
+
+    /// Answers one message; `None` for notifications and responses.
+    pub fn handle(&self, m: &Message) -> Option<Message> {
+        if m.kind() != Kind::Request {
+            return None;
+        }
+        let id = m.id_owned()?;
+        let params = m.params();
+        let modern = params
+            .get("_meta")
+            .and_then(|x| x.get(META_VERSION))
+            .and_then(Value::as_str)
+            == Some("2026-07-28");
+        let method = m.method().unwrap_or_default();
+        let result: Result<Value, (i64, String)> = match method {
+            "initialize" if !modern => {
+                let v = Revision::negotiate_handshake(
+                    params
+                        .get("protocolVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                );
+                Ok(json!({
+                    "protocolVersion": v.as_str(),
+                    "capabilities": {"tools": {}, "resources": {}, "prompts": {}},
+                    "serverInfo": {"name": "portcullis-demo", "version": env!("CARGO_PKG_VERSION")},
+                }))
+            }
+            "server/discover" if modern => Ok(json!({
+                "supportedVersions": ["2026-07-28"],
+                "capabilities": {"tools": {}, "resources": {}, "prompts": {}},
+                "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "portcullis-demo", "version": env!("CARGO_PKG_VERSION")}},
+            })),
+            "ping" if !modern => Ok(json!({})),
+            "tools/list" => Ok(json!({"tools": tools()})),
+            "tools/call" => self.call_tool(&params),
+            "resources/list" => Ok(
+                json!({"resources": DOCS.iter().map(|(n, _)| json!({"uri": format!("demo://docs/{n}"), "name": n, "mimeType": "text/plain"})).collect::<Vec<_>>()}),
+            ),
+            "resources/read" => {
+                let uri = params
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                match DOCS.iter().find(|(n, _)| format!("demo://docs/{n}") == uri) {
+                    Some((_, body)) => Ok(
+                        json!({"contents": [{"uri": uri, "mimeType": "text/plain", "text": body}]}),
+                    ),
+                    None => Err((
+                        codes::RESOURCE_NOT_FOUND,
+                        format!("Resource not found: {uri}"),
+                    )),
+                }
+            }
+            "prompts/list" => Ok(
+                json!({"prompts": [{"name": "summarize", "description": "Summarize a topic.", "arguments": [{"name": "topic", "required": true}]}]}),
+            ),
+            "prompts/get" => {
+                let topic = params
+                    .get("arguments")
+                    .and_then(|a| a.get("topic"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("the handbook");
+                Ok(
+                    json!({"messages": [{"role": "user", "content": {"type": "text", "text": format!("Summarize {topic} in three sentences.")}}]}),
+                )
+            }
+            _ => Err((
+                codes::METHOD_NOT_FOUND,
+                format!("Method not found: {method}"),
+            )),
+        };
+        Some(match result {
+            Ok(mut r) => {
+                if modern {
+                    r["resultType"] = Value::from("complete");
+                    if matches!(
+                        method,
+                        "tools/list"
+                            | "resources/list"
+                            | "prompts/list"
+                            | "resources/read"
+                            | "server/discover"
+                    ) {
+                        r["ttlMs"] = Value::from(0);
+                        r["cacheScope"] = Value::from("public");
+                    }
+                }
+                Message::response(id, r)
+            }
+            Err((code, text)) => Message::error(Some(id), code, &text, None),
+        })
+    }
+}
+
+/// Serves the demo over stdio until stdin closes.
+pub async fn run_stdio() -> anyhow::Result<()> {
+    let demo = Demo::default();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut out = std::io::stdout();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let reply = match Message::parse(line.as_bytes()) {
+            Ok(m) => demo.handle(&m),
+            Err(e) => Some(Message::error(None, e.code(), &e.to_string(), None)),
+        };
+        if let Some(r) = reply {
+            out.write_all(&portcullis_wire::stdio::frame(&r.to_bytes()))?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct HttpDemo {
+    demo: Arc<Demo>,
+}
+
+async fn http_handle(
+    State(st): State<HttpDemo>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut resp = Response::new(Body::empty());
+    if method == axum::http::Method::DELETE || method == axum::http::Method::GET {
+        *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return resp;
+    }
+    let m = match Message::parse(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            *resp.status_mut() = StatusCode::BAD_REQUEST;
+            *resp.body_mut() =
+                Body::from(Message::error(None, e.code(), &e.to_string(), None).to_bytes());
+            return resp;
+        }
+    };
+    match st.demo.handle(&m) {
+        Some(r) => {
+            if m.method() == Some("initialize") {
+                resp.headers_mut().insert(
+                    "mcp-session-id",
+                    axum::http::HeaderValue::from_static("demo-session"),
+                );
+            }
+            let _ = headers;
+            resp.headers_mut().insert(
+                "content-type",
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+            *resp.body_mut() = Body::from(r.to_bytes());
+        }
+        None => *resp.status_mut() = StatusCode::ACCEPTED,
+    }
+    resp
+}
+
+/// Serves the demo over Streamable HTTP (JSON responses) at `/mcp`.
+pub async fn run_http(addr: SocketAddr) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route("/mcp", axum::routing::any(http_handle))
+        .with_state(HttpDemo {
+            demo: Arc::new(Demo::default()),
+        });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    eprintln!("listening on http://{}/mcp", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(d: &Demo, text: &str) -> Value {
+        let m = Message::parse(text.as_bytes()).unwrap();
+        let r = d.handle(&m).unwrap();
+        serde_json::from_slice(&r.to_bytes()).unwrap()
+    }
+
+    #[test]
+    fn tools_answer() {
+        let d = Demo::default();
+        let r = call(
+            &d,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#,
+        );
+        assert_eq!(r["result"]["content"][0]["text"], "Echo: hi");
+        let r = call(
+            &d,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"nope"}}"#,
+        );
+        assert_eq!(r["error"]["code"], codes::INVALID_PARAMS);
+        let r = call(
+            &d,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"write_note","arguments":{"title":"a","body":"b"}}}"#,
+        );
+        assert!(r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("1 notes"));
+    }
+
+    #[test]
+    fn speaks_both_eras() {
+        let d = Demo::default();
+        let r = call(
+            &d,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        );
+        assert_eq!(r["result"]["protocolVersion"], "2025-06-18");
+        let r = call(
+            &d,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#,
+        );
+        assert_eq!(r["result"]["resultType"], "complete");
+        assert_eq!(r["result"]["tools"].as_array().unwrap().len(), 5);
+    }
+}
