@@ -244,7 +244,9 @@ async fn supervise(
     unsolicited: Unsolicited,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let mut next_id: u64 = 1 << 62;
+    // Below 2^53 so JavaScript servers keep ids exact; far above the
+    // gateway's own counter.
+    let mut next_id: u64 = 1 << 50;
     loop {
         if *stop.borrow() {
             return;
