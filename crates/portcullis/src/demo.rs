@@ -197,14 +197,28 @@ impl Demo {
     }
 }
 
-/// Serves the demo over stdio until stdin closes.
+/// Serves the demo over stdio until stdin closes. With
+/// `PORTCULLIS_DEMO_LOG=FILE` every line received is appended to FILE, so
+/// tests can prove what did (and did not) reach the upstream.
 pub async fn run_stdio() -> anyhow::Result<()> {
     let demo = Demo::default();
+    let mut log = match std::env::var_os("PORTCULLIS_DEMO_LOG") {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+        None => None,
+    };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = std::io::stdout();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
             continue;
+        }
+        if let Some(f) = log.as_mut() {
+            writeln!(f, "{line}")?;
         }
         let reply = match Message::parse(line.as_bytes()) {
             Ok(m) => demo.handle(&m),

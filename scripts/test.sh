@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need (into .deps/, ignored)
+# and runs every test. CI runs this through .ci/run on a fresh clone.
+#
+#   scripts/test.sh            everything (format, lints, Rust tests, e2e, conformance)
+#   QUICK=1 scripts/test.sh    skip clippy and conformance (local iteration)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+step() { printf '\n=== %s ===\n' "$*"; }
+failed=()
+
+step "install test dependencies (.deps/)"
+scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check || failed+=("fmt")
+
+if [[ -z "${QUICK:-}" ]]; then
+    step "cargo clippy --all-targets -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings || failed+=("clippy")
+fi
+
+step "build the gateway"
+cargo build -p portcullis
+
+step "Rust unit and integration tests"
+cargo test --workspace || failed+=("cargo test")
+
+step "end-to-end: Python mcp SDK client, server-everything, through the gateway"
+.deps/venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider || failed+=("e2e")
+
+if [[ -z "${QUICK:-}" && -x tests/conformance/run.sh ]]; then
+    step "conformance suite: parity and coverage through the gateway"
+    tests/conformance/run.sh || failed+=("conformance")
+fi
+
+echo
+if (( ${#failed[@]} )); then
+    echo "test.sh: FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "test.sh: all suites passed"
