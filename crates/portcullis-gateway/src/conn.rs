@@ -12,6 +12,10 @@ use crate::upstream::{Events, UpstreamError};
 
 /// A connection the gateway can send calls over.
 #[derive(Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "cloned per call; boxing would add an allocation each time"
+)]
 pub enum Conn {
     /// A handshake-era HTTP session held by the gateway.
     Session(Arc<HttpSession>),

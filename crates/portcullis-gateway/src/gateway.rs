@@ -32,6 +32,10 @@ pub const STATE_PREFIX: &str = "portcullis.v1.";
 /// How long a bridged call may wait for the client's input.
 const SUSPEND_TTL: Duration = Duration::from_secs(600);
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per configured upstream, never moved on a hot path"
+)]
 enum UpstreamKind {
     Http {
         target: HttpTarget,
@@ -402,7 +406,11 @@ impl Gateway {
             "serverInfo": protocol::server_info(),
         });
         if !instructions.is_empty() {
-            out["instructions"] = Value::from(instructions.join("\n"));
+            protocol::set_path(
+                &mut out,
+                &["instructions"],
+                Value::from(instructions.join("\n")),
+            );
         }
         out
     }
@@ -479,7 +487,7 @@ impl Gateway {
                 match self.naming.inward(name) {
                     Some((idx, orig)) => {
                         let mut p = params.clone();
-                        p["name"] = Value::from(orig);
+                        protocol::set_path(&mut p, &["name"], Value::from(orig));
                         self.forward(client, idx, msg, &method, p, forwarded, out)
                             .await;
                     }
@@ -551,7 +559,7 @@ impl Gateway {
                     Some((idx, orig)) => {
                         let mut p = params.clone();
                         if let Some(o) = orig {
-                            p["ref"]["name"] = Value::from(o);
+                            protocol::set_path(&mut p, &["ref", "name"], Value::from(o));
                         }
                         self.forward(client, idx, msg, &method, p, forwarded, out)
                             .await;
@@ -615,7 +623,7 @@ impl Gateway {
                     return;
                 };
                 let mut p = params.clone();
-                p["requestId"] = Value::from(f.uid);
+                protocol::set_path(&mut p, &["requestId"], Value::from(f.uid));
                 if let Ok(conn) = self.conn(client, f.idx).await {
                     let t = self
                         .upstreams
@@ -756,7 +764,9 @@ impl Gateway {
                 p = json!({});
             }
             match cursor {
-                Some(c) => p["cursor"] = Value::from(c),
+                Some(c) => {
+                    protocol::set_path(&mut p, &["cursor"], Value::from(c));
+                }
                 None => {
                     if let Some(o) = p.as_object_mut() {
                         o.remove("cursor");
@@ -795,7 +805,8 @@ impl Gateway {
                         let Some(n) = item.get("name").and_then(Value::as_str) else {
                             continue;
                         };
-                        item["name"] = Value::from(self.naming.outward(idx, n));
+                        let outward = Value::from(self.naming.outward(idx, n));
+                        protocol::set_path(&mut item, &["name"], outward);
                     }
                     "resources" => {
                         if let Some(u) = item.get("uri").and_then(Value::as_str) {
@@ -906,7 +917,7 @@ impl Gateway {
             let mut p = params.clone();
             let progress = p.get("_meta").and_then(|m| m.get("progressToken")).cloned();
             if progress.is_some() {
-                p["_meta"]["progressToken"] = Value::from(uid);
+                protocol::set_path(&mut p, &["_meta", "progressToken"], Value::from(uid));
             }
             self.shape_params(client, &conn, &mut p);
             let mut m = msg.clone();
@@ -1195,9 +1206,9 @@ impl Gateway {
             }
         }
         let mut p = params.clone();
-        p["inputResponses"] = Value::Object(responses);
+        protocol::set_path(&mut p, &["inputResponses"], Value::Object(responses));
         if let Some(s) = result.get("requestState") {
-            p["requestState"] = s.clone();
+            protocol::set_path(&mut p, &["requestState"], s.clone());
         }
         Ok(p)
     }
@@ -1418,7 +1429,7 @@ fn restore_tokens(
             if p.get("progressToken").and_then(Value::as_u64) != Some(uid) {
                 return None;
             }
-            p["progressToken"] = token.clone();
+            protocol::set_path(&mut p, &["progressToken"], token.clone());
             let mut out = m.clone();
             out.set_params(&p);
             Some(out)
@@ -1426,7 +1437,7 @@ fn restore_tokens(
         Some("notifications/cancelled") => {
             let mut p = m.params();
             let cid: Value = serde_json::from_str(client_id?.get()).ok()?;
-            p["requestId"] = cid;
+            protocol::set_path(&mut p, &["requestId"], cid);
             let mut out = m.clone();
             out.set_params(&p);
             Some(out)

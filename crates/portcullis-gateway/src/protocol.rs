@@ -28,6 +28,35 @@ pub const CACHEABLE: [&str; 6] = [
 /// Methods that may answer `input_required` at 2026-07-28.
 pub const INPUT_REQUIRED_METHODS: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
 
+/// Sets `path` inside `v` (creating objects where the path is absent or
+/// null); leaves `v` unchanged if a step is some other non-object value.
+/// Peer-controlled JSON must never panic, so no `v["k"] = …` indexing.
+pub fn set_path(v: &mut Value, path: &[&str], val: Value) -> bool {
+    let Some((last, init)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for k in init {
+        if cur.is_null() {
+            *cur = Value::Object(Map::new());
+        }
+        let Some(obj) = cur.as_object_mut() else {
+            return false;
+        };
+        cur = obj.entry(*k).or_insert(Value::Null);
+    }
+    if cur.is_null() {
+        *cur = Value::Object(Map::new());
+    }
+    match cur.as_object_mut() {
+        Some(obj) => {
+            obj.insert((*last).to_owned(), val);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The `_meta` object a 2026-07-28 request carries.
 pub fn stateless_meta(caps: &Value, client_info: &Value) -> Value {
     json!({
@@ -162,6 +191,18 @@ pub fn server_info() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_path_never_panics() {
+        let mut v = json!({"a": 1});
+        assert!(!set_path(&mut v, &["a", "b"], json!(2)));
+        assert!(set_path(&mut v, &["c", "d"], json!(3)));
+        assert_eq!(v, json!({"a": 1, "c": {"d": 3}}));
+        let mut s = json!("str");
+        assert!(!set_path(&mut s, &["x"], json!(1)));
+        let mut n = Value::Null;
+        assert!(set_path(&mut n, &["x"], json!(1)));
+    }
 
     #[test]
     fn stamps_and_strips_meta() {

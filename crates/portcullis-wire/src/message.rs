@@ -35,6 +35,10 @@ pub struct Message {
     method: Option<String>,
 }
 
+/// One entry of a batch: a message, or why it is not one (with the id it
+/// carried, if any, so the error reply can name it).
+pub type BatchItem = Result<Message, (Option<Box<RawValue>>, WireError)>;
+
 /// A request body: one message, or a batch (2025-03-26 only).
 #[derive(Debug)]
 pub enum Body {
@@ -42,7 +46,7 @@ pub enum Body {
     Single(Message),
     /// A JSON array of messages; each entry parsed on its own so one bad
     /// entry does not lose the others.
-    Batch(Vec<Result<Message, (Option<Box<RawValue>>, WireError)>>),
+    Batch(Vec<BatchItem>),
 }
 
 struct Fields(Vec<(String, Box<RawValue>)>);

@@ -176,8 +176,8 @@ impl Demo {
         };
         Some(match result {
             Ok(mut r) => {
-                if modern {
-                    r["resultType"] = Value::from("complete");
+                if let (true, Some(obj)) = (modern, r.as_object_mut()) {
+                    obj.insert("resultType".into(), Value::from("complete"));
                     if matches!(
                         method,
                         "tools/list"
@@ -186,8 +186,8 @@ impl Demo {
                             | "resources/read"
                             | "server/discover"
                     ) {
-                        r["ttlMs"] = Value::from(0);
-                        r["cacheScope"] = Value::from("public");
+                        obj.insert("ttlMs".into(), Value::from(0));
+                        obj.insert("cacheScope".into(), Value::from("public"));
                     }
                 }
                 Message::response(id, r)

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // test code: a panic is a failed assertion
 //! End-to-end tests of the gateway binary against its own demo server:
 //! routing, id remapping, session isolation, upstream crash and restart,
 //! and every bad-input case of the core issue. Each rejected request is

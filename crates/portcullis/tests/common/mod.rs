@@ -1,6 +1,12 @@
 //! Test harness: runs the real `portcullis` binary and talks raw HTTP/1.1
 //! to it, so malformed requests can be sent exactly as written.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // test code: a panic is a failed assertion
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -198,10 +204,7 @@ fn parse_response(buf: &[u8]) -> Resp {
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
         let size =
             usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
