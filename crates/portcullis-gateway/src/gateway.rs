@@ -1079,7 +1079,10 @@ impl Gateway {
             };
             match m.kind() {
                 Kind::Response | Kind::Error => {
-                    if m.kind() == Kind::Response {
+                    let raw = m.result_raw().map(|r| r.get()).unwrap_or("");
+                    if m.kind() == Kind::Response
+                        && protocol::result_needs_fitting(raw, method, client.revision)
+                    {
                         let mut r = m.result();
                         let input_required =
                             r.get("resultType").and_then(Value::as_str) == Some("input_required");

@@ -136,6 +136,19 @@ pub fn fit_result(result: &mut Value, method: &str, client: Revision) {
     }
 }
 
+/// Whether a raw result may need [`fit_result`] (or input bridging), so the
+/// common case — a handshake result going to a handshake client — is
+/// forwarded without parsing or re-serializing it.
+pub fn result_needs_fitting(raw: &str, method: &str, client: Revision) -> bool {
+    if client.is_handshake() {
+        raw.contains("\"resultType\"")
+            || raw.contains("\"ttlMs\"")
+            || raw.contains("\"cacheScope\"")
+    } else {
+        !raw.contains("\"resultType\"") || CACHEABLE.contains(&method)
+    }
+}
+
 /// Whether the capability object names `key` (e.g. `tools`).
 pub fn has_cap(caps: &Value, key: &str) -> bool {
     caps.get(key).is_some_and(|v| !v.is_null())
@@ -228,6 +241,37 @@ mod tests {
         let mut c = json!({"content": []});
         fit_result(&mut c, "tools/call", Revision::V2026_07_28);
         assert!(c.get("ttlMs").is_none());
+    }
+
+    #[test]
+    fn skips_fitting_when_nothing_to_change() {
+        let plain = r#"{"content":[]}"#;
+        assert!(!result_needs_fitting(
+            plain,
+            "tools/call",
+            Revision::V2025_06_18
+        ));
+        assert!(result_needs_fitting(
+            plain,
+            "tools/call",
+            Revision::V2026_07_28
+        ));
+        let modern = r#"{"content":[],"resultType":"complete"}"#;
+        assert!(result_needs_fitting(
+            modern,
+            "tools/call",
+            Revision::V2025_06_18
+        ));
+        assert!(!result_needs_fitting(
+            modern,
+            "tools/call",
+            Revision::V2026_07_28
+        ));
+        assert!(result_needs_fitting(
+            modern,
+            "tools/list",
+            Revision::V2026_07_28
+        ));
     }
 
     #[test]
