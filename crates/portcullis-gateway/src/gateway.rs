@@ -36,7 +36,7 @@ const SUSPEND_TTL: Duration = Duration::from_secs(600);
     clippy::large_enum_variant,
     reason = "one per configured upstream, never moved on a hot path"
 )]
-enum UpstreamKind {
+pub(crate) enum UpstreamKind {
     Http {
         target: HttpTarget,
         /// `Some(discover result)` if the upstream speaks 2026-07-28.
@@ -47,13 +47,16 @@ enum UpstreamKind {
 
 /// One configured upstream.
 pub struct Upstream {
+    // (fields below are crate-visible for the listen module)
     /// Its configured name.
     pub name: String,
-    cfg: UpstreamConfig,
-    kind: UpstreamKind,
+    pub(crate) cfg: UpstreamConfig,
+    pub(crate) kind: UpstreamKind,
     /// The connection used for 2026-07-28 clients (gateway-held).
-    shared: tokio::sync::Mutex<Option<Conn>>,
-    timeout: Duration,
+    pub(crate) shared: tokio::sync::Mutex<Option<Conn>>,
+    pub(crate) timeout: Duration,
+    /// Whether the held session's GET stream feeds the hub.
+    pub(crate) hub_fed: std::sync::atomic::AtomicBool,
 }
 
 /// A step of a call in progress, as produced by its task.
@@ -90,6 +93,9 @@ pub struct Gateway {
     /// Open handshake-era client sessions.
     pub sessions: Sessions,
     suspended: StdMutex<HashMap<String, Suspended>>,
+    /// Unsolicited notifications of shared upstream connections (stdio, and
+    /// the sessions held for 2026-07-28 clients), for `subscriptions/listen`.
+    pub(crate) hub: tokio::sync::broadcast::Sender<(usize, Message)>,
 }
 
 fn err(id: Option<Box<RawValue>>, code: i64, msg: &str) -> Message {
@@ -213,6 +219,7 @@ impl Gateway {
                         kind,
                         shared: tokio::sync::Mutex::new(None),
                         timeout,
+                        hub_fed: std::sync::atomic::AtomicBool::new(false),
                     }
                 })
                 .collect();
@@ -224,6 +231,7 @@ impl Gateway {
                 routes: StdMutex::new(Routes::default()),
                 sessions: Sessions::default(),
                 suspended: StdMutex::new(HashMap::new()),
+                hub: tokio::sync::broadcast::channel(1024).0,
             }
         })
     }
@@ -238,11 +246,11 @@ impl Gateway {
         self.upstreams.len()
     }
 
-    fn next_uid(&self) -> u64 {
+    pub(crate) fn next_uid(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn upstream(&self, idx: usize) -> Result<&Upstream, UpstreamError> {
+    pub(crate) fn upstream(&self, idx: usize) -> Result<&Upstream, UpstreamError> {
         self.upstreams
             .get(idx)
             .ok_or_else(|| UpstreamError::Unavailable(idx.to_string(), "no such upstream".into()))
@@ -575,6 +583,9 @@ impl Gateway {
                     }
                 }
             }
+            "subscriptions/listen" if stateless => {
+                self.listen(client, id, &params, out).await;
+            }
             "logging/setLevel" if !stateless => {
                 for idx in 0..self.upstreams.len() {
                     let Ok(conn) = self.conn(client, idx).await else {
@@ -681,7 +692,11 @@ impl Gateway {
         }
     }
 
-    async fn route_uri(self: &Arc<Self>, client: &Arc<Client>, uri: &str) -> Option<usize> {
+    pub(crate) async fn route_uri(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        uri: &str,
+    ) -> Option<usize> {
         if let Some(i) = self.lookup_uri(uri) {
             return Some(i);
         }
@@ -863,7 +878,7 @@ impl Gateway {
         }
     }
 
-    fn shape_params(&self, client: &Client, conn: &Conn, params: &mut Value) {
+    pub(crate) fn shape_params(&self, client: &Client, conn: &Conn, params: &mut Value) {
         if conn.revision().is_handshake() {
             protocol::strip_request_meta(params);
         } else {
@@ -1298,6 +1313,9 @@ impl Gateway {
 
     /// A message from a shared (stdio) upstream that no call claimed.
     fn on_shared_unsolicited(self: &Arc<Self>, idx: usize, m: Message) {
+        if m.kind() == Kind::Notification {
+            let _ = self.hub.send((idx, m.clone()));
+        }
         match (m.kind(), m.method()) {
             (Kind::Notification, Some(method)) if method.ends_with("/list_changed") => {
                 for c in self.sessions.all() {

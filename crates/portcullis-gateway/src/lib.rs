@@ -9,6 +9,7 @@
 pub mod config;
 pub mod conn;
 pub mod gateway;
+mod listen;
 pub mod naming;
 pub mod protocol;
 pub mod server;
