@@ -257,6 +257,10 @@ def gateway_factory(request: pytest.FixtureRequest, logs_dir: Path) -> Iterator[
         request.getfixturevalue("everything_js")  # skip/fail early when deps are missing
         if kind == "stdio":
             args = ["--upstream-cmd", f"{UPSTREAM_NAME}={shlex.join(everything_stdio_argv())}"]
+        elif kind == "py-stdio":
+            args = ["--upstream-cmd", f"{UPSTREAM_NAME}={shlex.join([sys.executable, str(EVERYTHING_PY), 'stdio'])}"]
+        elif kind == "py-http":
+            args = ["--upstream", f"{UPSTREAM_NAME}={request.getfixturevalue('everything_py_http')}"]
         else:
             args = ["--upstream", f"{UPSTREAM_NAME}={request.getfixturevalue('everything_http')}"]
         try:
@@ -294,7 +298,7 @@ class Target:
         return self.prefix + bare
 
 
-ROUTES = ("direct", "direct-py", "gateway")
+ROUTES = ("direct", "direct-py", "gateway", "gateway-py")
 UPSTREAMS = ("stdio", "http")
 ERAS = ("legacy", "2026-07-28")
 
@@ -320,7 +324,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def prefix(route: str) -> str:
     """Tool/prompt name prefix: none directly, ``<server>__`` through the gateway."""
-    return f"{UPSTREAM_NAME}__" if route == "gateway" else ""
+    return f"{UPSTREAM_NAME}__" if route.startswith("gateway") else ""
 
 
 @pytest.fixture
@@ -351,7 +355,10 @@ def target(
             server = request.getfixturevalue("everything_http")
         return Target(route, upstream, era, server, prefix)
 
-    gw = gateway_factory(upstream)
+    # gateway-py: the gateway in front of the Python stand-in, which over
+    # HTTP speaks 2026-07-28 (so a legacy client exercises the gateway's
+    # input_required -> elicitation bridge and a 2026 client the pass-through).
+    gw = gateway_factory(("py-" if route == "gateway-py" else "") + upstream)
     return Target(route, upstream, era, gw.url, prefix, log=gw.proc.log)
 
 

@@ -287,7 +287,9 @@ impl Gateway {
                 }
             }
         };
-        modern.get_or_try_init(|| probe).await.cloned()
+        let r = modern.get_or_try_init(|| probe).await.cloned()?;
+        tracing::debug!(upstream = %u.name, modern = r.is_some(), "upstream revision probed");
+        Ok(r)
     }
 
     /// Opens a new connection to upstream `idx` on behalf of `caps`/`info`.
