@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use portcullis_wire::{codes, Kind, Message, Revision};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
@@ -49,6 +49,9 @@ fn tools() -> Value {
         {"name": "write_note", "description": "Save a note.",
          "inputSchema": {"type": "object", "properties": {"title": {"type": "string"}, "body": {"type": "string"}}, "required": ["title", "body"]},
          "annotations": {"readOnlyHint": false, "destructiveHint": false, "openWorldHint": false}},
+        {"name": "count", "description": "Count to `steps`, reporting progress every `delay_ms`.",
+         "inputSchema": {"type": "object", "properties": {"steps": {"type": "integer"}, "delay_ms": {"type": "integer"}}},
+         "annotations": {"readOnlyHint": true, "openWorldHint": false}},
         {"name": "fetch_url", "description": "Fetch a URL (simulated: no network is used).",
          "inputSchema": {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]},
          "annotations": {"readOnlyHint": true, "openWorldHint": true}}
@@ -197,6 +200,53 @@ impl Demo {
     }
 }
 
+fn is_count(m: &Message) -> bool {
+    m.kind() == Kind::Request
+        && m.method() == Some("tools/call")
+        && m.params().get("name").and_then(Value::as_str) == Some("count")
+}
+
+/// The `count` tool: `steps` progress notifications `delay_ms` apart (when
+/// the caller sent a progress token), then the result. It streams, so it
+/// exercises SSE responses and resumption.
+async fn count(m: Message, out: tokio::sync::mpsc::Sender<Message>) {
+    let params = m.params();
+    let args = params.get("arguments").cloned().unwrap_or(Value::Null);
+    let steps = args
+        .get("steps")
+        .and_then(Value::as_u64)
+        .unwrap_or(3)
+        .min(1000);
+    let delay = args
+        .get("delay_ms")
+        .and_then(Value::as_u64)
+        .unwrap_or(100)
+        .min(10_000);
+    let token = params
+        .get("_meta")
+        .and_then(|x| x.get("progressToken"))
+        .cloned();
+    for i in 1..=steps {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        if let Some(t) = &token {
+            let n = Message::notification(
+                "notifications/progress",
+                Some(
+                    json!({"progressToken": t, "progress": i, "total": steps, "message": format!("step {i}")}),
+                ),
+            );
+            if out.send(n).await.is_err() {
+                return;
+            }
+        }
+    }
+    if let Some(id) = m.id_owned() {
+        let _ = out
+            .send(Message::response(id, text(format!("counted to {steps}"))))
+            .await;
+    }
+}
+
 /// Serves the demo over stdio until stdin closes. With
 /// `PORTCULLIS_DEMO_LOG=FILE` every line received is appended to FILE, so
 /// tests can prove what did (and did not) reach the upstream.
@@ -211,8 +261,17 @@ pub async fn run_stdio() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let (out, mut rx) = tokio::sync::mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(m) = rx.recv().await {
+            let line = portcullis_wire::stdio::frame(&m.to_bytes());
+            if stdout.write_all(&line).await.is_err() || stdout.flush().await.is_err() {
+                return;
+            }
+        }
+    });
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut out = std::io::stdout();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
             continue;
@@ -220,15 +279,23 @@ pub async fn run_stdio() -> anyhow::Result<()> {
         if let Some(f) = log.as_mut() {
             writeln!(f, "{line}")?;
         }
-        let reply = match Message::parse(line.as_bytes()) {
-            Ok(m) => demo.handle(&m),
-            Err(e) => Some(Message::error(None, e.code(), &e.to_string(), None)),
-        };
-        if let Some(r) = reply {
-            out.write_all(&portcullis_wire::stdio::frame(&r.to_bytes()))?;
-            out.flush()?;
+        match Message::parse(line.as_bytes()) {
+            Ok(m) if is_count(&m) => {
+                tokio::spawn(count(m, out.clone()));
+            }
+            Ok(m) => {
+                if let Some(r) = demo.handle(&m) {
+                    out.send(r).await?;
+                }
+            }
+            Err(e) => {
+                out.send(Message::error(None, e.code(), &e.to_string(), None))
+                    .await?
+            }
         }
     }
+    drop(out);
+    let _ = writer.await;
     Ok(())
 }
 
@@ -338,6 +405,6 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#,
         );
         assert_eq!(r["result"]["resultType"], "complete");
-        assert_eq!(r["result"]["tools"].as_array().unwrap().len(), 5);
+        assert_eq!(r["result"]["tools"].as_array().unwrap().len(), 6);
     }
 }

@@ -52,7 +52,7 @@ fn federates_lists_and_routes_calls_to_the_owner() {
         names.contains(&"a__echo") && names.contains(&"b__echo"),
         "{names:?}"
     );
-    assert_eq!(names.len(), 10);
+    assert_eq!(names.len(), 12);
     // Notes are per upstream process: two writes to a, one to b.
     for _ in 0..2 {
         let r = gw.call(
@@ -445,7 +445,7 @@ fn broken_upstreams_fail_only_their_own_calls() {
     let sid = gw.session();
     let tools = gw.call(&sid, "1", "tools/list", "{}");
     let n = tools["result"]["tools"].as_array().unwrap().len();
-    assert_eq!(n, 5, "only the healthy upstream's tools: {tools}");
+    assert_eq!(n, 6, "only the healthy upstream's tools: {tools}");
     let r = gw.call(
         &sid,
         "2",
@@ -514,5 +514,130 @@ fn port_in_use_and_bad_config_exit_with_one_line() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sse_streams_resume_with_last_event_id() {
+    use std::io::{Read, Write};
+    let dir = tempdir("resume");
+    let gw = two_demos(&dir.join("up.log"));
+    let sid = gw.session();
+    // Start a streaming call, read the first progress event, then drop the
+    // connection mid-stream.
+    let body = r#"{"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"a__count","arguments":{"steps":5,"delay_ms":300},"_meta":{"progressToken":"tok"}}}"#;
+    let mut s = std::net::TcpStream::connect(&gw.addr).unwrap();
+    write!(
+        s,
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {sid}\r\nContent-Length: {}\r\n\r\n{body}",
+        gw.path,
+        gw.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"progress\":1") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(
+        text.contains("\"progressToken\":\"tok\""),
+        "client's own token restored: {text}"
+    );
+    let last_id = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .last()
+        .expect("events carry ids")
+        .trim()
+        .to_owned();
+    drop(s);
+    // Resume: the rest of the stream, ending with the response.
+    let r = raw(
+        &gw.addr,
+        "GET",
+        &gw.path,
+        &[
+            ("accept", "text/event-stream"),
+            ("mcp-session-id", &sid),
+            ("last-event-id", &last_id),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let msgs = r.messages();
+    let progress: Vec<u64> = msgs
+        .iter()
+        .filter_map(|m| m["params"]["progress"].as_u64())
+        .collect();
+    assert_eq!(
+        progress,
+        vec![2, 3, 4, 5],
+        "no event lost or repeated: {msgs:?}"
+    );
+    let last = msgs.last().unwrap();
+    assert_eq!(last["id"], "c1");
+    assert_eq!(text_of(last), "counted to 5");
+    // An unknown event id is refused, not silently accepted.
+    let r = raw(
+        &gw.addr,
+        "GET",
+        &gw.path,
+        &[
+            ("accept", "text/event-stream"),
+            ("mcp-session-id", &sid),
+            ("last-event-id", "999-1"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn a_hanging_call_times_out_and_is_cancelled_upstream() {
+    let dir = tempdir("hang");
+    let log = dir.join("up.log");
+    let cfg = dir.join("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[limits]\ncall_timeout_ms = 800\n\n[[upstream]]\nname = \"slow\"\ncommand = [{BIN:?}, \"demo-server\"]\nenv = {{ PORTCULLIS_DEMO_LOG = {:?} }}\n",
+            log.display().to_string()
+        ),
+    )
+    .unwrap();
+    let gw = start(&["--config".into(), cfg.display().to_string()], &[]);
+    let sid = gw.session();
+    let t = std::time::Instant::now();
+    let r = gw.call(
+        &sid,
+        "1",
+        "tools/call",
+        r#"{"name":"slow__count","arguments":{"steps":1,"delay_ms":5000}}"#,
+    );
+    assert_eq!(r["error"]["code"], -32011, "{r}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(4),
+        "answered at the timeout, not when the upstream finished"
+    );
+    assert!(
+        eventually(5, || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("notifications/cancelled")),
+        "the upstream was told to stop"
+    );
+    // The session and the upstream still serve other calls.
+    assert_eq!(
+        text_of(&gw.call(
+            &sid,
+            "2",
+            "tools/call",
+            r#"{"name":"slow__echo","arguments":{"message":"ok"}}"#
+        )),
+        "Echo: ok"
     );
 }
