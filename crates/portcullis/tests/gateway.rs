@@ -551,7 +551,7 @@ fn sse_streams_resume_with_last_event_id() {
     let last_id = text
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
-        .last()
+        .next_back()
         .expect("events carry ids")
         .trim()
         .to_owned();
