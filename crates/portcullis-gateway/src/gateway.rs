@@ -528,12 +528,26 @@ impl Gateway {
                 match self.route_uri(client, &uri).await {
                     Some(idx) => {
                         if method == "resources/subscribe" {
-                            lock(&client.subscriptions).insert(uri);
+                            lock(&client.subscriptions).insert(uri.clone());
                         } else if method == "resources/unsubscribe" {
                             lock(&client.subscriptions).remove(&uri);
                         }
-                        self.forward(client, idx, msg, &method, params, forwarded, out)
+                        let modern =
+                            matches!(self.conn(client, idx).await, Ok(Conn::Stateless(..)));
+                        if modern && method != "resources/read" {
+                            // 2026-07-28 has no subscribe: hold a listen stream for it.
+                            self.subscribe_via_listen(
+                                client,
+                                idx,
+                                &uri,
+                                method == "resources/subscribe",
+                            )
                             .await;
+                            let _ = out.send(reply(json!({}))).await;
+                        } else {
+                            self.forward(client, idx, msg, &method, params, forwarded, out)
+                                .await;
+                        }
                     }
                     None => {
                         let _ = out
@@ -589,11 +603,14 @@ impl Gateway {
                 self.listen(client, id, &params, out).await;
             }
             "logging/setLevel" if !stateless => {
+                *lock(&client.log_level) = params.get("level").cloned();
                 for idx in 0..self.upstreams.len() {
                     let Ok(conn) = self.conn(client, idx).await else {
                         continue;
                     };
-                    if !has_cap(&conn.capabilities(), "logging") {
+                    // 2026-07-28 upstreams get the level on every request instead.
+                    if !conn.revision().is_handshake() || !has_cap(&conn.capabilities(), "logging")
+                    {
                         continue;
                     }
                     let m =
@@ -894,6 +911,9 @@ impl Gateway {
                 client.caps.clone()
             };
             protocol::stamp_request_meta(params, &caps, &client.info);
+            if let Some(level) = lock(&client.log_level).clone() {
+                protocol::set_path(params, &["_meta", protocol::META_LOG_LEVEL], level);
+            }
         }
     }
 
@@ -1386,6 +1406,14 @@ impl Gateway {
     }
 
     fn listen_one(self: &Arc<Self>, client: &Arc<Client>, idx: usize, conn: &Conn) {
+        if let Conn::Stateless(..) = conn {
+            // A 2026-07-28 upstream delivers list changes only on a listen stream.
+            let filter = json!({"toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true});
+            let h = self.relay_listen(client, idx, conn.clone(), filter);
+            // Keyed so no URI can collide with it; aborted when the session ends.
+            lock(&client.upstream_subscriptions).insert(format!("\u{0}lists:{idx}"), h);
+            return;
+        }
         let Conn::Session(s) = conn else { return };
         let s = s.clone();
         let weak_client = Arc::downgrade(client);
@@ -1419,6 +1447,9 @@ impl Gateway {
 
     /// Ends a handshake-era session: its upstream sessions are closed.
     pub async fn end_session(&self, client: &Arc<Client>) {
+        for (_, h) in lock(&client.upstream_subscriptions).drain() {
+            h.abort();
+        }
         for slot in &client.conns {
             let c = slot.lock().await.take();
             if let Some(Conn::Session(s)) = c {

@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::conn::Conn;
 use crate::gateway::Gateway;
 use crate::protocol;
-use crate::session::Client;
+use crate::session::{lock, Client};
 
 /// `_meta` key naming the listen stream a notification belongs to.
 pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
@@ -95,6 +95,32 @@ fn tag(m: &Message, sub: &Value) -> Message {
         p = json!({});
     }
     protocol::set_path(&mut p, &["_meta", META_SUBSCRIPTION_ID], sub.clone());
+    let mut out = m.clone();
+    out.set_params(&p);
+    out
+}
+
+async fn c_call(
+    conn: Conn,
+    req: Message,
+    tx: mpsc::Sender<Message>,
+) -> Result<Message, crate::upstream::UpstreamError> {
+    conn.call(&req, &[], &tx, std::time::Duration::from_secs(24 * 3600))
+        .await
+}
+
+/// Removes the listen stream's tag before a handshake client sees it.
+fn untag(m: &Message) -> Message {
+    let mut p = m.params();
+    let Some(meta) = p.get_mut("_meta").and_then(Value::as_object_mut) else {
+        return m.clone();
+    };
+    meta.remove(META_SUBSCRIPTION_ID);
+    if meta.is_empty() {
+        if let Some(o) = p.as_object_mut() {
+            o.remove("_meta");
+        }
+    }
     let mut out = m.clone();
     out.set_params(&p);
     out
@@ -206,6 +232,71 @@ impl Gateway {
         for t in tasks {
             t.abort();
         }
+    }
+
+    /// Handshake client, 2026-07-28 upstream: `resources/subscribe` opens a
+    /// listen stream upstream for that URI (unsubscribe closes it).
+    pub(crate) async fn subscribe_via_listen(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        idx: usize,
+        uri: &str,
+        on: bool,
+    ) {
+        let old = lock(&client.upstream_subscriptions).remove(uri);
+        if let Some(h) = old {
+            h.abort();
+        }
+        if !on {
+            return;
+        }
+        let Ok(conn) = self.conn(client, idx).await else {
+            return;
+        };
+        let h = self.relay_listen(client, idx, conn, json!({"resourceSubscriptions": [uri]}));
+        lock(&client.upstream_subscriptions).insert(uri.to_owned(), h);
+    }
+
+    /// Opens `subscriptions/listen` with `filter` on a 2026-07-28 upstream
+    /// and relays its notifications to the client's GET stream.
+    pub(crate) fn relay_listen(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        idx: usize,
+        conn: Conn,
+        filter: Value,
+    ) -> tokio::task::AbortHandle {
+        let mut p = json!({"notifications": filter});
+        self.shape_params(client, &conn, &mut p);
+        let req = Message::request(raw_u64(self.next_uid()), "subscriptions/listen", Some(p));
+        let weak = Arc::downgrade(client);
+        let name = self
+            .upstream(idx)
+            .map(|u| u.name.clone())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::channel::<Message>(64);
+            let call = c_call(conn, req, tx);
+            tokio::pin!(call);
+            loop {
+                tokio::select! {
+                    r = &mut call => {
+                        tracing::debug!(upstream = %name, ended = ?r.err(), "upstream listen stream ended");
+                        break;
+                    }
+                    Some(m) = rx.recv() => {
+                        if m.method() == Some("notifications/subscriptions/acknowledged") {
+                            continue;
+                        }
+                        let Some(client) = weak.upgrade() else { break };
+                        if client.outbound.send(untag(&m)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .abort_handle()
     }
 
     async fn subscribe_all(

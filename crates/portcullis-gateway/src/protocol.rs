@@ -123,6 +123,12 @@ pub fn fit_result(result: &mut Value, method: &str, client: Revision) {
         obj.remove("resultType");
         obj.remove("ttlMs");
         obj.remove("cacheScope");
+        if let Some(meta) = obj.get_mut("_meta").and_then(Value::as_object_mut) {
+            meta.remove(META_SERVER_INFO);
+            if meta.is_empty() {
+                obj.remove("_meta");
+            }
+        }
         return;
     }
     obj.entry("resultType")

@@ -179,16 +179,25 @@ async fn handle(
         Some(v) => match Revision::parse(v) {
             Some(r) => Some(r),
             None => {
+                // Name the request in the error when the body lets us.
+                let id = if method == Method::POST {
+                    match read_body(&st, &headers, body).await {
+                        Ok(b) => portcullis_wire::message::id_of(&String::from_utf8_lossy(&b)),
+                        Err(r) => return r,
+                    }
+                } else {
+                    None
+                };
                 return json_response(
                     StatusCode::BAD_REQUEST,
                     &Message::error(
-                        None,
+                        id,
                         codes::UNSUPPORTED_VERSION,
                         "Unsupported protocol version",
                         Some(json!({"supported": Revision::all_strs(), "requested": v})),
                     ),
                     &[],
-                )
+                );
             }
         },
     };

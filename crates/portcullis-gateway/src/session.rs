@@ -89,6 +89,12 @@ pub struct Client {
     pub streams: StdMutex<HashMap<u64, StreamBuf>>,
     next_stream: AtomicU64,
     last_used: StdMutex<Instant>,
+    /// The level set by `logging/setLevel`, stamped on requests to
+    /// 2026-07-28 upstreams (which take it per request in `_meta`).
+    pub log_level: StdMutex<Option<Value>>,
+    /// Listen streams opened on 2026-07-28 upstreams for this session's
+    /// `resources/subscribe`, by URI.
+    pub upstream_subscriptions: StdMutex<HashMap<String, tokio::task::AbortHandle>>,
     /// Whether upstream GET listeners were started for this session.
     pub listening: std::sync::atomic::AtomicBool,
 }
@@ -122,6 +128,8 @@ impl Client {
             next_stream: AtomicU64::new(1),
             last_used: StdMutex::new(Instant::now()),
             listening: std::sync::atomic::AtomicBool::new(false),
+            log_level: StdMutex::new(None),
+            upstream_subscriptions: StdMutex::new(HashMap::new()),
         })
     }
 

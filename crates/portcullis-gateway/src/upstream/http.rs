@@ -128,8 +128,21 @@ impl HttpTarget {
         events: &Events,
     ) -> Result<Message, UpstreamError> {
         let status = resp.status();
+        let our_id = msg.id().map(|i| i.get().to_owned());
         if status == StatusCode::NOT_FOUND {
-            return Err(UpstreamError::SessionGone(self.name.to_string()));
+            // 404 with a JSON-RPC error for this request is an answer (2026-07-28
+            // maps -32601 to 404); a bare 404 means the session is gone.
+            let bytes = read_limited(resp.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
+            return match Message::parse(&bytes) {
+                Ok(m)
+                    if m.kind() == Kind::Error && m.id().map(|i| i.get()) == our_id.as_deref() =>
+                {
+                    Ok(m)
+                }
+                _ => Err(UpstreamError::SessionGone(self.name.to_string())),
+            };
         }
         let ctype = resp
             .headers()
@@ -137,7 +150,6 @@ impl HttpTarget {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let our_id = msg.id().map(|i| i.get().to_owned());
         if ctype.starts_with("text/event-stream") && status.is_success() {
             let mut body = resp.into_body();
             let mut dec = sse::Decoder::new(self.max_message);
