@@ -1,6 +1,7 @@
 //! `portcullis`: the command-line front of the gateway.
 #![forbid(unsafe_code)]
 
+mod ca_cmd;
 mod demo;
 mod wrap;
 
@@ -60,6 +61,16 @@ enum Cmd {
     Config {
         #[command(subcommand)]
         cmd: ConfigCmd,
+    },
+    /// Local certificate authority commands.
+    Ca {
+        #[command(subcommand)]
+        cmd: ca_cmd::CaCmd,
+    },
+    /// Certificate commands (issued by the local CA).
+    Cert {
+        #[command(subcommand)]
+        cmd: ca_cmd::CertCmd,
     },
 }
 
@@ -214,6 +225,8 @@ fn main() -> ExitCode {
         Cmd::Config {
             cmd: ConfigCmd::Check { config, file },
         } => config_check(config.or(file)),
+        Cmd::Ca { cmd } => ca_cmd::run_ca(cmd),
+        Cmd::Cert { cmd } => ca_cmd::run_cert(cmd),
         other => {
             init_logging();
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -241,7 +254,7 @@ fn main() -> ExitCode {
                     } => wrap::run(config, name, command).await,
                     Cmd::DemoServer { http: None } => demo::run_stdio().await,
                     Cmd::DemoServer { http: Some(addr) } => demo::run_http(addr).await,
-                    Cmd::Config { .. } => Ok(()),
+                    Cmd::Config { .. } | Cmd::Ca { .. } | Cmd::Cert { .. } => Ok(()),
                 }
             })
         }
