@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use std::path::PathBuf;
+
+pub use portcullis_identity::tls::TlsMode;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -52,6 +55,198 @@ pub struct Config {
     /// The MCP servers behind the gateway.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Who may call, and how they prove it.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Where the gateway keeps its state (dev CA, dev issuer key).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// TLS on the client-facing listener.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    /// `off` (plain HTTP, loopback only), `optional` or `required` (mTLS).
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// The gateway's certificate chain (PEM).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The gateway's private key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Trust bundles for client certificates.
+    #[serde(default)]
+    pub client_ca: Vec<PathBuf>,
+    /// SPIFFE trust domains accepted in client certificates (empty: any).
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+    /// Whether a client certificate must carry a SPIFFE ID.
+    #[serde(default = "yes")]
+    pub require_spiffe: bool,
+    /// CRL files (PEM) checked for client certificates.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    /// Deny list of certificate fingerprints/serials, re-read when it changes.
+    #[serde(default)]
+    pub deny_list: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which proofs of identity a request must carry.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthRequire {
+    /// A verified client certificate or a valid bearer token.
+    #[default]
+    Any,
+    /// A valid bearer token.
+    Token,
+    /// A verified client certificate.
+    Certificate,
+    /// Both: workload (certificate) and user (token) identity.
+    Strict,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Proofs required on every request.
+    #[serde(default)]
+    pub require: AuthRequire,
+    /// Let unauthenticated clients in — only on a loopback listener.
+    #[serde(default)]
+    pub allow_anonymous_loopback: bool,
+    /// The gateway's canonical resource URI (token audience, RFC 8707);
+    /// default: the listener's URL.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Absolute lifetime of a handshake-era session.
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime_secs: u64,
+    /// OAuth 2.1 bearer tokens.
+    #[serde(default)]
+    pub oauth: Option<OAuth>,
+    /// Signed device-posture assertions.
+    #[serde(default)]
+    pub posture: Option<PostureCfg>,
+}
+
+fn default_session_lifetime() -> u64 {
+    24 * 3600
+}
+
+/// An OAuth 2.1 authorization server whose tokens the gateway accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// JWKS: a file path or an https URL (http only on loopback).
+    pub jwks: String,
+    /// Authorization servers listed in the protected resource metadata
+    /// (default: the issuer).
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// Scopes every token must carry.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Scopes advertised in the metadata.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    /// Clock skew allowed on `exp`/`nbf` (at most 300).
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// CA bundle for an https JWKS URL.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Fewest seconds between two JWKS fetches for unknown key ids.
+    #[serde(default = "default_refetch")]
+    pub min_refetch_secs: u64,
+    /// RFC 7662 introspection for opaque tokens.
+    #[serde(default)]
+    pub introspection: Option<Introspection>,
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+fn default_refetch() -> u64 {
+    30
+}
+
+/// An RFC 7662 introspection endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    /// Endpoint URL.
+    pub url: String,
+    /// The gateway's client id there.
+    pub client_id: String,
+    /// The gateway's client secret there.
+    pub client_secret: String,
+}
+
+/// Where device-posture assertions come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostureCfg {
+    /// Expected `iss` of posture tokens.
+    pub issuer: String,
+    /// JWKS of the device-trust issuer (file or URL).
+    pub jwks: String,
+    /// Older assertions count as unknown.
+    #[serde(default = "default_posture_age")]
+    pub max_age_secs: u64,
+    /// Refuse requests whose posture is unknown.
+    #[serde(default)]
+    pub required: bool,
+}
+
+fn default_posture_age() -> u64 {
+    3600
+}
+
+/// TLS towards one upstream.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsCfg {
+    /// Trust bundle for the upstream's certificate.
+    #[serde(default)]
+    pub ca: Vec<PathBuf>,
+    /// The gateway's client certificate for this upstream (mTLS).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The gateway's client key for this upstream.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The SPIFFE ID the upstream must present.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+}
+
+/// An OAuth client-credentials grant the gateway uses for its own token
+/// towards an upstream (never the client's token).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCredentials {
+    /// Token endpoint.
+    pub token_url: String,
+    /// The gateway's client id.
+    pub client_id: String,
+    /// The gateway's client secret.
+    pub client_secret: String,
+    /// Scope to ask for.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Resource indicator (RFC 8707) for the upstream.
+    #[serde(default)]
+    pub audience: Option<String>,
 }
 
 /// Where and how the gateway accepts clients.
@@ -73,6 +268,9 @@ pub struct Listen {
     /// listener is on loopback, anything otherwise.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// TLS and client certificates.
+    #[serde(default)]
+    pub tls: ListenTls,
 }
 
 fn default_addr() -> String {
@@ -89,6 +287,7 @@ impl Default for Listen {
             path: default_path(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            tls: ListenTls::default(),
         }
     }
 }
@@ -199,6 +398,12 @@ pub struct UpstreamConfig {
     /// a client's token is never forwarded).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// TLS (and the gateway's client certificate) towards this server.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsCfg>,
+    /// The gateway's own OAuth token for this server.
+    #[serde(default)]
+    pub client_credentials: Option<ClientCredentials>,
 }
 
 fn default_inherit() -> Vec<String> {
@@ -237,6 +442,8 @@ impl UpstreamConfig {
             protocol: UpstreamProtocol::Auto,
             call_timeout_ms: None,
             headers: BTreeMap::new(),
+            tls: None,
+            client_credentials: None,
         }
     }
 }
@@ -264,17 +471,64 @@ impl Config {
             listen: Listen::default(),
             limits: Limits::default(),
             upstreams: Vec::new(),
+            auth: Auth::default(),
+            state_dir: None,
         }
     }
 
     /// Checks cross-field rules; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen.addr.parse::<SocketAddr>().map_err(|e| {
+        let addr: SocketAddr = self.listen.addr.parse().map_err(|e| {
             invalid(
                 "listen.addr",
                 format!("{:?} is not a socket address: {e}", self.listen.addr),
             )
         })?;
+        let loopback = addr.ip().is_loopback();
+        let tls = &self.listen.tls;
+        if tls.mode == TlsMode::Off && !loopback {
+            return Err(invalid(
+                "listen.tls.mode",
+                "plain HTTP is allowed on loopback addresses only; set optional or required",
+            ));
+        }
+        if tls.mode != TlsMode::Off && (tls.cert.is_none() || tls.key.is_none()) {
+            return Err(invalid("listen.tls.cert", "TLS needs both cert and key"));
+        }
+        if tls.mode == TlsMode::Required && tls.client_ca.is_empty() {
+            return Err(invalid(
+                "listen.tls.client_ca",
+                "mode = \"required\" needs a client trust bundle",
+            ));
+        }
+        if self.auth.allow_anonymous_loopback && !loopback {
+            return Err(invalid(
+                "auth.allow_anonymous_loopback",
+                "refused on a non-loopback address",
+            ));
+        }
+        let needs_cert = matches!(
+            self.auth.require,
+            AuthRequire::Certificate | AuthRequire::Strict
+        );
+        if needs_cert && (tls.mode == TlsMode::Off || tls.client_ca.is_empty()) {
+            return Err(invalid(
+                "auth.require",
+                "client certificates need listen.tls with client_ca",
+            ));
+        }
+        let needs_token = matches!(self.auth.require, AuthRequire::Token | AuthRequire::Strict);
+        if needs_token && self.auth.oauth.is_none() {
+            return Err(invalid(
+                "auth.require",
+                "bearer tokens need an [auth.oauth] section",
+            ));
+        }
+        if let Some(o) = &self.auth.oauth {
+            if o.leeway_secs > 300 {
+                return Err(invalid("auth.oauth.leeway_secs", "at most 300"));
+            }
+        }
         if !self.listen.path.starts_with('/') {
             return Err(invalid("listen.path", "must start with '/'"));
         }
@@ -341,6 +595,15 @@ impl Config {
                         format!("upstream[{i}].rename.{orig}"),
                         format!("client name {new:?} is used twice"),
                     ));
+                }
+            }
+            if let Some(t) = &u.tls {
+                if u.url.as_deref().is_some_and(|x| x.starts_with("http://")) {
+                    return Err(invalid(key("tls"), "TLS settings need an https:// url"));
+                }
+                if let Some(id) = &t.spiffe_id {
+                    portcullis_identity::spiffe::SpiffeId::parse(id)
+                        .map_err(|e| invalid(key("tls.spiffe_id"), e.to_string()))?;
                 }
             }
             if u.call_timeout_ms == Some(0) {

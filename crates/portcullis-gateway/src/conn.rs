@@ -46,7 +46,7 @@ impl Conn {
     /// The upstream's `initialize` (or `server/discover`) result.
     pub fn describe(&self) -> Value {
         match self {
-            Conn::Session(s) => s.init.clone(),
+            Conn::Session(s) => (*s.init).clone(),
             Conn::Stateless(_, d) => (**d).clone(),
             Conn::Stdio(s) => s.init().unwrap_or(Value::Null),
         }

@@ -55,6 +55,8 @@ pub struct Upstream {
     /// The connection used for 2026-07-28 clients (gateway-held).
     pub(crate) shared: tokio::sync::Mutex<Option<Conn>>,
     pub(crate) timeout: Duration,
+    /// The last `initialize` answer of this upstream, shared by sessions.
+    pub(crate) seen_init: StdMutex<Option<(String, Arc<Value>)>>,
     /// Whether the held session's GET stream feeds the hub.
     pub(crate) hub_fed: std::sync::atomic::AtomicBool,
 }
@@ -62,10 +64,41 @@ pub struct Upstream {
 /// A step of a call in progress, as produced by its task.
 type Step = Result<Message, UpstreamError>;
 
+/// A call in progress, polled by whoever drives it: related server messages
+/// first, then the response. Polled inline (no extra task); dropping it
+/// abandons the call. A parked call keeps its `Steps` unpolled until the
+/// client supplies input.
+struct Steps {
+    call: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Step> + Send>>>,
+    events: mpsc::Receiver<Message>,
+    last: Option<Step>,
+}
+
+impl Steps {
+    async fn next(&mut self) -> Option<Step> {
+        loop {
+            let Some(call) = self.call.as_mut() else {
+                // The call is done: drain what it sent, then its result.
+                return match self.events.try_recv() {
+                    Ok(m) => Some(Ok(m)),
+                    Err(_) => self.last.take(),
+                };
+            };
+            tokio::select! {
+                biased;
+                Some(m) = self.events.recv() => return Some(Ok(m)),
+                r = call => {
+                    self.call = None;
+                    self.last = Some(r);
+                }
+            }
+        }
+    }
+}
+
 /// A call parked until a 2026-07-28 client supplies input.
 struct Suspended {
-    steps: mpsc::Receiver<Step>,
-    task: tokio::task::AbortHandle,
+    steps: Steps,
     conn: Conn,
     idx: usize,
     uid: u64,
@@ -220,6 +253,7 @@ impl Gateway {
                         shared: tokio::sync::Mutex::new(None),
                         timeout,
                         hub_fed: std::sync::atomic::AtomicBool::new(false),
+                        seen_init: StdMutex::new(None),
                     }
                 })
                 .collect();
@@ -318,7 +352,7 @@ impl Gateway {
                 let params = json!({"protocolVersion": v.as_str(), "capabilities": caps, "clientInfo": info});
                 let s = tokio::time::timeout(
                     u.timeout,
-                    HttpSession::open(target.clone(), params, self.next_uid()),
+                    HttpSession::open(target.clone(), params, self.next_uid(), &u.seen_init),
                 )
                 .await
                 .map_err(|_| {
@@ -963,15 +997,14 @@ impl Gateway {
             if let Some(cid) = &client_id {
                 lock(&client.inflight).insert(cid.get().to_owned(), InFlight { idx, uid });
             }
-            let steps = self.spawn_call(idx, conn.clone(), m, forwarded.to_vec());
+            let steps = self.start_call(idx, conn.clone(), m, forwarded.to_vec());
             let outcome = self
                 .drive(
                     client,
                     idx,
                     &conn,
                     uid,
-                    steps.0,
-                    steps.1,
+                    steps,
                     progress.clone(),
                     method,
                     &params,
@@ -1012,40 +1045,23 @@ impl Gateway {
         }
     }
 
-    fn spawn_call(
+    fn start_call(
         &self,
         idx: usize,
         conn: Conn,
         m: Message,
         forwarded: Vec<(String, String)>,
-    ) -> (mpsc::Receiver<Step>, tokio::task::AbortHandle) {
-        let (tx, rx) = mpsc::channel::<Step>(64);
+    ) -> Steps {
         let (name, timeout) = self
             .upstreams
             .get(idx)
             .map(|u| (u.name.clone(), u.timeout))
             .unwrap_or_else(|| (String::new(), Duration::from_secs(60)));
-        let task = tokio::spawn(async move {
-            let (ev_tx, mut ev_rx) = mpsc::channel::<Message>(64);
-            let call = tokio::time::timeout(timeout, conn.call(&m, &forwarded, &ev_tx, timeout));
-            tokio::pin!(call);
-            let result = loop {
-                tokio::select! {
-                    biased;
-                    Some(ev) = ev_rx.recv() => {
-                        if tx.send(Ok(ev)).await.is_err() {
-                            break None;
-                        }
-                    }
-                    r = &mut call => break Some(r),
-                }
-            };
-            while let Ok(ev) = ev_rx.try_recv() {
-                let _ = tx.send(Ok(ev)).await;
-            }
-            let step = match result {
-                Some(Ok(r)) => r,
-                Some(Err(_)) => {
+        let (ev_tx, events) = mpsc::channel::<Message>(64);
+        let call = async move {
+            match tokio::time::timeout(timeout, conn.call(&m, &forwarded, &ev_tx, timeout)).await {
+                Ok(r) => r,
+                Err(_) => {
                     // Tell the upstream to stop working on it.
                     let p = json!({"requestId": m.id().map(|i| i.get().parse::<u64>().unwrap_or(0)), "reason": "timeout"});
                     let _ = conn
@@ -1056,11 +1072,13 @@ impl Gateway {
                         .await;
                     Err(UpstreamError::Timeout(name, timeout.as_millis() as u64))
                 }
-                None => return,
-            };
-            let _ = tx.send(step).await;
-        });
-        (rx, task.abort_handle())
+            }
+        };
+        Steps {
+            call: Some(Box::pin(call)),
+            events,
+            last: None,
+        }
     }
 
     /// Consumes a call's steps: interim messages to the client, server
@@ -1076,8 +1094,7 @@ impl Gateway {
         idx: usize,
         conn: &Conn,
         uid: u64,
-        mut steps: mpsc::Receiver<Step>,
-        task: tokio::task::AbortHandle,
+        mut steps: Steps,
         progress: Option<Value>,
         method: &str,
         params: &Value,
@@ -1086,11 +1103,11 @@ impl Gateway {
     ) -> Driven {
         loop {
             let step = tokio::select! {
-                s = steps.recv() => s,
+                s = steps.next() => s,
                 _ = out.closed() => {
                     // The client went away: cancel upstream (2026-07-28
                     // semantics; handshake-era streams are never dropped).
-                    task.abort();
+                    drop(steps);
                     let p = json!({"requestId": uid, "reason": "client disconnected"});
                     let _ = conn.notify(&Message::notification("notifications/cancelled", Some(p)), Duration::from_secs(5)).await;
                     return Driven::Done;
@@ -1169,7 +1186,6 @@ impl Gateway {
                             token,
                             Suspended {
                                 steps,
-                                task,
                                 conn: conn.clone(),
                                 idx,
                                 uid,
@@ -1274,7 +1290,7 @@ impl Gateway {
             return;
         };
         if s.binding != binding_of(method, params) || s.expires < Instant::now() {
-            s.task.abort();
+            drop(s.steps);
             let _ = out
                 .send(err(
                     client_id,
@@ -1310,27 +1326,21 @@ impl Gateway {
             .notify(&Message::response(s.their_id, answer), t)
             .await
         {
-            s.task.abort();
+            drop(s.steps);
             let _ = out.send(e.to_message(client_id)).await;
             return;
         }
         let _ = self
             .drive(
-                client, s.idx, &s.conn, s.uid, s.steps, s.task, s.progress, method, params,
-                client_id, out,
+                client, s.idx, &s.conn, s.uid, s.steps, s.progress, method, params, client_id, out,
             )
             .await;
     }
 
     fn sweep_suspended(&self) {
         let now = Instant::now();
-        lock(&self.suspended).retain(|_, s| {
-            let keep = s.expires > now;
-            if !keep {
-                s.task.abort();
-            }
-            keep
-        });
+        // Dropping a parked call's steps abandons it upstream.
+        lock(&self.suspended).retain(|_, s| s.expires > now);
     }
 
     /// A message from a shared (stdio) upstream that no call claimed.
@@ -1341,7 +1351,7 @@ impl Gateway {
         match (m.kind(), m.method()) {
             (Kind::Notification, Some(method)) if method.ends_with("/list_changed") => {
                 for c in self.sessions.all() {
-                    let _ = c.outbound.try_send(m.clone());
+                    let _ = c.deliver(m.clone());
                 }
             }
             (Kind::Notification, Some("notifications/resources/updated")) => {
@@ -1353,7 +1363,7 @@ impl Gateway {
                     .to_owned();
                 for c in self.sessions.all() {
                     if lock(&c.subscriptions).contains(&uri) {
-                        let _ = c.outbound.try_send(m.clone());
+                        let _ = c.deliver(m.clone());
                     }
                 }
             }
@@ -1436,7 +1446,7 @@ impl Gateway {
                             let gid = client.register_server_request(ServerRequest::Upstream { idx, their_id });
                             m.set_id(raw_u64(gid));
                         }
-                        if client.outbound.send(m).await.is_err() {
+                        if !client.deliver_wait(m).await {
                             break;
                         }
                     }

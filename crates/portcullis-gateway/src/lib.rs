@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod gateway;
 mod listen;
+pub mod listener;
 pub mod naming;
 pub mod protocol;
 pub mod server;

@@ -289,7 +289,7 @@ impl Gateway {
                             continue;
                         }
                         let Some(client) = weak.upgrade() else { break };
-                        if client.outbound.send(untag(&m)).await.is_err() {
+                        if !client.deliver_wait(untag(&m)).await {
                             break;
                         }
                     }

@@ -400,11 +400,8 @@ async fn handshake_message(st: AppState, client: Arc<Client>, m: Message) -> Res
             status_only(StatusCode::ACCEPTED)
         }
         Kind::Request => {
-            let (tx, mut rx) = mpsc::channel::<Message>(64);
-            let gw = st.gw.clone();
-            let c = client.clone();
-            tokio::spawn(async move { gw.dispatch(&c, m, &[], &tx).await });
-            let Some(first) = rx.recv().await else {
+            let (first, rx) = run_call(st.gw.clone(), client.clone(), m, Vec::new()).await;
+            let Some(first) = first else {
                 return error_response(StatusCode::OK, None, codes::INTERNAL_ERROR, "no response");
             };
             if matches!(first.kind(), Kind::Response | Kind::Error) {
@@ -413,6 +410,40 @@ async fn handshake_message(st: AppState, client: Arc<Client>, m: Message) -> Res
             resumable_stream(client, first, rx)
         }
     }
+}
+
+/// Runs a request on the handler's own task until its first message. The
+/// common case — a single JSON answer — costs no task spawn; if an interim
+/// message comes first, the rest of the call moves to its own task and the
+/// receiver streams it.
+async fn run_call(
+    gw: Arc<Gateway>,
+    client: Arc<Client>,
+    m: Message,
+    forwarded: Vec<(String, String)>,
+) -> (Option<Message>, mpsc::Receiver<Message>) {
+    let (tx, mut rx) = mpsc::channel::<Message>(64);
+    let mut call = Box::pin(async move { gw.dispatch(&client, m, &forwarded, &tx).await });
+    let mut done = false;
+    let first = loop {
+        tokio::select! {
+            biased;
+            m = rx.recv() => break m,
+            _ = &mut call, if !done => done = true,
+        }
+    };
+    let last = first
+        .as_ref()
+        .is_some_and(|f| matches!(f.kind(), Kind::Response | Kind::Error));
+    if !done {
+        if last {
+            // Only bookkeeping is left after the final answer.
+            call.await;
+        } else {
+            tokio::spawn(call);
+        }
+    }
+    (first, rx)
 }
 
 /// A 2025-03-26 batch: each entry handled in turn, answers collected.
@@ -444,7 +475,7 @@ async fn batch(
                             answers.push(x);
                         } else {
                             // Interim messages of a batched call go to the GET stream.
-                            let _ = client.outbound.try_send(x);
+                            let _ = client.deliver(x);
                         }
                     }
                 }
@@ -631,7 +662,7 @@ async fn get(st: AppState, headers: HeaderMap) -> Response {
         }
     };
     if sid == 0 {
-        let rx = lock(&client.outbound_rx).take();
+        let rx = client.open_outbound();
         if let Some(mut rx) = rx {
             let c = client.clone();
             tokio::spawn(async move {
@@ -753,10 +784,8 @@ async fn post_stateless(st: AppState, headers: HeaderMap, m: Message) -> Respons
         .cloned()
         .unwrap_or_else(|| json!({}));
     let client = Client::new(String::new(), Revision::V2026_07_28, caps.clone(), info, 0);
-    let (tx, mut rx) = mpsc::channel::<Message>(64);
-    let gw = st.gw.clone();
-    tokio::spawn(async move { gw.dispatch(&client, m, &forwarded, &tx).await });
-    let Some(first) = rx.recv().await else {
+    let (first, mut rx) = run_call(st.gw.clone(), client, m, forwarded).await;
+    let Some(first) = first else {
         return error_response(StatusCode::OK, id, codes::INTERNAL_ERROR, "no response");
     };
     if matches!(first.kind(), Kind::Response | Kind::Error) {

@@ -79,10 +79,9 @@ pub struct Client {
     /// Server→client requests waiting on the client, by gateway id.
     pub server_requests: StdMutex<HashMap<u64, ServerRequest>>,
     next_gid: AtomicU64,
-    /// Queue of messages for the GET stream.
-    pub outbound: mpsc::Sender<Message>,
-    /// Receiving end of `outbound`, taken by the GET stream while open.
-    pub outbound_rx: StdMutex<Option<mpsc::Receiver<Message>>>,
+    /// Queue of messages for the GET stream, made when the client first
+    /// opens one (an idle session without a GET stream holds no queue).
+    outbound: std::sync::OnceLock<mpsc::Sender<Message>>,
     /// Resource URIs this client subscribed to.
     pub subscriptions: StdMutex<HashSet<String>>,
     /// SSE streams kept for resumption, by stream number.
@@ -111,7 +110,6 @@ pub fn new_session_id() -> String {
 impl Client {
     /// A new client with `n` upstream slots (0 for stateless contexts).
     pub fn new(id: String, revision: Revision, caps: Value, info: Value, n: usize) -> Arc<Client> {
-        let (tx, rx) = mpsc::channel(256);
         Arc::new(Client {
             id,
             revision,
@@ -121,8 +119,7 @@ impl Client {
             inflight: StdMutex::new(HashMap::new()),
             server_requests: StdMutex::new(HashMap::new()),
             next_gid: AtomicU64::new(1),
-            outbound: tx,
-            outbound_rx: StdMutex::new(Some(rx)),
+            outbound: std::sync::OnceLock::new(),
             subscriptions: StdMutex::new(HashSet::new()),
             streams: StdMutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
@@ -131,6 +128,36 @@ impl Client {
             log_level: StdMutex::new(None),
             upstream_subscriptions: StdMutex::new(HashMap::new()),
         })
+    }
+
+    /// Creates the GET-stream queue and returns its receiving end; `None`
+    /// if it exists already (one receiver per session).
+    pub fn open_outbound(&self) -> Option<mpsc::Receiver<Message>> {
+        let mut rx = None;
+        self.outbound.get_or_init(|| {
+            let (tx, r) = mpsc::channel(256);
+            rx = Some(r);
+            tx
+        });
+        rx
+    }
+
+    /// Queues a server message for the GET stream without waiting; dropped
+    /// (and `false`) when the client has no stream or is not reading it.
+    pub fn deliver(&self, m: Message) -> bool {
+        match self.outbound.get() {
+            Some(tx) => tx.try_send(m).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Queues a server message, waiting for room; `false` once the session
+    /// has no stream to take it.
+    pub async fn deliver_wait(&self, m: Message) -> bool {
+        match self.outbound.get() {
+            Some(tx) => tx.send(m).await.is_ok(),
+            None => false,
+        }
     }
 
     /// Whether this is a per-request 2026-07-28 context.

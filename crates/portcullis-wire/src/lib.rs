@@ -15,5 +15,5 @@ pub mod sse;
 pub mod stdio;
 
 pub use error::{codes, WireError};
-pub use message::{Body, Kind, Message};
+pub use message::{Body, Kind, Message, RawObject};
 pub use revision::Revision;

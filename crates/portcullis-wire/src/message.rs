@@ -49,17 +49,100 @@ pub enum Body {
     Batch(Vec<BatchItem>),
 }
 
-struct Fields(Vec<(String, Box<RawValue>)>);
+/// A JSON object kept as raw JSON per key, in order: look into or replace
+/// one member (a tool name, `_meta`) without re-encoding the others
+/// (arguments, content).
+#[derive(Clone, Debug, Default)]
+pub struct RawObject(Vec<(String, Box<RawValue>)>);
 
-impl<'de> Deserialize<'de> for Fields {
+impl RawObject {
+    /// Parses raw JSON that must be an object.
+    pub fn parse(raw: &str) -> Option<RawObject> {
+        serde_json::from_str(raw).ok()
+    }
+
+    /// The member's raw JSON.
+    pub fn get(&self, key: &str) -> Option<&RawValue> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// The member as a string, if it is one.
+    pub fn get_str(&self, key: &str) -> Option<String> {
+        self.get(key)
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+    }
+
+    /// The member parsed as a JSON value.
+    pub fn get_value(&self, key: &str) -> Option<Value> {
+        self.get(key)
+            .and_then(|v| serde_json::from_str(v.get()).ok())
+    }
+
+    /// Sets a member to raw JSON (replacing in place, or appending).
+    pub fn set(&mut self, key: &str, value: Box<RawValue>) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key.to_owned(), value)),
+        }
+    }
+
+    /// Sets a member from a JSON value.
+    pub fn set_value(&mut self, key: &str, value: &Value) {
+        self.set(key, raw(value));
+    }
+
+    /// Removes a member.
+    pub fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
+    }
+
+    /// Whether the object has no members.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Serializes the object.
+    pub fn to_raw(&self) -> Box<RawValue> {
+        let mut out = String::with_capacity(
+            2 + self
+                .0
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>(),
+        );
+        out.push('{');
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            if let Ok(key) = serde_json::to_string(k) {
+                out.push_str(&key);
+            }
+            out.push(':');
+            out.push_str(v.get());
+        }
+        out.push('}');
+        RawValue::from_string(out).unwrap_or_else(|_| null_raw())
+    }
+
+    /// The object as a JSON value.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.to_raw().get()).unwrap_or(Value::Null)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawObject {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Fields;
+            type Value = RawObject;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON-RPC object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
                 let mut out: Vec<(String, Box<RawValue>)> = Vec::with_capacity(4);
                 while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
                     if out.iter().any(|(name, _)| *name == k) {
@@ -67,7 +150,7 @@ impl<'de> Deserialize<'de> for Fields {
                     }
                     out.push((k, v));
                 }
-                Ok(Fields(out))
+                Ok(RawObject(out))
             }
         }
         d.deserialize_map(V)
@@ -97,7 +180,7 @@ fn unreachable_raw() -> Box<RawValue> {
 impl Message {
     /// Parses one message from bytes, enforcing the JSON-RPC 2.0 shape.
     pub fn parse(bytes: &[u8]) -> Result<Message, WireError> {
-        let fields: Fields = match serde_json::from_slice(bytes) {
+        let fields: RawObject = match serde_json::from_slice(bytes) {
             Ok(f) => f,
             Err(e) if e.is_data() => {
                 return Err(WireError::Invalid(format!("not a JSON-RPC object: {e}")))
@@ -311,6 +394,16 @@ impl Message {
         self.set_field("params", raw(params));
     }
 
+    /// The params as a raw object (`None` when absent or not an object).
+    pub fn params_object(&self) -> Option<RawObject> {
+        self.params_raw().and_then(|p| RawObject::parse(p.get()))
+    }
+
+    /// Replaces the params with an already-serialized value.
+    pub fn set_params_raw(&mut self, params: Box<RawValue>) {
+        self.set_field("params", params);
+    }
+
     /// The raw result of a response.
     pub fn result_raw(&self) -> Option<&RawValue> {
         self.field("result")
@@ -461,6 +554,21 @@ mod tests {
             Err(WireError::Parse(_))
         ));
         assert!(matches!(Message::parse(b""), Err(WireError::Parse(_))));
+    }
+
+    #[test]
+    fn raw_object_edits_one_member() {
+        let m = Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__x","arguments":{"n": 1.50,"s":"\u00e9"}}}"#).unwrap();
+        let mut p = m.params_object().unwrap();
+        assert_eq!(p.get_str("name").as_deref(), Some("a__x"));
+        p.set_value("name", &Value::from("x"));
+        assert_eq!(
+            p.to_raw().get(),
+            r#"{"name":"x","arguments":{"n": 1.50,"s":"\u00e9"}}"#
+        );
+        p.remove("arguments");
+        assert_eq!(p.to_raw().get(), r#"{"name":"x"}"#);
+        assert!(RawObject::parse("[1]").is_none());
     }
 
     #[test]

@@ -186,9 +186,7 @@ async fn serve(
             let _ = ctrl_c.await;
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    portcullis_gateway::listener::serve(listener, None, app, shutdown).await;
     gw.shutdown();
     // Give stdio children their grace period.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -136,12 +136,7 @@ async fn handle(
             let client = Client::new(new_session_id(), v, caps, info, gw.upstream_count());
             gw.sessions.insert(client.clone(), usize::MAX);
             // Unsolicited server messages (list_changed, …) go to stdout too.
-            if let Some(mut rx) = client
-                .outbound_rx
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
+            if let Some(mut rx) = client.open_outbound() {
                 let o = out.clone();
                 tokio::spawn(async move {
                     while let Some(x) = rx.recv().await {

@@ -231,16 +231,20 @@ pub struct HttpSession {
     target: HttpTarget,
     session_id: Option<String>,
     revision: Revision,
-    /// The upstream's `initialize` result (capabilities, serverInfo).
-    pub init: Value,
+    /// The upstream's `initialize` result (capabilities, serverInfo),
+    /// shared between sessions that got the same answer.
+    pub init: Arc<Value>,
 }
 
 impl HttpSession {
     /// Opens a session: `initialize`, then `notifications/initialized`.
+    /// `seen` keeps the last `initialize` result so identical answers
+    /// (the usual case) share one parsed copy across sessions.
     pub async fn open(
         target: HttpTarget,
         init_params: Value,
         init_id: u64,
+        seen: &std::sync::Mutex<Option<(String, Arc<Value>)>>,
     ) -> Result<HttpSession, UpstreamError> {
         let req = Message::request(
             portcullis_wire::message::raw_u64(init_id),
@@ -268,7 +272,21 @@ impl HttpSession {
                 reply.error_value().unwrap_or(Value::Null)
             )));
         }
-        let init = reply.result();
+        let raw = reply
+            .result_raw()
+            .map(|r| r.get().to_owned())
+            .unwrap_or_default();
+        let init = {
+            let mut last = seen.lock().unwrap_or_else(|e| e.into_inner());
+            match last.as_ref() {
+                Some((r, v)) if *r == raw => v.clone(),
+                _ => {
+                    let v = Arc::new(reply.result());
+                    *last = Some((raw, v.clone()));
+                    v
+                }
+            }
+        };
         let revision = init
             .get("protocolVersion")
             .and_then(Value::as_str)
