@@ -217,6 +217,27 @@ fn config_check(file: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The async runtime: one worker per core by default; `PORTCULLIS_WORKERS`
+/// sets the count (1 = a single-threaded runtime, no cross-thread wake-ups).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var("PORTCULLIS_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0);
+    match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -227,10 +248,7 @@ fn main() -> ExitCode {
         Cmd::Cert { cmd } => ca_cmd::run_cert(cmd),
         other => {
             init_logging();
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("portcullis: cannot start the runtime: {e}");
