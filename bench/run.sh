@@ -90,7 +90,7 @@ DEMO_PID=$!
 PIDS+=("$DEMO_PID")
 DIRECT=$(wait_url "$OUT_DIR/demo.log" "$DEMO_PID")
 
-"$BIN/portcullis" serve --listen 127.0.0.1:0 --upstream "demo=$DIRECT" 2>"$OUT_DIR/gateway.log" &
+"$BIN/portcullis" serve --listen 127.0.0.1:0 --allow-anonymous-loopback --upstream "demo=$DIRECT" 2>"$OUT_DIR/gateway.log" &
 GW_PID=$!
 PIDS+=("$GW_PID")
 GATEWAY=$(wait_url "$OUT_DIR/gateway.log" "$GW_PID")
@@ -123,7 +123,7 @@ idle() { # NAME [driver flags...]
     local name=$1 log pid url
     shift
     log="$OUT_DIR/gateway-$name.log"
-    "$BIN/portcullis" serve --listen 127.0.0.1:0 --upstream "demo=$DIRECT" 2>"$log" &
+    "$BIN/portcullis" serve --listen 127.0.0.1:0 --allow-anonymous-loopback --upstream "demo=$DIRECT" 2>"$log" &
     pid=$!
     PIDS+=("$pid")
     url=$(wait_url "$log" "$pid")

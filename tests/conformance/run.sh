@@ -130,7 +130,7 @@ start_gateway() { # name upstream-name upstream-url protocol  -> sets GW_URL
         say "$name: could not list the upstream's tools/prompts; see $WORK/$name.gen.log"
         return 1
     fi
-    "$BIN" serve --config "$cfg" --listen 127.0.0.1:0 >"$log" 2>&1 &
+    "$BIN" serve --config "$cfg" --listen 127.0.0.1:0 --allow-anonymous-loopback >"$log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     for ((i = 0; i < 400; i++)); do

@@ -232,7 +232,7 @@ def _start_gateway(upstream_args: list[str], log: Path) -> Gateway:
         binary.is_file() and os.access(binary, os.X_OK),
         f"gateway binary not found at {binary} (build it, or set PORTCULLIS_BIN)",
     )
-    proc = spawn("portcullis", [str(binary), "serve", "--listen", "127.0.0.1:0", *upstream_args], log)
+    proc = spawn("portcullis", [str(binary), "serve", "--listen", "127.0.0.1:0", "--allow-anonymous-loopback", *upstream_args], log)
     try:
         m = wait_for_line(proc, GATEWAY_READY)
     except RuntimeError:

@@ -64,7 +64,7 @@ pub struct Config {
 }
 
 /// TLS on the client-facing listener.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenTls {
     /// `off` (plain HTTP, loopback only), `optional` or `required` (mTLS).
@@ -97,6 +97,21 @@ fn yes() -> bool {
     true
 }
 
+impl Default for ListenTls {
+    fn default() -> Self {
+        ListenTls {
+            mode: TlsMode::Off,
+            cert: None,
+            key: None,
+            client_ca: Vec::new(),
+            trust_domains: Vec::new(),
+            require_spiffe: yes(),
+            crl: Vec::new(),
+            deny_list: None,
+        }
+    }
+}
+
 /// Which proofs of identity a request must carry.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -113,7 +128,7 @@ pub enum AuthRequire {
 }
 
 /// Authentication settings.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     /// Proofs required on every request.
@@ -139,6 +154,19 @@ pub struct Auth {
 
 fn default_session_lifetime() -> u64 {
     24 * 3600
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            require: AuthRequire::Any,
+            allow_anonymous_loopback: false,
+            resource: None,
+            session_lifetime_secs: default_session_lifetime(),
+            oauth: None,
+            posture: None,
+        }
+    }
 }
 
 /// An OAuth 2.1 authorization server whose tokens the gateway accepts.
@@ -485,6 +513,12 @@ impl Config {
             )
         })?;
         let loopback = addr.ip().is_loopback();
+        if self.auth.allow_anonymous_loopback && !loopback {
+            return Err(invalid(
+                "auth.allow_anonymous_loopback",
+                "refused on a non-loopback address",
+            ));
+        }
         let tls = &self.listen.tls;
         if tls.mode == TlsMode::Off && !loopback {
             return Err(invalid(
@@ -499,12 +533,6 @@ impl Config {
             return Err(invalid(
                 "listen.tls.client_ca",
                 "mode = \"required\" needs a client trust bundle",
-            ));
-        }
-        if self.auth.allow_anonymous_loopback && !loopback {
-            return Err(invalid(
-                "auth.allow_anonymous_loopback",
-                "refused on a non-loopback address",
             ));
         }
         let needs_cert = matches!(
@@ -617,6 +645,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programmatic_defaults_match_file_defaults() {
+        let a = Config::empty();
+        let b = Config::from_toml("").unwrap();
+        assert_eq!(a.auth.session_lifetime_secs, b.auth.session_lifetime_secs);
+        assert_eq!(a.auth.session_lifetime_secs, 24 * 3600);
+        assert_eq!(a.listen.tls.require_spiffe, b.listen.tls.require_spiffe);
+        assert_eq!(a.limits.max_body_bytes, b.limits.max_body_bytes);
+    }
 
     #[test]
     fn defaults_with_empty_file() {

@@ -182,7 +182,7 @@ impl Gateway {
         if !namespaced {
             naming = naming.transparent();
         }
-        let http = uphttp::client();
+        let http = uphttp::client(None);
         Arc::new_cyclic(|weak: &Weak<Gateway>| {
             let upstreams = cfg
                 .upstreams
@@ -215,35 +215,9 @@ impl Gateway {
                             }),
                         ))
                     } else {
-                        let url = u.url.clone().unwrap_or_default();
-                        let target = HttpTarget::new(
-                            &u.name,
-                            &url,
-                            &u.headers,
-                            http.clone(),
-                            cfg.limits.max_upstream_message_bytes,
-                        );
-                        match target {
-                            Ok(target) => UpstreamKind::Http {
-                                target,
-                                modern: tokio::sync::OnceCell::new(),
-                            },
-                            Err(e) => {
-                                // Validation already checked the URL; keep a
-                                // target that can only fail, never panic.
-                                tracing::error!(upstream = %u.name, error = %e, "bad upstream");
-                                UpstreamKind::Http {
-                                    target: HttpTarget::new(
-                                        &u.name,
-                                        "http://127.0.0.1:9/",
-                                        &BTreeMap::new(),
-                                        http.clone(),
-                                        1024,
-                                    )
-                                    .unwrap_or_else(|_| unreachable_target()),
-                                    modern: tokio::sync::OnceCell::new(),
-                                }
-                            }
+                        UpstreamKind::Http {
+                            target: http_target(u, &http, cfg.limits.max_upstream_message_bytes),
+                            modern: tokio::sync::OnceCell::new(),
                         }
                     };
                     Upstream {
@@ -1510,12 +1484,84 @@ fn restore_tokens(
     }
 }
 
-#[expect(
-    clippy::panic,
-    reason = "a constant loopback URL always parses; this cannot run"
-)]
-fn unreachable_target() -> HttpTarget {
-    panic!("constant upstream URL rejected")
+/// Builds the target of an HTTP upstream: its own client when it has TLS
+/// settings (trust bundle, expected SPIFFE ID, the gateway's client
+/// certificate), else the shared one; and the gateway's own OAuth token
+/// when client credentials are configured. Settings that cannot be built
+/// are logged in detail and leave a target whose every call fails with
+/// `-32010` naming the setting (not file paths or secrets); never a panic.
+fn http_target(
+    u: &UpstreamConfig,
+    shared: &Result<uphttp::HttpClient, String>,
+    max_message: usize,
+) -> HttpTarget {
+    use portcullis_identity::client_credentials::{
+        ClientCredentialsConfig, ClientCredentialsSource,
+    };
+    use portcullis_identity::spiffe::SpiffeId;
+    use portcullis_identity::tls::{client_config, UpstreamTls};
+
+    let fail = |what: &str, why: String| {
+        tracing::error!(upstream = %u.name, error = %why, "upstream unusable: {what}");
+        HttpTarget::unusable(&u.name, &format!("{what} (details in the gateway log)"))
+    };
+    let url = u.url.clone().unwrap_or_default();
+    let client = match &u.tls {
+        Some(t) => {
+            let spiffe_id = match t.spiffe_id.as_deref().map(SpiffeId::parse).transpose() {
+                Ok(id) => id,
+                Err(e) => return fail("bad tls.spiffe_id", e.to_string()),
+            };
+            let tls = UpstreamTls {
+                ca: t.ca.clone(),
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                spiffe_id,
+            };
+            match client_config(&tls).and_then(|c| {
+                uphttp::client(Some(c)).map_err(portcullis_identity::tls::TlsError::Config)
+            }) {
+                Ok(c) => c,
+                Err(e) => return fail("its tls settings could not be loaded", e.to_string()),
+            }
+        }
+        None => match shared {
+            Ok(c) => {
+                if url.starts_with("https://") {
+                    tracing::warn!(upstream = %u.name, "https upstream without tls settings: no trust anchors, calls will fail; set tls.ca");
+                }
+                c.clone()
+            }
+            Err(e) => return fail("no HTTP client", e.clone()),
+        },
+    };
+    let target = match HttpTarget::new(&u.name, &url, &u.headers, client, max_message) {
+        Ok(t) => t,
+        Err(e) => return fail("bad url or headers", e.to_string()),
+    };
+    match &u.client_credentials {
+        None => target,
+        Some(cc) => {
+            if u.headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("authorization"))
+            {
+                tracing::warn!(upstream = %u.name, "client_credentials replace the static Authorization header");
+            }
+            let mut cfg = ClientCredentialsConfig::new(
+                cc.token_url.clone(),
+                cc.client_id.clone(),
+                cc.client_secret.clone(),
+            );
+            cfg.scope = cc.scope.clone();
+            cfg.audience = cc.audience.clone();
+            cfg.ca = u.tls.as_ref().map(|t| t.ca.clone()).unwrap_or_default();
+            match ClientCredentialsSource::new(cfg) {
+                Ok(src) => target.with_credentials(Arc::new(src)),
+                Err(e) => fail("its client_credentials cannot be used", e.to_string()),
+            }
+        }
+    }
 }
 
 #[allow(dead_code)]

@@ -26,25 +26,53 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::auth::Authenticator;
 use crate::gateway::Gateway;
+use crate::listener::ConnInfo;
 use crate::protocol;
 use crate::session::{lock, new_session_id, Client, StreamBuf, STREAM_BUFFER};
+use portcullis_identity::principal::Principal;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     gw: Arc<Gateway>,
+    auth: Arc<Authenticator>,
     loopback: bool,
 }
 
-/// The router serving the MCP endpoint at the configured path.
-pub fn router(gw: Arc<Gateway>, bound: SocketAddr) -> Router {
+/// Who sent a request and over which route; sessions are bound to both.
+pub struct Caller {
+    /// The authenticated identity.
+    pub principal: Principal,
+    /// Listener address and path.
+    pub route: String,
+}
+
+/// The router serving the MCP endpoint at the configured path, and the
+/// Protected Resource Metadata (RFC 9728) beside it.
+pub fn router(gw: Arc<Gateway>, auth: Arc<Authenticator>, bound: SocketAddr) -> Router {
     let path = gw.cfg.listen.path.clone();
     let state = AppState {
         gw,
+        auth,
         loopback: bound.ip().is_loopback(),
     };
-    Router::new().route(&path, any(handle)).with_state(state)
+    let prm_at_path = format!("{}{}", crate::auth::PRM_PATH, path.trim_end_matches('/'));
+    Router::new()
+        .route(&path, any(handle))
+        .route(crate::auth::PRM_PATH, axum::routing::get(metadata))
+        .route(&prm_at_path, axum::routing::get(metadata))
+        .with_state(state)
+}
+
+async fn metadata(State(st): State<AppState>) -> Response {
+    let mut r = Response::new(Body::from(st.auth.metadata.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Spawns the idle-session sweeper.
@@ -164,13 +192,34 @@ fn check_origin_host(st: &AppState, h: &HeaderMap) -> Result<(), Response> {
 
 async fn handle(
     State(st): State<AppState>,
+    conn: Option<axum::Extension<ConnInfo>>,
     method: Method,
+    uri: http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     if let Err(r) = check_origin_host(&st, &headers) {
         return r;
     }
+    let conn = conn.map(|c| c.0);
+    let principal = match st
+        .auth
+        .authenticate(&headers, uri.query(), conn.as_ref())
+        .await
+    {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let caller = Caller {
+        principal,
+        route: format!(
+            "{}{}",
+            conn.as_ref()
+                .map(|c| c.local.to_string())
+                .unwrap_or_default(),
+            uri.path()
+        ),
+    };
     let version = headers
         .get(mh::MCP_PROTOCOL_VERSION)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
@@ -203,9 +252,9 @@ async fn handle(
     };
     let stateless = era == Some(Revision::V2026_07_28);
     match method {
-        Method::POST => post(st, headers, body, stateless).await,
-        Method::GET if !stateless => get(st, headers).await,
-        Method::DELETE if !stateless => delete(st, headers).await,
+        Method::POST => post(st, caller, headers, body, stateless).await,
+        Method::GET if !stateless => get(st, caller, headers).await,
+        Method::DELETE if !stateless => delete(st, caller, headers).await,
         _ => {
             let mut r = status_only(StatusCode::METHOD_NOT_ALLOWED);
             let allow = if stateless {
@@ -265,7 +314,13 @@ fn accepts_sse(h: &HeaderMap) -> bool {
     header_str(h, "accept").is_some_and(|a| a.contains("text/event-stream") || a.contains("*/*"))
 }
 
-async fn post(st: AppState, headers: HeaderMap, body: Body, stateless: bool) -> Response {
+async fn post(
+    st: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+    stateless: bool,
+) -> Response {
     let bytes = match read_body(&st, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -276,7 +331,7 @@ async fn post(st: AppState, headers: HeaderMap, body: Body, stateless: bool) -> 
     };
     if stateless {
         return match parsed {
-            WireBody::Single(m) => post_stateless(st, headers, m).await,
+            WireBody::Single(m) => post_stateless(st, caller, headers, m).await,
             WireBody::Batch(_) => wire_error(&WireError::BatchNotAllowed, None),
         };
     }
@@ -289,7 +344,7 @@ async fn post(st: AppState, headers: HeaderMap, body: Body, stateless: bool) -> 
                     None,
                 );
             }
-            initialize(st, m).await
+            initialize(st, caller, m).await
         }
         WireBody::Single(m) => {
             // A body that carries the 2026-07-28 envelope without the
@@ -304,14 +359,14 @@ async fn post(st: AppState, headers: HeaderMap, body: Body, stateless: bool) -> 
                     "MCP-Protocol-Version header does not match _meta protocolVersion",
                 );
             }
-            let client = match find_session(&st, session_id.as_deref()) {
+            let client = match find_session(&st, session_id.as_deref(), &caller) {
                 Ok(c) => c,
                 Err(r) => return r,
             };
             handshake_message(st, client, m).await
         }
         WireBody::Batch(items) => {
-            let client = match find_session(&st, session_id.as_deref()) {
+            let client = match find_session(&st, session_id.as_deref(), &caller) {
                 Ok(c) => c,
                 Err(r) => return r,
             };
@@ -327,7 +382,15 @@ async fn post(st: AppState, headers: HeaderMap, body: Body, stateless: bool) -> 
     clippy::result_large_err,
     reason = "the error is the HTTP answer itself, built once on a cold path"
 )]
-fn find_session(st: &AppState, id: Option<&str>) -> Result<Arc<Client>, Response> {
+fn find_session(st: &AppState, id: Option<&str>, caller: &Caller) -> Result<Arc<Client>, Response> {
+    let not_found = || {
+        error_response(
+            StatusCode::NOT_FOUND,
+            None,
+            codes::INVALID_REQUEST,
+            "Session not found",
+        )
+    };
     let Some(id) = id else {
         return Err(error_response(
             StatusCode::BAD_REQUEST,
@@ -336,17 +399,33 @@ fn find_session(st: &AppState, id: Option<&str>) -> Result<Arc<Client>, Response
             "Bad Request: Missing session ID",
         ));
     };
-    st.gw.sessions.get(id).ok_or_else(|| {
-        error_response(
-            StatusCode::NOT_FOUND,
-            None,
-            codes::INVALID_REQUEST,
-            "Session not found",
-        )
-    })
+    let c = st.gw.sessions.get(id).ok_or_else(not_found)?;
+    let p = &caller.principal;
+    if c.owner != p.key() || c.fingerprint.as_deref() != p.fingerprint() || c.route != caller.route
+    {
+        // Answered exactly like an unknown session: no oracle for the thief.
+        tracing::warn!(
+            session = %c.id,
+            owner = %c.owner,
+            presented = %p.key(),
+            route = %caller.route,
+            created_on = %c.route,
+            "session hijack attempt: session presented by another identity, certificate or route"
+        );
+        return Err(not_found());
+    }
+    if c.created.elapsed() > Duration::from_secs(st.gw.cfg.auth.session_lifetime_secs) {
+        tracing::info!(session = %c.id, "session reached its absolute lifetime");
+        if let Some(c) = st.gw.sessions.remove(id) {
+            let gw = st.gw.clone();
+            tokio::spawn(async move { gw.end_session(&c).await });
+        }
+        return Err(not_found());
+    }
+    Ok(c)
 }
 
-async fn initialize(st: AppState, m: Message) -> Response {
+async fn initialize(st: AppState, caller: Caller, m: Message) -> Response {
     let params = m.params();
     let requested = params
         .get("protocolVersion")
@@ -361,12 +440,15 @@ async fn initialize(st: AppState, m: Message) -> Response {
         .get("clientInfo")
         .cloned()
         .unwrap_or_else(|| json!({}));
+    tracing::info!(identity = %caller.principal.key(), strength = caller.principal.strength.as_str(), "session requested");
     let client = Client::new(
         new_session_id(),
         revision,
         caps,
         info,
         st.gw.upstream_count(),
+        caller.principal,
+        caller.route,
     );
     if !st
         .gw
@@ -587,7 +669,7 @@ async fn push_event(client: &Client, sid: u64, m: &Message, last: bool) {
     }
 }
 
-async fn get(st: AppState, headers: HeaderMap) -> Response {
+async fn get(st: AppState, caller: Caller, headers: HeaderMap) -> Response {
     if !accepts_sse(&headers) {
         return error_response(
             StatusCode::NOT_ACCEPTABLE,
@@ -596,7 +678,7 @@ async fn get(st: AppState, headers: HeaderMap) -> Response {
             "Not Acceptable: client must accept text/event-stream",
         );
     }
-    let client = match find_session(&st, header_str(&headers, mh::MCP_SESSION_ID)) {
+    let client = match find_session(&st, header_str(&headers, mh::MCP_SESSION_ID), &caller) {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -679,28 +761,17 @@ async fn get(st: AppState, headers: HeaderMap) -> Response {
     sse_response(live_rx)
 }
 
-async fn delete(st: AppState, headers: HeaderMap) -> Response {
-    let Some(id) = header_str(&headers, mh::MCP_SESSION_ID) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            None,
-            codes::INVALID_REQUEST,
-            "Bad Request: Missing session ID",
-        );
+async fn delete(st: AppState, caller: Caller, headers: HeaderMap) -> Response {
+    // Only the owner may end a session; anyone else learns nothing.
+    let c = match find_session(&st, header_str(&headers, mh::MCP_SESSION_ID), &caller) {
+        Ok(c) => c,
+        Err(r) => return r,
     };
-    match st.gw.sessions.remove(id) {
-        Some(c) => {
-            tracing::info!(session = %c.id, "session ended by client");
-            st.gw.end_session(&c).await;
-            status_only(StatusCode::OK)
-        }
-        None => error_response(
-            StatusCode::NOT_FOUND,
-            None,
-            codes::INVALID_REQUEST,
-            "Session not found",
-        ),
+    if let Some(c) = st.gw.sessions.remove(&c.id) {
+        tracing::info!(session = %c.id, "session ended by client");
+        st.gw.end_session(&c).await;
     }
+    status_only(StatusCode::OK)
 }
 
 fn status_for(code: i64) -> StatusCode {
@@ -716,7 +787,7 @@ fn status_for(code: i64) -> StatusCode {
     }
 }
 
-async fn post_stateless(st: AppState, headers: HeaderMap, m: Message) -> Response {
+async fn post_stateless(st: AppState, caller: Caller, headers: HeaderMap, m: Message) -> Response {
     let id = m.id_owned();
     match m.kind() {
         Kind::Notification => return status_only(StatusCode::ACCEPTED),
@@ -783,7 +854,15 @@ async fn post_stateless(st: AppState, headers: HeaderMap, m: Message) -> Respons
         .and_then(|x| x.get(protocol::META_CLIENT_INFO))
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let client = Client::new(String::new(), Revision::V2026_07_28, caps.clone(), info, 0);
+    let client = Client::new(
+        String::new(),
+        Revision::V2026_07_28,
+        caps.clone(),
+        info,
+        0,
+        caller.principal,
+        caller.route,
+    );
     let (first, mut rx) = run_call(st.gw.clone(), client, m, forwarded).await;
     let Some(first) = first else {
         return error_response(StatusCode::OK, id, codes::INTERNAL_ERROR, "no response");

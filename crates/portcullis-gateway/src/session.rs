@@ -18,6 +18,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use portcullis_identity::principal::Principal;
+
 use crate::conn::Conn;
 
 /// Locks a std mutex, recovering from poisoning (the data stays valid).
@@ -68,6 +70,16 @@ pub struct Client {
     pub id: String,
     /// The client's revision.
     pub revision: Revision,
+    /// Who created the session (or sent the request).
+    pub principal: Principal,
+    /// `principal.key()`, kept for the binding check on every request.
+    pub owner: String,
+    /// The creating client certificate's fingerprint, if any.
+    pub fingerprint: Option<String>,
+    /// The listener and path the session was created on.
+    pub route: String,
+    /// When the session was created (absolute lifetime).
+    pub created: Instant,
     /// The client's declared capabilities.
     pub caps: Value,
     /// The client's `clientInfo`.
@@ -109,8 +121,21 @@ pub fn new_session_id() -> String {
 
 impl Client {
     /// A new client with `n` upstream slots (0 for stateless contexts).
-    pub fn new(id: String, revision: Revision, caps: Value, info: Value, n: usize) -> Arc<Client> {
+    pub fn new(
+        id: String,
+        revision: Revision,
+        caps: Value,
+        info: Value,
+        n: usize,
+        principal: Principal,
+        route: String,
+    ) -> Arc<Client> {
         Arc::new(Client {
+            owner: principal.key(),
+            fingerprint: principal.fingerprint().map(str::to_owned),
+            principal,
+            route,
+            created: Instant::now(),
             id,
             revision,
             caps,
@@ -234,6 +259,18 @@ impl Sessions {
         self.len() == 0
     }
 
+    /// Removes and returns every session owned by `owner` (revocation of an
+    /// identity).
+    pub fn revoke_owner(&self, owner: &str) -> Vec<Arc<Client>> {
+        let mut m = lock(&self.map);
+        let dead: Vec<String> = m
+            .iter()
+            .filter(|(_, c)| c.owner == owner)
+            .map(|(k, _)| k.clone())
+            .collect();
+        dead.iter().filter_map(|k| m.remove(k)).collect()
+    }
+
     /// Removes and returns sessions idle longer than `max_idle`.
     pub fn expire(&self, max_idle: Duration) -> Vec<Arc<Client>> {
         let mut m = lock(&self.map);
@@ -268,6 +305,8 @@ mod tests {
             Value::Null,
             Value::Null,
             0,
+            Principal::anonymous(),
+            String::new(),
         );
         assert!(s.insert(c, 1));
         let d = Client::new(
@@ -276,6 +315,8 @@ mod tests {
             Value::Null,
             Value::Null,
             0,
+            Principal::anonymous(),
+            String::new(),
         );
         assert!(!s.insert(d, 1));
         assert!(s.get("a").is_some());

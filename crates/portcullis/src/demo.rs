@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -302,6 +303,36 @@ pub async fn run_stdio() -> anyhow::Result<()> {
 #[derive(Clone)]
 struct HttpDemo {
     demo: Arc<Demo>,
+    /// `PORTCULLIS_DEMO_LOG`: one JSON line per request received.
+    log: Option<Arc<Mutex<std::fs::File>>>,
+    /// Answer 401 unless `Authorization: Bearer <this prefix>…`.
+    require_bearer: Option<Arc<str>>,
+}
+
+impl HttpDemo {
+    /// Records what reached the server: method, Authorization, body.
+    fn record(&self, method: &axum::http::Method, headers: &HeaderMap, body: &[u8]) {
+        let Some(log) = &self.log else { return };
+        let auth = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let message = serde_json::from_slice::<Value>(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+        let line = json!({"method": method.as_str(), "authorization": auth, "message": message});
+        let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(f, "{line}");
+    }
+
+    fn bearer_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(prefix) = &self.require_bearer else {
+            return true;
+        };
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t.starts_with(&**prefix))
+    }
 }
 
 async fn http_handle(
@@ -311,6 +342,15 @@ async fn http_handle(
     body: Bytes,
 ) -> Response {
     let mut resp = Response::new(Body::empty());
+    st.record(&method, &headers, &body);
+    if !st.bearer_ok(&headers) {
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        resp.headers_mut().insert(
+            "www-authenticate",
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
     if method == axum::http::Method::DELETE || method == axum::http::Method::GET {
         *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         return resp;
@@ -344,18 +384,78 @@ async fn http_handle(
     resp
 }
 
-/// Serves the demo over Streamable HTTP (JSON responses) at `/mcp`.
-pub async fn run_http(addr: SocketAddr) -> anyhow::Result<()> {
+/// How `demo-server --http` serves.
+pub struct HttpOptions {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Serve https with this certificate chain (PEM)…
+    pub tls_cert: Option<PathBuf>,
+    /// …and this key.
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
+    /// Answer 401 unless `Authorization: Bearer <prefix>…`.
+    pub require_bearer: Option<String>,
+}
+
+/// Serves the demo over Streamable HTTP (JSON responses) at `/mcp`, over
+/// https (and mTLS with `client_ca`) when given a certificate. With
+/// `PORTCULLIS_DEMO_LOG=FILE` each request received is appended to FILE as
+/// a JSON line (`method`, `authorization`, `message`), so tests can prove
+/// what did (and did not) reach the upstream.
+pub async fn run_http(opts: HttpOptions) -> anyhow::Result<()> {
+    let log = match std::env::var_os("PORTCULLIS_DEMO_LOG") {
+        Some(p) => Some(Arc::new(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ))),
+        None => None,
+    };
     let app = axum::Router::new()
         .route("/mcp", axum::routing::any(http_handle))
         .with_state(HttpDemo {
             demo: Arc::new(Demo::default()),
+            log,
+            require_bearer: opts.require_bearer.map(Arc::from),
         });
-    let listener = tokio::net::TcpListener::bind(addr)
+    let tls = match (opts.tls_cert, opts.tls_key) {
+        (Some(cert), Some(key)) => {
+            use portcullis_identity::tls::{server_config, ClientPolicy, ServerTls, TlsMode};
+            let (mode, client_ca) = match opts.client_ca {
+                Some(ca) => (TlsMode::Required, vec![ca]),
+                None => (TlsMode::Optional, vec![]),
+            };
+            let policy = Arc::new(ClientPolicy {
+                trust_domains: vec![],
+                require_spiffe: false,
+                deny: Arc::default(),
+            });
+            let t = ServerTls {
+                mode,
+                cert,
+                key,
+                client_ca,
+                crl: vec![],
+            };
+            Some(server_config(&t, policy)?)
+        }
+        (None, None) if opts.client_ca.is_none() => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together (and --client-ca needs them)"),
+    };
+    let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    eprintln!("listening on http://{}/mcp", listener.local_addr()?);
-    axum::serve(listener, app).await?;
+        .with_context(|| format!("cannot listen on {}", opts.addr))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("listening on {scheme}://{}/mcp", listener.local_addr()?);
+    match tls {
+        Some(tls) => {
+            portcullis_gateway::listener::serve(listener, Some(tls), app, std::future::pending())
+                .await
+        }
+        None => axum::serve(listener, app).await?,
+    }
     Ok(())
 }
 

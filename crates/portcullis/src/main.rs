@@ -3,16 +3,16 @@
 
 mod ca_cmd;
 mod demo;
+mod serve;
 mod wrap;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
-use portcullis_gateway::config::UpstreamConfig;
-use portcullis_gateway::{server, Config, Gateway};
+use portcullis_gateway::Config;
 
 /// Portcullis: a zero-trust gateway for the Model Context Protocol.
 #[derive(Parser)]
@@ -38,6 +38,10 @@ enum Cmd {
         /// A stdio upstream: NAME='COMMAND ARGS' (repeatable).
         #[arg(long = "upstream-cmd", value_name = "NAME=COMMAND")]
         upstream_cmds: Vec<String>,
+        /// Let unauthenticated clients in on a loopback listener
+        /// (development only; refused on any other address).
+        #[arg(long)]
+        allow_anonymous_loopback: bool,
     },
     /// Front a stdio MCP server: stdio in, stdio out, policed in between.
     Wrap {
@@ -47,6 +51,10 @@ enum Cmd {
         /// Name of the wrapped server (used in logs).
         #[arg(long, default_value = "server")]
         name: String,
+        /// The agent name this stdio front speaks as (with the local user,
+        /// its identity).
+        #[arg(long, default_value = "local-agent")]
+        agent: String,
         /// The server's command line, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -56,6 +64,18 @@ enum Cmd {
         /// Serve Streamable HTTP on this address instead of stdio.
         #[arg(long)]
         http: Option<SocketAddr>,
+        /// Serve https with this certificate chain (PEM; with --tls-key).
+        #[arg(long, requires_all = ["http", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// The private key for --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates issued by this CA (PEM bundle).
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
+        /// Answer 401 unless the request carries `Authorization: Bearer PREFIX…`.
+        #[arg(long, value_name = "PREFIX", requires = "http")]
+        require_bearer: Option<String>,
     },
     /// Configuration commands.
     Config {
@@ -97,100 +117,6 @@ fn init_logging() {
         .with_ansi(false)
         .compact()
         .init();
-}
-
-fn parse_pair(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
-    match s.split_once('=') {
-        Some((n, v)) if !n.is_empty() && !v.is_empty() => Ok((n.to_owned(), v.to_owned())),
-        _ => bail!("{flag} expects NAME=VALUE, got {s:?}"),
-    }
-}
-
-fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
-    match config {
-        Some(p) => Config::load(p).with_context(|| format!("config {}", p.display())),
-        None => Ok(Config::empty()),
-    }
-}
-
-/// The embedded default upstream: this binary's own demo server over stdio.
-fn demo_upstream() -> anyhow::Result<UpstreamConfig> {
-    let exe = std::env::current_exe().context("cannot locate the portcullis binary")?;
-    Ok(UpstreamConfig::command(
-        "demo",
-        vec![exe.display().to_string(), "demo-server".into()],
-    ))
-}
-
-async fn serve(
-    config: Option<PathBuf>,
-    listen: Option<String>,
-    upstreams: Vec<String>,
-    upstream_cmds: Vec<String>,
-) -> anyhow::Result<()> {
-    let mut cfg = load(config.as_ref())?;
-    if let Some(l) = listen {
-        cfg.listen.addr = l;
-    }
-    let from_flags = !upstreams.is_empty() || !upstream_cmds.is_empty();
-    if from_flags {
-        // Flags override the file's upstreams of the same name.
-        for u in upstreams {
-            let (name, url) = parse_pair(&u, "--upstream")?;
-            cfg.upstreams.retain(|x| x.name != name);
-            cfg.upstreams.push(UpstreamConfig::http(&name, &url));
-        }
-        for u in upstream_cmds {
-            let (name, cmd) = parse_pair(&u, "--upstream-cmd")?;
-            let argv = shlex::split(&cmd)
-                .filter(|a| !a.is_empty())
-                .with_context(|| format!("--upstream-cmd {name}: cannot split {cmd:?}"))?;
-            cfg.upstreams.retain(|x| x.name != name);
-            cfg.upstreams.push(UpstreamConfig::command(&name, argv));
-        }
-    }
-    if cfg.upstreams.is_empty() {
-        cfg.upstreams.push(demo_upstream()?);
-    }
-    cfg.validate()?;
-    let addr: SocketAddr = cfg.listen.addr.parse().context("listen.addr")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let bound = listener.local_addr()?;
-    let path = cfg.listen.path.clone();
-    let gw = Gateway::new(cfg, &[], true);
-    server::spawn_sweeper(gw.clone());
-    let app = server::router(gw.clone(), bound);
-    tracing::info!(upstreams = ?gw.upstream_names(), "gateway ready");
-    eprintln!("listening on http://{bound}{path}");
-    let shutdown = async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
-        }
-    };
-    portcullis_gateway::listener::serve(listener, None, app, shutdown).await;
-    gw.shutdown();
-    // Give stdio children their grace period.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    Ok(())
 }
 
 fn config_check(file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -262,14 +188,40 @@ fn main() -> ExitCode {
                         listen,
                         upstreams,
                         upstream_cmds,
-                    } => serve(config, listen, upstreams, upstream_cmds).await,
+                        allow_anonymous_loopback,
+                    } => {
+                        serve::run(serve::ServeArgs {
+                            config,
+                            listen,
+                            upstreams,
+                            upstream_cmds,
+                            allow_anonymous_loopback,
+                        })
+                        .await
+                    }
                     Cmd::Wrap {
                         config,
                         name,
+                        agent,
                         command,
-                    } => wrap::run(config, name, command).await,
-                    Cmd::DemoServer { http: None } => demo::run_stdio().await,
-                    Cmd::DemoServer { http: Some(addr) } => demo::run_http(addr).await,
+                    } => wrap::run(config, name, agent, command).await,
+                    Cmd::DemoServer { http: None, .. } => demo::run_stdio().await,
+                    Cmd::DemoServer {
+                        http: Some(addr),
+                        tls_cert,
+                        tls_key,
+                        client_ca,
+                        require_bearer,
+                    } => {
+                        demo::run_http(demo::HttpOptions {
+                            addr,
+                            tls_cert,
+                            tls_key,
+                            client_ca,
+                            require_bearer,
+                        })
+                        .await
+                    }
                     Cmd::Config { .. } | Cmd::Ca { .. } | Cmd::Cert { .. } => Ok(()),
                 }
             })

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use portcullis_gateway::config::UpstreamConfig;
 use portcullis_gateway::session::{new_session_id, Client};
 use portcullis_gateway::{Config, Gateway};
+use portcullis_identity::principal::Principal;
 use portcullis_wire::message::raw_u64;
 use portcullis_wire::{stdio as framing, Kind, Message, Revision};
 use serde_json::{json, Value};
@@ -20,6 +21,7 @@ const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub async fn run(
     config: Option<PathBuf>,
     name: String,
+    agent: String,
     command: Vec<String>,
 ) -> anyhow::Result<()> {
     let mut cfg = match config {
@@ -34,6 +36,12 @@ pub async fn run(
     let max_depth = cfg.limits.max_json_depth;
     let single = cfg.upstreams.len() == 1;
     let gw = Gateway::new(cfg, &[], !single);
+    // The identity of a stdio front: the local user, as the configured agent.
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown-user".into());
+    let principal = Principal::local(&user, &agent);
+    tracing::info!(identity = %principal.key(), "wrap identity");
 
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(256);
     let writer = tokio::spawn(async move {
@@ -95,7 +103,7 @@ pub async fn run(
                     continue;
                 }
             };
-            handle(&gw, &mut session, m, &out_tx).await;
+            handle(&gw, &principal, &mut session, m, &out_tx).await;
         }
     }
     gw.shutdown();
@@ -107,6 +115,7 @@ pub async fn run(
 
 async fn handle(
     gw: &Arc<Gateway>,
+    principal: &Principal,
     session: &mut Option<Arc<Client>>,
     m: Message,
     out: &mpsc::Sender<Message>,
@@ -133,7 +142,15 @@ async fn handle(
                 .get("clientInfo")
                 .cloned()
                 .unwrap_or_else(|| json!({}));
-            let client = Client::new(new_session_id(), v, caps, info, gw.upstream_count());
+            let client = Client::new(
+                new_session_id(),
+                v,
+                caps,
+                info,
+                gw.upstream_count(),
+                principal.clone(),
+                "stdio".into(),
+            );
             gw.sessions.insert(client.clone(), usize::MAX);
             // Unsolicited server messages (list_changed, …) go to stdout too.
             if let Some(mut rx) = client.open_outbound() {
@@ -164,7 +181,15 @@ async fn handle(
                         .and_then(|x| x.get("io.modelcontextprotocol/clientCapabilities"))
                         .cloned()
                         .unwrap_or_else(|| json!({}));
-                    Client::new(String::new(), Revision::V2026_07_28, caps, json!({}), 0)
+                    Client::new(
+                        String::new(),
+                        Revision::V2026_07_28,
+                        caps,
+                        json!({}),
+                        0,
+                        principal.clone(),
+                        "stdio".into(),
+                    )
                 }
                 (false, Some(c)) => c.clone(),
                 (false, None) => {

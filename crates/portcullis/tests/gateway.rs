@@ -476,7 +476,9 @@ fn broken_upstreams_fail_only_their_own_calls() {
 fn port_in_use_and_bad_config_exit_with_one_line() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
+    let state = tempdir("state");
     let out = std::process::Command::new(BIN)
+        .env("PORTCULLIS_STATE_DIR", &state)
         .args(["serve", "--listen", &addr])
         .output()
         .unwrap();

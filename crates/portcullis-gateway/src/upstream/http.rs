@@ -7,22 +7,47 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use portcullis_identity::client_credentials::{error_chain, ClientCredentialsSource};
 use portcullis_wire::{headers as mcp_headers, sse, Kind, Message, Revision};
 use serde_json::{json, Value};
 
 use super::{Events, UpstreamError};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The HTTP(S) client (connection pool) of one or more upstreams.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// One HTTP client (connection pool) shared by every upstream session.
-pub fn client() -> HttpClient {
+/// Builds an HTTP(S) client. With `tls`, https connections use that rustls
+/// config (the upstream's trust bundle, expected SPIFFE ID and the gateway's
+/// client certificate); without, plain http works and https has no trust
+/// anchors. Upstreams without TLS settings share one such client.
+pub fn client(tls: Option<Arc<rustls::ClientConfig>>) -> Result<HttpClient, String> {
+    let tls = match tls {
+        Some(cfg) => {
+            // hyper-rustls sets ALPN itself (and refuses a preset one).
+            let mut cfg = (*cfg).clone();
+            cfg.alpn_protocols.clear();
+            cfg
+        }
+        None => rustls::ClientConfig::builder_with_provider(portcullis_identity::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
+    conn.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(conn);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
-        .build(conn)
+        .build(https))
 }
 
 /// Where an HTTP upstream lives and how to reach it.
@@ -31,12 +56,38 @@ pub struct HttpTarget {
     name: Arc<str>,
     uri: Uri,
     extra: Arc<HeaderMap>,
-    client: HttpClient,
+    client: Option<HttpClient>,
     max_message: usize,
+    /// The gateway's own OAuth token for this upstream, if configured.
+    creds: Option<Arc<ClientCredentialsSource>>,
+    /// Why this upstream cannot be used (bad TLS or credential settings).
+    broken: Option<Arc<str>>,
 }
 
 impl HttpTarget {
-    /// A target for `url`, with static headers from config.
+    /// A target that fails every call with `why` (its settings could not
+    /// be built).
+    pub fn unusable(name: &str, why: &str) -> HttpTarget {
+        HttpTarget {
+            name: name.into(),
+            uri: Uri::from_static("http://127.0.0.1:9/"),
+            extra: Arc::new(HeaderMap::new()),
+            client: None,
+            max_message: 1024,
+            creds: None,
+            broken: Some(why.into()),
+        }
+    }
+
+    /// Every request to this upstream carries `Authorization: Bearer` with
+    /// the gateway's own token from `creds`.
+    pub fn with_credentials(mut self, creds: Arc<ClientCredentialsSource>) -> HttpTarget {
+        self.creds = Some(creds);
+        self
+    }
+
+    /// A target for `url`, with static headers from config, reached through
+    /// `client` (shared, or this upstream's own when it has TLS settings).
     pub fn new(
         name: &str,
         url: &str,
@@ -60,9 +111,59 @@ impl HttpTarget {
             name: name.into(),
             uri,
             extra: Arc::new(extra),
-            client,
+            client: Some(client),
             max_message,
+            creds: None,
+            broken: None,
         })
+    }
+
+    /// Sends a request built by [`HttpTarget::request`]. With client
+    /// credentials configured it carries the gateway's own token (replacing
+    /// any `Authorization` header); an upstream that refuses that token (401)
+    /// gets one retry with a freshly fetched token.
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        if let Some(why) = &self.broken {
+            return Err(self.unavailable(why));
+        }
+        let Some(client) = &self.client else {
+            return Err(self.unavailable("no HTTP client"));
+        };
+        let Some(creds) = &self.creds else {
+            return client
+                .request(req)
+                .await
+                .map_err(|e| self.unavailable(error_chain(&e)));
+        };
+        let (parts, body) = req.into_parts();
+        let mut retried = false;
+        loop {
+            let token = creds
+                .token()
+                .await
+                .map_err(|e| self.unavailable(format!("cannot obtain the gateway's token: {e}")))?;
+            let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|e| self.unavailable(format!("gateway token: {e}")))?;
+            let mut req = Request::new(body.clone());
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            req.headers_mut().insert(header::AUTHORIZATION, bearer);
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| self.unavailable(error_chain(&e)))?;
+            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+                return Ok(resp);
+            }
+            tracing::info!(upstream = %self.name, "upstream refused the gateway's token; fetching a new one");
+            creds.invalidate(&token);
+            retried = true;
+        }
     }
 
     /// The upstream's configured name.
@@ -113,10 +214,7 @@ impl HttpTarget {
         headers: &[(&str, String)],
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         let req = self.request(Method::POST, headers, Bytes::from(msg.to_bytes()))?;
-        self.client
-            .request(req)
-            .await
-            .map_err(|e| self.unavailable(e))
+        self.send(req).await
     }
 
     /// Reads the reply to request `msg` from a POST response: JSON, or an
@@ -339,12 +437,7 @@ impl HttpSession {
         let req = self
             .target
             .request(Method::GET, &self.headers(), Bytes::new())?;
-        let resp = self
-            .target
-            .client
-            .request(req)
-            .await
-            .map_err(|e| self.target.unavailable(e))?;
+        let resp = self.target.send(req).await?;
         match resp.status() {
             StatusCode::METHOD_NOT_ALLOWED => return Ok(false),
             StatusCode::NOT_FOUND => {
@@ -390,7 +483,7 @@ impl HttpSession {
             .target
             .request(Method::DELETE, &self.headers(), Bytes::new())
         {
-            if let Ok(resp) = self.target.client.request(req).await {
+            if let Ok(resp) = self.target.send(req).await {
                 let _ = read_limited(resp.into_body(), 4096).await;
             }
         }
@@ -436,7 +529,12 @@ impl StatelessHttp {
         let mut req = self
             .target
             .request(Method::POST, &headers, Bytes::from(msg.to_bytes()))?;
-        for (k, v) in forwarded {
+        // Only `Mcp-Param-*` headers pass from the client; never, say, its
+        // Authorization.
+        for (k, v) in forwarded.iter().filter(|(k, _)| {
+            k.to_ascii_lowercase()
+                .starts_with(mcp_headers::MCP_PARAM_PREFIX)
+        }) {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(v),
@@ -444,12 +542,7 @@ impl StatelessHttp {
                 req.headers_mut().insert(k, v);
             }
         }
-        let resp = self
-            .target
-            .client
-            .request(req)
-            .await
-            .map_err(|e| self.target.unavailable(e))?;
+        let resp = self.target.send(req).await?;
         self.target.read_reply(resp, msg, events).await
     }
 

@@ -54,17 +54,23 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
-/// Starts `portcullis serve --listen 127.0.0.1:0 ARGS…` and waits for the
-/// ready line.
+/// Starts `portcullis serve --listen 127.0.0.1:0 --allow-anonymous-loopback
+/// ARGS…` and waits for the ready line.
 pub fn start(args: &[String], env: &[(&str, String)]) -> Gateway {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .arg("--listen")
         .arg("127.0.0.1:0")
+        .arg("--allow-anonymous-loopback")
         .args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
+    spawn_gateway(cmd)
+}
+
+/// Runs a prepared `portcullis serve` command and waits for its ready line.
+pub fn spawn_gateway(mut cmd: Command) -> Gateway {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -89,7 +95,10 @@ pub fn start(args: &[String], env: &[(&str, String)]) -> Gateway {
     let url = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("gateway ready line");
-    let rest = url.strip_prefix("http://").unwrap();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap();
     let (addr, path) = rest.split_at(rest.find('/').unwrap());
     Gateway {
         child,

@@ -1,0 +1,325 @@
+//! `portcullis serve`: configuration from file and flags, the safe default
+//! (authentication required, TLS with a development CA and issuer), the
+//! startup banner, and the listener.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use portcullis_gateway::auth::Authenticator;
+use portcullis_gateway::config::{ListenTls, OAuth, TlsMode, UpstreamConfig};
+use portcullis_gateway::{server, Config, Gateway};
+use portcullis_identity::ca::{self, IssueRequest};
+use portcullis_identity::dev_issuer::DevIssuer;
+use portcullis_identity::spiffe::{self, SpiffeId};
+use portcullis_identity::tls::{self, ClientPolicy, DenyList, ServerTls};
+
+/// The trust domain of the development CA.
+const DEV_TRUST_DOMAIN: &str = "portcullis.local";
+
+/// What `serve` was asked on the command line.
+pub struct ServeArgs {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--upstream NAME=URL`.
+    pub upstreams: Vec<String>,
+    /// `--upstream-cmd NAME='CMD ARGS'`.
+    pub upstream_cmds: Vec<String>,
+    /// `--allow-anonymous-loopback`.
+    pub allow_anonymous_loopback: bool,
+}
+
+fn parse_pair(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('=') {
+        Some((n, v)) if !n.is_empty() && !v.is_empty() => Ok((n.to_owned(), v.to_owned())),
+        _ => bail!("{flag} expects NAME=VALUE, got {s:?}"),
+    }
+}
+
+/// The embedded default upstream: this binary's own demo server over stdio.
+fn demo_upstream() -> anyhow::Result<UpstreamConfig> {
+    let exe = std::env::current_exe().context("cannot locate the portcullis binary")?;
+    Ok(UpstreamConfig::command(
+        "demo",
+        vec![exe.display().to_string(), "demo-server".into()],
+    ))
+}
+
+/// Files of the development setup, for the banner.
+struct Dev {
+    state: PathBuf,
+    client_dir: PathBuf,
+    client_id: String,
+    issuer: DevIssuer,
+}
+
+/// Issues `out/cert.pem` unless a certificate there is valid for another hour.
+fn ensure_cert(
+    ca_dir: &Path,
+    out: &Path,
+    id: &str,
+    dns: &[&str],
+    ips: &[&str],
+) -> anyhow::Result<()> {
+    let cert = out.join("cert.pem");
+    if let Ok(certs) = tls::load_certs(&cert) {
+        let fresh = certs
+            .first()
+            .and_then(|c| spiffe::validity(c.as_ref()).ok())
+            .is_some_and(|(_, not_after)| not_after - tls::now_unix() > 3600);
+        if fresh {
+            return Ok(());
+        }
+    }
+    let mut req = IssueRequest::new(Some(SpiffeId::parse(id)?));
+    req.dns = dns.iter().map(|d| d.to_string()).collect();
+    req.ips = ips.iter().filter_map(|i| i.parse().ok()).collect();
+    req.ttl = Duration::from_secs(24 * 3600);
+    ca::issue(ca_dir, &req, out).with_context(|| format!("issuing {}", cert.display()))?;
+    Ok(())
+}
+
+/// The safe default with no config: TLS with a development CA under the
+/// state folder, client certificates optional, bearer tokens from the
+/// gateway's own development issuer, authentication required.
+async fn dev_setup(cfg: &mut Config) -> anyhow::Result<Dev> {
+    let state = match &cfg.state_dir {
+        Some(s) => s.clone(),
+        None => portcullis_identity::paths::state_dir()?,
+    };
+    let ca_dir = state.join("ca");
+    if !ca_dir.join("ca.pem").exists() {
+        ca::init(&ca_dir, false)
+            .with_context(|| format!("creating the dev CA in {}", ca_dir.display()))?;
+        eprintln!(
+            "portcullis: created a development CA in {}",
+            ca_dir.display()
+        );
+    }
+    let gw_dir = state.join("gateway");
+    ensure_cert(
+        &ca_dir,
+        &gw_dir,
+        &format!("spiffe://{DEV_TRUST_DOMAIN}/gateway"),
+        &["localhost"],
+        &["127.0.0.1", "::1"],
+    )?;
+    let client_dir = state.join("dev-client");
+    let client_id = format!("spiffe://{DEV_TRUST_DOMAIN}/agent/dev");
+    ensure_cert(&ca_dir, &client_dir, &client_id, &[], &[])?;
+    let issuer = DevIssuer::load_or_create(&state.join("dev-issuer")).await?;
+    cfg.listen.tls = ListenTls {
+        mode: TlsMode::Optional,
+        cert: Some(gw_dir.join("cert.pem")),
+        key: Some(gw_dir.join("key.pem")),
+        client_ca: vec![ca_dir.join("ca.pem")],
+        trust_domains: vec![DEV_TRUST_DOMAIN.into()],
+        require_spiffe: true,
+        crl: Vec::new(),
+        deny_list: None,
+    };
+    cfg.auth.oauth = Some(OAuth {
+        issuer: issuer.issuer().to_owned(),
+        jwks: issuer.jwks_path().display().to_string(),
+        authorization_servers: vec![issuer.issuer().to_owned()],
+        required_scopes: Vec::new(),
+        scopes_supported: vec!["mcp".into()],
+        leeway_secs: 60,
+        ca_bundle: None,
+        min_refetch_secs: 30,
+        introspection: None,
+    });
+    Ok(Dev {
+        state,
+        client_dir,
+        client_id,
+        issuer,
+    })
+}
+
+/// Keeps the deny list in step with its file (re-read when it changes).
+fn watch_deny_list(path: PathBuf, deny: Arc<DenyList>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("listen.tls.deny_list: {}", path.display()))?;
+    deny.replace(DenyList::parse(&text));
+    tokio::spawn(async move {
+        let mut last = tokio::fs::metadata(&path)
+            .await
+            .and_then(|m| m.modified())
+            .ok();
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = tokio::fs::metadata(&path)
+                .await
+                .and_then(|m| m.modified())
+                .ok();
+            if now != last {
+                last = now;
+                match tokio::fs::read_to_string(&path).await {
+                    Ok(t) => {
+                        deny.replace(DenyList::parse(&t));
+                        tracing::info!(entries = deny.len(), "deny list reloaded");
+                    }
+                    // Keep the last list: a missing file must not un-revoke.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "deny list unreadable; keeping the previous one")
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs the gateway until SIGINT/SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p).with_context(|| format!("config {}", p.display()))?,
+        None => Config::empty(),
+    };
+    if let Some(l) = args.listen {
+        cfg.listen.addr = l;
+    }
+    for u in args.upstreams {
+        let (name, url) = parse_pair(&u, "--upstream")?;
+        cfg.upstreams.retain(|x| x.name != name);
+        cfg.upstreams.push(UpstreamConfig::http(&name, &url));
+    }
+    for u in args.upstream_cmds {
+        let (name, cmd) = parse_pair(&u, "--upstream-cmd")?;
+        let argv = shlex::split(&cmd)
+            .filter(|a| !a.is_empty())
+            .with_context(|| format!("--upstream-cmd {name}: cannot split {cmd:?}"))?;
+        cfg.upstreams.retain(|x| x.name != name);
+        cfg.upstreams.push(UpstreamConfig::command(&name, argv));
+    }
+    if cfg.upstreams.is_empty() {
+        cfg.upstreams.push(demo_upstream()?);
+    }
+    if args.allow_anonymous_loopback {
+        cfg.auth.allow_anonymous_loopback = true;
+    }
+    let dev = if args.config.is_none() && !cfg.auth.allow_anonymous_loopback {
+        Some(dev_setup(&mut cfg).await?)
+    } else {
+        None
+    };
+    cfg.validate()?;
+    let addr: SocketAddr = cfg.listen.addr.parse().context("listen.addr")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let path = cfg.listen.path.clone();
+    let tls_on = cfg.listen.tls.mode != TlsMode::Off;
+    let scheme = if tls_on { "https" } else { "http" };
+    let url = format!("{scheme}://{bound}{path}");
+    let resource = cfg.auth.resource.clone().unwrap_or_else(|| url.clone());
+
+    let deny = Arc::new(DenyList::default());
+    if let Some(p) = &cfg.listen.tls.deny_list {
+        watch_deny_list(p.clone(), deny.clone())?;
+    }
+    let tls_config = if tls_on {
+        let t = &cfg.listen.tls;
+        let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+            bail!("listen.tls.cert: TLS needs both cert and key");
+        };
+        let policy = Arc::new(ClientPolicy {
+            trust_domains: t.trust_domains.clone(),
+            require_spiffe: t.require_spiffe,
+            deny: deny.clone(),
+        });
+        Some(tls::server_config(
+            &ServerTls {
+                mode: t.mode,
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: t.client_ca.clone(),
+                crl: t.crl.clone(),
+            },
+            policy,
+        )?)
+    } else {
+        None
+    };
+    let auth = Arc::new(
+        Authenticator::new(&cfg, resource.clone(), deny, bound.ip().is_loopback())
+            .map_err(anyhow::Error::msg)?,
+    );
+    if cfg.auth.oauth.is_none() && cfg.listen.tls.client_ca.is_empty() && !auth.anonymous_ok() {
+        tracing::warn!("no way to authenticate is configured (no [auth.oauth], no listen.tls.client_ca): every request will be refused");
+    }
+    let gw = Gateway::new(cfg, &[], true);
+    server::spawn_sweeper(gw.clone());
+    let app = server::router(gw.clone(), auth.clone(), bound);
+    tracing::info!(upstreams = ?gw.upstream_names(), "gateway ready");
+    eprintln!("listening on {url}");
+    if let Some(d) = &dev {
+        banner(d, &url, &resource);
+    } else if auth.anonymous_ok() {
+        eprintln!("portcullis: unauthenticated access allowed on loopback (--allow-anonymous-loopback); for development only");
+    }
+    portcullis_gateway::listener::serve(listener, tls_config, app, shutdown_signal()).await;
+    gw.shutdown();
+    // Give stdio children their grace period.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+fn banner(d: &Dev, url: &str, resource: &str) {
+    let token = d.issuer.mint(
+        "dev-user",
+        resource,
+        &["mcp"],
+        Duration::from_secs(24 * 3600),
+    );
+    let ca = d.state.join("ca");
+    let cert = d.client_dir.join("cert.pem");
+    let key = d.client_dir.join("key.pem");
+    eprintln!(
+        "portcullis: authentication required (no config: development CA and token issuer in {state})
+  CA bundle (trust it):  {ca_pem}
+  client certificate:    {cert} (key {key}; {id}; valid 24 h)
+  dev bearer token:      {token}
+                         (valid 24 h, audience {resource})
+  try:  curl --cacert {ca_pem} --cert {cert} --key {key} -H 'Authorization: Bearer <token>' \\
+          -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\
+          -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}' {url}
+  another client:  portcullis cert issue --ca {ca_dir} --spiffe-id spiffe://{DEV_TRUST_DOMAIN}/agent/NAME --out DIR
+  local development without any of this:  portcullis serve --allow-anonymous-loopback",
+        state = d.state.display(),
+        ca_pem = ca.join("ca.pem").display(),
+        cert = cert.display(),
+        key = key.display(),
+        id = d.client_id,
+        ca_dir = ca.display(),
+    );
+}
