@@ -61,6 +61,21 @@ pub struct Config {
     /// Where the gateway keeps its state (dev CA, dev issuer key).
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// The admin listener (health, session and certificate revocation).
+    #[serde(default)]
+    pub admin: Option<AdminCfg>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminCfg {
+    /// Loopback address, e.g. `127.0.0.1:8788`.
+    pub addr: String,
+    /// File holding the admin bearer token; if absent, a random token is
+    /// written to `<state_dir>/admin-token` (mode 0600).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// TLS on the client-facing listener.
@@ -501,6 +516,7 @@ impl Config {
             upstreams: Vec::new(),
             auth: Auth::default(),
             state_dir: None,
+            admin: None,
         }
     }
 
@@ -513,6 +529,15 @@ impl Config {
             )
         })?;
         let loopback = addr.ip().is_loopback();
+        if let Some(a) = &self.admin {
+            let aa: SocketAddr = a.addr.parse().map_err(|e| {
+                invalid(
+                    "admin.addr",
+                    format!("{:?} is not a socket address: {e}", a.addr),
+                )
+            })?;
+            crate::admin::check_addr(&aa).map_err(|e| invalid("admin.addr", e))?;
+        }
         if self.auth.allow_anonymous_loopback && !loopback {
             return Err(invalid(
                 "auth.allow_anonymous_loopback",

@@ -6,6 +6,7 @@
 //! concern; `gateway` wires them for one message.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod conn;

@@ -270,6 +270,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let deny_for_admin = deny.clone();
     let auth = Arc::new(
         Authenticator::new(&cfg, resource.clone(), deny, bound.ip().is_loopback())
             .map_err(anyhow::Error::msg)?,
@@ -277,7 +278,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if cfg.auth.oauth.is_none() && cfg.listen.tls.client_ca.is_empty() && !auth.anonymous_ok() {
         tracing::warn!("no way to authenticate is configured (no [auth.oauth], no listen.tls.client_ca): every request will be refused");
     }
+    let admin = match cfg.admin.clone() {
+        Some(a) => Some(admin_listener(&a, cfg.state_dir.as_deref()).await?),
+        None => None,
+    };
     let gw = Gateway::new(cfg, &[], true);
+    if let Some((listener, token, token_path)) = admin {
+        let addr = listener.local_addr()?;
+        tokio::spawn(portcullis_gateway::admin::serve(
+            listener,
+            portcullis_gateway::admin::router(gw.clone(), deny_for_admin.clone(), token),
+        ));
+        eprintln!(
+            "portcullis: admin API on http://{addr} (bearer token in {})",
+            token_path.display()
+        );
+    }
     server::spawn_sweeper(gw.clone());
     let app = server::router(gw.clone(), auth.clone(), bound);
     tracing::info!(upstreams = ?gw.upstream_names(), "gateway ready");
@@ -291,6 +307,52 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     gw.shutdown();
     // Give stdio children their grace period.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+/// Binds the admin listener and loads (or creates) its bearer token.
+async fn admin_listener(
+    a: &portcullis_gateway::config::AdminCfg,
+    state_dir: Option<&Path>,
+) -> anyhow::Result<(tokio::net::TcpListener, String, PathBuf)> {
+    let addr: SocketAddr = a.addr.parse().context("admin.addr")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+    let path = match &a.token_file {
+        Some(p) => p.clone(),
+        None => match state_dir {
+            Some(s) => s.join("admin-token"),
+            None => portcullis_identity::paths::state_dir()?.join("admin-token"),
+        },
+    };
+    let token = match tokio::fs::read_to_string(&path).await {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => {
+            let token = portcullis_gateway::session::new_session_id()
+                + &portcullis_gateway::session::new_session_id();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_private(&path, &token)?;
+            token
+        }
+    };
+    Ok((listener, token, path))
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
     Ok(())
 }
 

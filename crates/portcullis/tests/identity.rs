@@ -99,6 +99,10 @@ impl Setup {
 }
 
 fn setup(tag: &str, auth_extra: &str) -> Setup {
+    setup_with(tag, auth_extra, "")
+}
+
+fn setup_with(tag: &str, auth_extra: &str, tail: &str) -> Setup {
     let dir = tempdir(tag);
     let pki = Pki::new(&dir);
     let server = Pki::issue_with(
@@ -143,6 +147,7 @@ min_refetch_secs = 0
 name = "demo"
 command = [{bin:?}, "demo-server"]
 env = {{ PORTCULLIS_DEMO_LOG = {log:?} }}
+{tail}
 "#,
             cert = server.join("cert.pem").display().to_string(),
             key = server.join("key.pem").display().to_string(),
@@ -768,4 +773,111 @@ fn no_config_requires_authentication_and_prints_how_to_connect() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn admin_api_revokes_certificates_and_sessions() {
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempdir("admin-token");
+    let token_file = dir.join("admin-token");
+    std::fs::write(&token_file, "s3cret-admin-token").unwrap();
+    let tail = format!(
+        "[admin]\naddr = \"127.0.0.1:{admin_port}\"\ntoken_file = {:?}\n",
+        token_file.display().to_string()
+    );
+    let s = setup_with("admin", "", &tail);
+    let ca = s.pki.ca_pem();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let admin_call = |path: &str, token: &str, body: Option<Value>| -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {token}"));
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary"])
+                .arg(b.to_string());
+        }
+        let out = c.arg(format!("{admin}{path}")).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    };
+    assert!(eventually(10, || admin_call("/healthz", "", None).0 == 200));
+    // Without the token, nothing.
+    assert_eq!(admin_call("/admin/sessions", "wrong", None).0, 401);
+    // A session for Alice.
+    let alice = s.pki.issue("alice", "spiffe://example.org/agent/alice");
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (code, headers, _) = curl(&s.url, &ca, Some(&alice), &[], &init);
+    assert_eq!(code, 200);
+    let sid = headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("mcp-session-id: ")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap();
+    let (code, body) = admin_call("/admin/sessions", "s3cret-admin-token", None);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(&sid) && body.contains("spiffe://example.org/agent/alice"),
+        "{body}"
+    );
+    // Revoke the identity's sessions: the session is gone.
+    let identity = "w=spiffe://example.org/agent/alice;u=-";
+    let (code, body) = admin_call(
+        "/admin/sessions/revoke",
+        "s3cret-admin-token",
+        Some(json!({"identity": identity, "reason": "test"})),
+    );
+    assert_eq!((code, body.contains("\"ended\":1")), (200, true), "{body}");
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    assert_eq!(
+        curl(
+            &s.url,
+            &ca,
+            Some(&alice),
+            &[("Mcp-Session-Id", &sid)],
+            &list
+        )
+        .0,
+        404
+    );
+    // Revoke the certificate by fingerprint: the next handshake fails.
+    let der = portcullis_identity::tls::load_certs(&alice.join("cert.pem")).unwrap();
+    let fp = portcullis_identity::spiffe::fingerprint_sha256(der[0].as_ref());
+    assert_eq!(
+        curl(
+            &s.url,
+            &ca,
+            Some(&alice),
+            &MODERN,
+            &call("pre-admin-revoke")
+        )
+        .0,
+        200
+    );
+    let (code, _) = admin_call(
+        "/admin/revocations",
+        "s3cret-admin-token",
+        Some(json!({"fingerprint": fp, "reason": "stolen"})),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        curl(
+            &s.url,
+            &ca,
+            Some(&alice),
+            &MODERN,
+            &call("neg-admin-revoked")
+        )
+        .0,
+        0
+    );
+    assert!(!s.upstream_saw("neg-admin-revoked"));
+    assert!(s.log().contains("certificate revoked by admin"));
 }
