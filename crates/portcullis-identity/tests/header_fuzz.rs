@@ -84,7 +84,7 @@ fn garbage_tokens_are_refused_without_panicking() {
                 if i > 0 {
                     t.push(b'.');
                 }
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     t.extend_from_slice(parts[(rng.next() % 4) as usize]);
                 } else {
                     t.extend(rng.bytes(
