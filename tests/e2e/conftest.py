@@ -413,10 +413,16 @@ def connect(target: Target, recorder: Recorder) -> Callable[..., Any]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """On a failing gateway test, attach the tail of the gateway's log."""
+    """On a failing gateway test, attach the tail of the gateway's log (and of any
+    other process a fixture of the test holds as ``.proc``)."""
     report = yield
     if report.when == "call" and report.failed:
         target = getattr(item, "funcargs", {}).get("target")
         if isinstance(target, Target) and target.log is not None:
             report.sections.append(("gateway log (tail)", _tail(target.log, 40)))
+        # Fixtures holding their own process (e.g. test_identity.py's gateway).
+        for name, value in getattr(item, "funcargs", {}).items():
+            proc = getattr(value, "proc", None)
+            if isinstance(proc, Proc):
+                report.sections.append((f"{name}: {proc.name} log (tail)", _tail(proc.log, 40)))
     return report
