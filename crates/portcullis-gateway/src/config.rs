@@ -64,6 +64,27 @@ pub struct Config {
     /// The admin listener (health, session and certificate revocation).
     #[serde(default)]
     pub admin: Option<AdminCfg>,
+    /// Micro-segments: groups of servers, tools, resources and prompts with labels.
+    #[serde(default, rename = "segment")]
+    pub segments: Vec<crate::segments::SegmentCfg>,
+    /// The Cedar policy set.
+    #[serde(default)]
+    pub policy: PolicyCfg,
+}
+
+/// Where the Cedar policies come from.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCfg {
+    /// Policy files (`.cedar`); empty: the default pack shipped with Portcullis.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// Schema file; default: the schema shipped with Portcullis.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// Labels whose reading taints a session (default: `confidential`).
+    #[serde(default)]
+    pub taint_labels: Vec<String>,
 }
 
 /// The admin listener.
@@ -517,6 +538,8 @@ impl Config {
             auth: Auth::default(),
             state_dir: None,
             admin: None,
+            segments: Vec::new(),
+            policy: PolicyCfg::default(),
         }
     }
 
@@ -580,6 +603,23 @@ impl Config {
         if let Some(o) = &self.auth.oauth {
             if o.leeway_secs > 300 {
                 return Err(invalid("auth.oauth.leeway_secs", "at most 300"));
+            }
+        }
+        let mut seg_names = std::collections::BTreeSet::new();
+        for (i, sg) in self.segments.iter().enumerate() {
+            if sg.name.is_empty() || !seg_names.insert(sg.name.clone()) {
+                return Err(invalid(
+                    format!("segment[{i}].name"),
+                    format!("{:?} is empty or used twice", sg.name),
+                ));
+            }
+            for srv in &sg.servers {
+                if !self.upstreams.iter().any(|u| &u.name == srv) {
+                    return Err(invalid(
+                        format!("segment[{i}].servers"),
+                        format!("no upstream named {srv:?}"),
+                    ));
+                }
             }
         }
         if !self.listen.path.starts_with('/') {

@@ -15,6 +15,7 @@ mod listen;
 pub mod listener;
 pub mod naming;
 pub mod protocol;
+pub mod segments;
 pub mod server;
 pub mod session;
 pub mod upstream;

@@ -61,6 +61,38 @@ pub struct StreamBuf {
     pub live: Option<mpsc::Sender<Bytes>>,
 }
 
+/// What policy knows about a session's history: calls so far and the
+/// labels of everything it has read (a session that read `confidential`
+/// data is tainted). A 2026-07-28 client has no session, so its facts are
+/// kept per identity instead.
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// Calls decided so far.
+    pub calls: std::sync::atomic::AtomicU64,
+    /// Labels of items read so far.
+    pub labels_read: StdMutex<std::collections::BTreeSet<String>>,
+}
+
+impl Facts {
+    /// Records that an item with `labels` was read.
+    pub fn read(&self, labels: &[String]) {
+        if !labels.is_empty() {
+            lock(&self.labels_read).extend(labels.iter().cloned());
+        }
+    }
+
+    /// The labels read so far.
+    pub fn labels(&self) -> Vec<String> {
+        lock(&self.labels_read).iter().cloned().collect()
+    }
+
+    /// Whether any of `taint` has been read.
+    pub fn tainted_by(&self, taint: &[String]) -> bool {
+        let read = lock(&self.labels_read);
+        taint.iter().any(|t| read.contains(t))
+    }
+}
+
 /// Events kept per stream for resumption.
 pub const STREAM_BUFFER: usize = 512;
 
@@ -106,6 +138,8 @@ pub struct Client {
     /// Listen streams opened on 2026-07-28 upstreams for this session's
     /// `resources/subscribe`, by URI.
     pub upstream_subscriptions: StdMutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// History facts for policy (shared per identity for 2026-07-28 clients).
+    pub facts: std::sync::OnceLock<Arc<Facts>>,
     /// Whether upstream GET listeners were started for this session.
     pub listening: std::sync::atomic::AtomicBool,
 }
@@ -150,6 +184,7 @@ impl Client {
             next_stream: AtomicU64::new(1),
             last_used: StdMutex::new(Instant::now()),
             listening: std::sync::atomic::AtomicBool::new(false),
+            facts: std::sync::OnceLock::new(),
             log_level: StdMutex::new(None),
             upstream_subscriptions: StdMutex::new(HashMap::new()),
         })
@@ -183,6 +218,13 @@ impl Client {
             Some(tx) => tx.send(m).await.is_ok(),
             None => false,
         }
+    }
+
+    /// The session's policy facts (created on first use unless set).
+    pub fn facts(&self) -> Arc<Facts> {
+        self.facts
+            .get_or_init(|| Arc::new(Facts::default()))
+            .clone()
     }
 
     /// Whether this is a per-request 2026-07-28 context.

@@ -1,0 +1,6 @@
+//! Content inspection: what servers say is untrusted input. For now: DLP
+//! classes and redaction of results, used by the `redact` policy
+//! obligation.
+#![forbid(unsafe_code)]
+
+pub mod dlp;
