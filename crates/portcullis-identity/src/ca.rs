@@ -348,6 +348,41 @@ impl LocalCa {
         &self.key_pem
     }
 
+    /// Signs a CRL (PEM) revoking the certificates with these serials (hex,
+    /// as `cert issue` prints them), valid for `valid_for` from now.
+    pub fn crl(&self, revoked_serials: &[String], valid_for: Duration) -> Result<String, CaError> {
+        let now = now_unix();
+        let gen = |source| CaError::Generate {
+            what: "CRL",
+            source,
+        };
+        let mut revoked = Vec::new();
+        for s in revoked_serials {
+            let bytes = hex::decode(s.trim_start_matches("0x")).map_err(|_| CaError::Generate {
+                what: "CRL serial",
+                source: rcgen::Error::InvalidAsn1String(rcgen::InvalidAsn1String::PrintableString(
+                    s.clone(),
+                )),
+            })?;
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&bytes),
+                revocation_time: odt(now.saturating_sub(1))?,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: odt(now.saturating_sub(60))?,
+            next_update: odt(now.saturating_add(secs(valid_for, "CRL lifetime")?))?,
+            crl_number: random_serial()?,
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).map_err(gen)?;
+        crl.pem().map_err(gen)
+    }
+
     /// Issues a leaf X.509-SVID (serverAuth + clientAuth) for `req`.
     pub fn issue(&self, req: &IssueRequest) -> Result<IssuedPem, CaError> {
         let params = self.leaf_params(req)?;

@@ -338,36 +338,47 @@ pub struct ServerTls {
     pub crl: Vec<PathBuf>,
 }
 
-/// Builds the listener's rustls config.
-pub fn server_config(
+/// The client-certificate verifier of the listener: webpki (chain,
+/// expiry, CRLs) plus the gateway's SPIFFE, trust-domain and deny-list
+/// checks. `None` when no client trust bundle is configured.
+pub fn client_verifier(
     t: &ServerTls,
     policy: Arc<ClientPolicy>,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = provider();
-    let certs = load_certs(&t.cert)?;
-    let key = load_key(&t.key)?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut cfg = if t.client_ca.is_empty() {
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+    if t.client_ca.is_empty() {
         if t.mode == TlsMode::Required {
             return Err(TlsError::Config(
                 "tls.mode = \"required\" needs tls.client_ca".into(),
             ));
         }
-        builder.with_no_client_auth().with_single_cert(certs, key)
-    } else {
-        let roots = Arc::new(load_roots(&t.client_ca)?);
-        let mut vb = WebPkiClientVerifier::builder_with_provider(roots, provider)
-            .with_crls(load_crls(&t.crl)?)
-            .allow_unknown_revocation_status();
-        if t.mode != TlsMode::Required {
-            vb = vb.allow_unauthenticated();
-        }
-        let inner = vb.build().map_err(|e| TlsError::Config(e.to_string()))?;
-        builder
-            .with_client_cert_verifier(Arc::new(SpiffeClientVerifier { inner, policy }))
-            .with_single_cert(certs, key)
+        return Ok(None);
+    }
+    let roots = Arc::new(load_roots(&t.client_ca)?);
+    let mut vb = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .with_crls(load_crls(&t.crl)?)
+        .allow_unknown_revocation_status();
+    if t.mode != TlsMode::Required {
+        vb = vb.allow_unauthenticated();
+    }
+    let inner = vb.build().map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Some(Arc::new(SpiffeClientVerifier { inner, policy })))
+}
+
+/// Builds the listener's rustls config.
+pub fn server_config(
+    t: &ServerTls,
+    policy: Arc<ClientPolicy>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = load_certs(&t.cert)?;
+    let key = load_key(&t.key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = match client_verifier(t, policy)? {
+        None => builder.with_no_client_auth().with_single_cert(certs, key),
+        Some(v) => builder
+            .with_client_cert_verifier(v)
+            .with_single_cert(certs, key),
     }
     .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -494,6 +505,64 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<rustls::ClientConfig>, TlsEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::{IssueRequest, LocalCa};
+    use std::time::Duration;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn crl_and_policy_refuse_certificates() {
+        let dir = std::env::temp_dir().join(format!("pc-crl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = LocalCa::generate("test CA").unwrap();
+        let id = |p: &str| Some(SpiffeId::parse(&format!("spiffe://example.org/{p}")).unwrap());
+        let good = ca.issue(&IssueRequest::new(id("agent/good"))).unwrap();
+        let bad = ca.issue(&IssueRequest::new(id("agent/stolen"))).unwrap();
+        let evil = LocalCa::generate("test CA")
+            .unwrap()
+            .issue(&IssueRequest::new(id("agent/x")))
+            .unwrap();
+        let crl = ca
+            .crl(&[bad.info.serial.clone()], Duration::from_secs(3600))
+            .unwrap();
+        let t = ServerTls {
+            mode: TlsMode::Required,
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: vec![write(&dir, "ca.pem", ca.cert_pem())],
+            crl: vec![write(&dir, "crl.pem", &crl)],
+        };
+        let deny = Arc::new(DenyList::default());
+        let policy = Arc::new(ClientPolicy {
+            trust_domains: vec!["example.org".into()],
+            require_spiffe: true,
+            deny: deny.clone(),
+        });
+        let v = client_verifier(&t, policy).unwrap().unwrap();
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let now = UnixTime::now();
+        assert!(v.verify_client_cert(&der(&good.cert_pem), &[], now).is_ok());
+        let e = v
+            .verify_client_cert(&der(&bad.cert_pem), &[], now)
+            .unwrap_err();
+        assert!(e.to_string().to_lowercase().contains("revoked"), "{e}");
+        assert!(
+            v.verify_client_cert(&der(&evil.cert_pem), &[], now)
+                .is_err(),
+            "another CA"
+        );
+        deny.add(&good.info.fingerprint);
+        assert!(
+            v.verify_client_cert(&der(&good.cert_pem), &[], now)
+                .is_err(),
+            "deny list"
+        );
+        assert!(v.client_auth_mandatory());
+    }
 
     #[test]
     fn deny_list_normalizes() {
