@@ -87,6 +87,7 @@ pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, token: String) -> Router {
         .route("/admin/sessions", get(list_sessions))
         .route("/admin/sessions/revoke", post(revoke_sessions))
         .route("/admin/revocations", post(revoke_certificate))
+        .route("/admin/policy/reload", post(reload_policy))
         .with_state(st)
 }
 
@@ -202,6 +203,22 @@ async fn revoke_certificate(
         StatusCode::OK,
         json!({"revoked": entry, "sessions_ended": ended}),
     )
+}
+
+async fn reload_policy(State(st): State<Admin>, h: HeaderMap) -> Response {
+    if let Err(r) = st.authorized(&h) {
+        return r;
+    }
+    match st.gw.pep.reload() {
+        Ok(hash) => reply(
+            StatusCode::OK,
+            json!({"reloaded": true, "policy_hash": hash}),
+        ),
+        Err(e) => reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"reloaded": false, "errors": e, "policy_hash": st.gw.pep.engine().hash()}),
+        ),
+    }
 }
 
 /// Serves the admin router on `addr` until the process ends.

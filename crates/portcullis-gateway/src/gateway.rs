@@ -19,6 +19,7 @@ use crate::config::{Config, UpstreamConfig, UpstreamProtocol};
 use crate::conn::Conn;
 use crate::naming::Naming;
 use crate::protocol::{self, fit_result, has_cap};
+use crate::segments::ItemKind;
 use crate::session::{lock, Client, InFlight, ServerRequest, Sessions};
 use crate::upstream::http::{self as uphttp, HttpSession, HttpTarget, StatelessHttp};
 use crate::upstream::stdio::{Launch, StdioUpstream};
@@ -106,6 +107,7 @@ struct Suspended {
     key: String,
     binding: String,
     progress: Option<Value>,
+    redact: Vec<String>,
     expires: Instant,
 }
 
@@ -129,7 +131,31 @@ pub struct Gateway {
     /// Unsolicited notifications of shared upstream connections (stdio, and
     /// the sessions held for 2026-07-28 clients), for `subscriptions/listen`.
     pub(crate) hub: tokio::sync::broadcast::Sender<(usize, Message)>,
+    /// The policy enforcement point.
+    pub pep: Arc<crate::pep::Pep>,
+    /// Tool annotations by client-facing name, learned from tool lists.
+    tool_meta: StdMutex<HashMap<String, portcullis_policy::Annotations>>,
+    /// Pending human approvals of 2026-07-28 clients, by token.
+    approvals: StdMutex<HashMap<String, (String, Instant)>>,
 }
+
+/// Why a request was not let through by policy.
+enum Refusal {
+    /// The target is hidden from this principal: answer as if it did not exist.
+    Hidden,
+    /// Denied (or approval refused), with a reason safe for the client.
+    Denied(String),
+    /// Already answered (an input-required result went out).
+    Answered,
+}
+
+/// The server name policy sees for requests the gateway answers itself.
+pub const GATEWAY_SERVER: &str = "portcullis";
+
+/// `requestState` prefix of approvals the gateway asks a 2026-07-28 client for.
+const APPROVAL_PREFIX: &str = "portcullis.approval.v1.";
+/// The input-request key of an approval.
+const APPROVAL_KEY: &str = "portcullis-approval";
 
 fn err(id: Option<Box<RawValue>>, code: i64, msg: &str) -> Message {
     Message::error(id, code, msg, None)
@@ -177,7 +203,12 @@ fn binding_of(method: &str, params: &Value) -> String {
 impl Gateway {
     /// Builds the gateway and starts its stdio upstreams.
     /// `namespaced = false` keeps a single upstream's names unchanged.
-    pub fn new(cfg: Config, self_exe_env: &[(String, String)], namespaced: bool) -> Arc<Gateway> {
+    pub fn new(
+        cfg: Config,
+        self_exe_env: &[(String, String)],
+        namespaced: bool,
+        pep: Arc<crate::pep::Pep>,
+    ) -> Arc<Gateway> {
         let mut naming = Naming::new(cfg.upstreams.iter().map(|u| (u.name.as_str(), &u.rename)));
         if !namespaced {
             naming = naming.transparent();
@@ -240,6 +271,9 @@ impl Gateway {
                 sessions: Sessions::default(),
                 suspended: StdMutex::new(HashMap::new()),
                 hub: tokio::sync::broadcast::channel(1024).0,
+                pep,
+                tool_meta: StdMutex::new(HashMap::new()),
+                approvals: StdMutex::new(HashMap::new()),
             }
         })
     }
@@ -480,6 +514,30 @@ impl Gateway {
             return;
         }
         let stateless = client.is_stateless();
+        if matches!(
+            method.as_str(),
+            "ping" | "server/discover" | "subscriptions/listen" | "logging/setLevel"
+        ) {
+            // Answered by the gateway itself: decided on the gateway as the resource.
+            let res = portcullis_policy::ResourceFacts::server(GATEWAY_SERVER);
+            let d = self.pep.decide(
+                client,
+                portcullis_policy::Action::from_method(&method, false),
+                &method,
+                &res,
+                None,
+            );
+            if !d.allow {
+                self.refuse(
+                    Refusal::Denied(d.reason),
+                    id.clone(),
+                    err(id, codes::POLICY_DENIED, "denied"),
+                    out,
+                )
+                .await;
+                return;
+            }
+        }
         match method.as_str() {
             "ping" if !stateless => {
                 let _ = out.send(reply(json!({}))).await;
@@ -502,26 +560,52 @@ impl Gateway {
                     .get("name")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
+                let is_tool = method == "tools/call";
+                let what = if is_tool { "tool" } else { "prompt" };
+                let unknown = err(
+                    id.clone(),
+                    codes::INVALID_PARAMS,
+                    &format!("Unknown {what}: {name}"),
+                );
                 match self.naming.inward(name) {
                     Some((idx, orig)) => {
-                        let mut p = params.clone();
-                        protocol::set_path(&mut p, &["name"], Value::from(orig));
-                        self.forward(client, idx, msg, &method, p, forwarded, out)
-                            .await;
+                        let server = self.server_name(idx);
+                        let (kind, action, ann) = if is_tool {
+                            let ann = self.tool_annotations(client, name).await;
+                            (ItemKind::Tool, portcullis_policy::Action::CallTool, ann)
+                        } else {
+                            (
+                                ItemKind::Prompt,
+                                portcullis_policy::Action::GetPrompt,
+                                Default::default(),
+                            )
+                        };
+                        let res = self.pep.resource(kind, &server, name, ann);
+                        match self
+                            .authorize(client, action, &method, &res, &params, id.clone(), out)
+                            .await
+                        {
+                            Ok(d) => {
+                                let mut p = strip_input_if_approval(&params);
+                                protocol::set_path(&mut p, &["name"], Value::from(orig));
+                                self.note_read(client, &res.labels);
+                                self.forward(
+                                    client,
+                                    idx,
+                                    msg,
+                                    &method,
+                                    p,
+                                    forwarded,
+                                    &d.obligations.redact,
+                                    out,
+                                )
+                                .await;
+                            }
+                            Err(r) => self.refuse(r, id, unknown, out).await,
+                        }
                     }
                     None => {
-                        let what = if method == "tools/call" {
-                            "tool"
-                        } else {
-                            "prompt"
-                        };
-                        let _ = out
-                            .send(err(
-                                id,
-                                codes::INVALID_PARAMS,
-                                &format!("Unknown {what}: {name}"),
-                            ))
-                            .await;
+                        let _ = out.send(unknown).await;
                     }
                 }
             }
@@ -533,7 +617,44 @@ impl Gateway {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                match self.route_uri(client, &uri).await {
+                let not_found = Message::error(
+                    id.clone(),
+                    codes::RESOURCE_NOT_FOUND,
+                    "Resource not found",
+                    Some(json!({"uri": uri})),
+                );
+                let routed = match self.route_uri(client, &uri).await {
+                    Some(idx) => {
+                        let res = self.pep.resource(
+                            ItemKind::Resource,
+                            &self.server_name(idx),
+                            &uri,
+                            Default::default(),
+                        );
+                        let action = if method == "resources/read" {
+                            portcullis_policy::Action::ReadResource
+                        } else {
+                            portcullis_policy::Action::Subscribe
+                        };
+                        match self
+                            .authorize(client, action, &method, &res, &params, id.clone(), out)
+                            .await
+                        {
+                            Ok(_) => {
+                                if method == "resources/read" {
+                                    self.note_read(client, &res.labels);
+                                }
+                                Some(idx)
+                            }
+                            Err(r) => {
+                                self.refuse(r, id, not_found, out).await;
+                                return;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                match routed {
                     Some(idx) => {
                         if method == "resources/subscribe" {
                             lock(&client.subscriptions).insert(uri.clone());
@@ -553,7 +674,7 @@ impl Gateway {
                             .await;
                             let _ = out.send(reply(json!({}))).await;
                         } else {
-                            self.forward(client, idx, msg, &method, params, forwarded, out)
+                            self.forward(client, idx, msg, &method, params, forwarded, &[], out)
                                 .await;
                         }
                     }
@@ -589,11 +710,47 @@ impl Gateway {
                 };
                 match target {
                     Some((idx, orig)) => {
+                        let (kind, rid) = match (&orig, r.get("name"), r.get("uri")) {
+                            (Some(_), Some(n), _) => {
+                                (ItemKind::Prompt, n.as_str().unwrap_or_default().to_owned())
+                            }
+                            (_, _, Some(u)) => (
+                                ItemKind::Resource,
+                                u.as_str().unwrap_or_default().to_owned(),
+                            ),
+                            _ => (ItemKind::Server, self.server_name(idx)),
+                        };
+                        let res = self.pep.resource(
+                            kind,
+                            &self.server_name(idx),
+                            &rid,
+                            Default::default(),
+                        );
+                        let unknown = err(
+                            id.clone(),
+                            codes::INVALID_PARAMS,
+                            "Unknown completion reference",
+                        );
+                        if let Err(r) = self
+                            .authorize(
+                                client,
+                                portcullis_policy::Action::Complete,
+                                &method,
+                                &res,
+                                &params,
+                                id.clone(),
+                                out,
+                            )
+                            .await
+                        {
+                            self.refuse(r, id, unknown, out).await;
+                            return;
+                        }
                         let mut p = params.clone();
                         if let Some(o) = orig {
                             protocol::set_path(&mut p, &["ref", "name"], Value::from(o));
                         }
-                        self.forward(client, idx, msg, &method, p, forwarded, out)
+                        self.forward(client, idx, msg, &method, p, forwarded, &[], out)
                             .await;
                     }
                     None => {
@@ -646,6 +803,210 @@ impl Gateway {
                     .await;
             }
         }
+    }
+
+    /// Counts an allowed call and records the labels it reads (taint).
+    fn note_read(&self, client: &Client, labels: &[String]) {
+        let f = client.facts();
+        f.calls.fetch_add(1, Ordering::Relaxed);
+        f.read(labels);
+    }
+
+    fn server_name(&self, idx: usize) -> String {
+        self.upstreams
+            .get(idx)
+            .map(|u| u.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// Tool annotations for a client-facing tool name, learning them from
+    /// the upstream's list when not seen yet (so a call before any list is
+    /// judged on the same facts).
+    async fn tool_annotations(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        name: &str,
+    ) -> portcullis_policy::Annotations {
+        if let Some(a) = lock(&self.tool_meta).get(name).copied() {
+            return a;
+        }
+        let mut cursor = Value::Null;
+        for _ in 0..20 {
+            let p = if cursor.is_null() {
+                json!({})
+            } else {
+                json!({"cursor": cursor})
+            };
+            match self.list(client, "tools/list", &p).await {
+                Ok(v) => {
+                    cursor = v.get("nextCursor").cloned().unwrap_or(Value::Null);
+                    if cursor.is_null() || lock(&self.tool_meta).contains_key(name) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        lock(&self.tool_meta).get(name).copied().unwrap_or_default()
+    }
+
+    /// Decides a request on `res`: first whether the principal may see it at
+    /// all (without arguments — the same question list filtering asks), then
+    /// the call itself; then obligations that must run before it
+    /// (approval). `Ok` carries the decision whose obligations still apply.
+    #[expect(clippy::too_many_arguments, reason = "one request's whole context")]
+    async fn authorize(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        action: portcullis_policy::Action,
+        method: &str,
+        res: &portcullis_policy::ResourceFacts,
+        params: &Value,
+        id: Option<Box<RawValue>>,
+        out: &mpsc::Sender<Message>,
+    ) -> Result<portcullis_policy::Decision, Refusal> {
+        let visible = self.pep.decide(client, action.clone(), method, res, None);
+        if !visible.allow {
+            return Err(Refusal::Hidden);
+        }
+        let args = params.get("arguments");
+        let d = match args {
+            Some(a) if !a.is_null() => self.pep.decide(client, action, method, res, Some(a)),
+            _ => visible,
+        };
+        if !d.allow {
+            return Err(Refusal::Denied(d.reason.clone()));
+        }
+        if let Some(message) = d.obligations.require_approval.clone() {
+            self.approve(client, method, res, params, &message, id, out)
+                .await?;
+        }
+        Ok(d)
+    }
+
+    /// The `require-approval` obligation: ask the human through an
+    /// elicitation request before the call proceeds. Deny if the client
+    /// cannot elicit, declines, or does not answer in time.
+    #[expect(clippy::too_many_arguments, reason = "one request's whole context")]
+    async fn approve(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        method: &str,
+        res: &portcullis_policy::ResourceFacts,
+        params: &Value,
+        message: &str,
+        id: Option<Box<RawValue>>,
+        out: &mpsc::Sender<Message>,
+    ) -> Result<(), Refusal> {
+        let can_elicit = has_cap(&client.caps, "elicitation");
+        let question = json!({
+            "message": format!("Approval required: {message}\nTool: {}\nArguments: {}", res.id, params.get("arguments").cloned().unwrap_or(Value::Null)),
+            "requestedSchema": {"type": "object", "properties": {"approve": {"type": "boolean", "title": "Approve this call"}}, "required": ["approve"]},
+        });
+        let accepted = |answer: &Value| {
+            answer.get("action").and_then(Value::as_str) == Some("accept")
+                && answer
+                    .get("content")
+                    .and_then(|c| c.get("approve"))
+                    .and_then(Value::as_bool)
+                    != Some(false)
+        };
+        if client.is_stateless() {
+            // A retry carrying our approval state and the human's answer.
+            let binding = binding_of(method, params);
+            if let Some(token) = params
+                .get("requestState")
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_prefix(APPROVAL_PREFIX))
+            {
+                let pending = lock(&self.approvals).remove(token);
+                let valid = pending.is_some_and(|(b, exp)| {
+                    b == binding_of(method, &strip_input(params)) && exp > Instant::now()
+                });
+                let answer = params
+                    .get("inputResponses")
+                    .and_then(|r| r.get(APPROVAL_KEY))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                return if valid && accepted(&answer) {
+                    Ok(())
+                } else {
+                    Err(Refusal::Denied("the call was not approved".into()))
+                };
+            }
+            if !can_elicit {
+                return Err(Refusal::Denied(
+                    "this call needs approval and the client cannot be asked".into(),
+                ));
+            }
+            let token = {
+                let mut b = [0u8; 16];
+                rand::rngs::OsRng
+                    .try_fill_bytes(&mut b)
+                    .unwrap_or_else(|_| rand::rng().fill_bytes(&mut b));
+                hex::encode(b)
+            };
+            {
+                let mut a = lock(&self.approvals);
+                a.retain(|_, (_, exp)| *exp > Instant::now());
+                a.insert(token.clone(), (binding, Instant::now() + SUSPEND_TTL));
+            }
+            let result = json!({
+                "resultType": "input_required",
+                "inputRequests": {APPROVAL_KEY: {"method": "elicitation/create", "params": question}},
+                "requestState": format!("{APPROVAL_PREFIX}{token}"),
+            });
+            let _ = out
+                .send(Message::response(id.unwrap_or_else(|| raw_u64(0)), result))
+                .await;
+            return Err(Refusal::Answered);
+        }
+        if !can_elicit {
+            return Err(Refusal::Denied(
+                "this call needs approval and the client cannot be asked".into(),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let gid = client.register_server_request(ServerRequest::Local(tx));
+        if out
+            .send(Message::request(
+                raw_u64(gid),
+                "elicitation/create",
+                Some(question),
+            ))
+            .await
+            .is_err()
+        {
+            return Err(Refusal::Denied("the client went away".into()));
+        }
+        match tokio::time::timeout(SUSPEND_TTL, rx).await {
+            Ok(Ok(answer)) if answer.kind() == Kind::Response && accepted(&answer.result()) => {
+                Ok(())
+            }
+            Ok(Ok(_)) => Err(Refusal::Denied("the call was not approved".into())),
+            _ => Err(Refusal::Denied("no approval arrived in time".into())),
+        }
+    }
+
+    /// Answers a refusal: hidden targets exactly like missing ones.
+    async fn refuse(
+        &self,
+        r: Refusal,
+        id: Option<Box<RawValue>>,
+        not_found: Message,
+        out: &mpsc::Sender<Message>,
+    ) {
+        let m = match r {
+            Refusal::Answered => return,
+            Refusal::Hidden => not_found,
+            Refusal::Denied(reason) => Message::error(
+                id,
+                codes::POLICY_DENIED,
+                &format!("Denied by policy: {reason}"),
+                None,
+            ),
+        };
+        let _ = out.send(m).await;
     }
 
     /// Handles a notification from a handshake-era client.
@@ -840,15 +1201,93 @@ impl Gateway {
             let Some(arr) = result.get(items_key).and_then(Value::as_array) else {
                 continue;
             };
+            let server = self.server_name(idx);
+            let list_action = portcullis_policy::Action::from_method(method, false);
+            if !self
+                .pep
+                .decide(
+                    client,
+                    list_action,
+                    method,
+                    &portcullis_policy::ResourceFacts::server(&server),
+                    None,
+                )
+                .allow
+            {
+                continue;
+            }
             for item in arr {
                 let mut item = item.clone();
+                // Every item is shown only if the principal may use it: an
+                // agent never learns of a tool it may not call.
+                let (kind, action, id, ann) = match items_key {
+                    "tools" => {
+                        let n = item.get("name").and_then(Value::as_str).unwrap_or_default();
+                        let ann = crate::pep::annotations(&item);
+                        let outward = self.naming.outward(idx, n);
+                        lock(&self.tool_meta).insert(outward.clone(), ann);
+                        (
+                            ItemKind::Tool,
+                            portcullis_policy::Action::CallTool,
+                            outward,
+                            ann,
+                        )
+                    }
+                    "prompts" => {
+                        let n = item.get("name").and_then(Value::as_str).unwrap_or_default();
+                        (
+                            ItemKind::Prompt,
+                            portcullis_policy::Action::GetPrompt,
+                            self.naming.outward(idx, n),
+                            Default::default(),
+                        )
+                    }
+                    "resources" => {
+                        let u = item
+                            .get("uri")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        (
+                            ItemKind::Resource,
+                            portcullis_policy::Action::ReadResource,
+                            u,
+                            Default::default(),
+                        )
+                    }
+                    _ => {
+                        let u = item
+                            .get("uriTemplate")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        (
+                            ItemKind::Resource,
+                            portcullis_policy::Action::ReadResource,
+                            u,
+                            Default::default(),
+                        )
+                    }
+                };
+                let res = self.pep.resource(kind, &server, &id, ann);
+                let call_method = match kind {
+                    ItemKind::Tool => "tools/call",
+                    ItemKind::Prompt => "prompts/get",
+                    _ => "resources/read",
+                };
+                if !self
+                    .pep
+                    .decide(client, action, call_method, &res, None)
+                    .allow
+                {
+                    continue;
+                }
                 match items_key {
                     "tools" | "prompts" => {
-                        let Some(n) = item.get("name").and_then(Value::as_str) else {
+                        if item.get("name").and_then(Value::as_str).is_none() {
                             continue;
-                        };
-                        let outward = Value::from(self.naming.outward(idx, n));
-                        protocol::set_path(&mut item, &["name"], outward);
+                        }
+                        protocol::set_path(&mut item, &["name"], Value::from(id));
                     }
                     "resources" => {
                         if let Some(u) = item.get("uri").and_then(Value::as_str) {
@@ -937,6 +1376,7 @@ impl Gateway {
         method: &str,
         mut params: Value,
         forwarded: &[(String, String)],
+        redact: &[String],
         out: &mpsc::Sender<Message>,
     ) {
         let client_id = msg.id_owned();
@@ -983,6 +1423,7 @@ impl Gateway {
                     method,
                     &params,
                     client_id.clone(),
+                    redact,
                     out,
                 )
                 .await;
@@ -1073,6 +1514,7 @@ impl Gateway {
         method: &str,
         params: &Value,
         client_id: Option<Box<RawValue>>,
+        redact: &[String],
         out: &mpsc::Sender<Message>,
     ) -> Driven {
         loop {
@@ -1107,6 +1549,18 @@ impl Gateway {
             };
             match m.kind() {
                 Kind::Response | Kind::Error => {
+                    if m.kind() == Kind::Response && !redact.is_empty() {
+                        // The `redact` obligation: named DLP classes out of the result.
+                        let mut r = m.result();
+                        let (n, unknown) = portcullis_inspect::dlp::redact(&mut r, redact);
+                        if !unknown.is_empty() {
+                            tracing::warn!(classes = ?unknown, "redact obligation names unknown DLP classes");
+                        }
+                        if n > 0 {
+                            tracing::info!(target: "portcullis::decision", redactions = n, classes = ?redact, "result redacted");
+                            m.set_result(&r);
+                        }
+                    }
                     let raw = m.result_raw().map(|r| r.get()).unwrap_or("");
                     if m.kind() == Kind::Response
                         && protocol::result_needs_fitting(raw, method, client.revision)
@@ -1132,6 +1586,33 @@ impl Gateway {
                     return Driven::Done;
                 }
                 Kind::Request => {
+                    // Server→client requests are decided too (Elicit, Sample, ListRoots).
+                    let rm = m.method().unwrap_or_default().to_owned();
+                    let res = portcullis_policy::ResourceFacts::server(&self.server_name(idx));
+                    let d = self.pep.decide(
+                        client,
+                        portcullis_policy::Action::from_method(&rm, true),
+                        &rm,
+                        &res,
+                        None,
+                    );
+                    if !d.allow {
+                        if let Some(their) = m.id_owned() {
+                            let e = Message::error(
+                                Some(their),
+                                codes::POLICY_DENIED,
+                                &format!("Denied by policy: {}", d.reason),
+                                None,
+                            );
+                            let t = self
+                                .upstreams
+                                .get(idx)
+                                .map(|u| u.timeout)
+                                .unwrap_or_default();
+                            let _ = conn.notify(&e, t).await;
+                        }
+                        continue;
+                    }
                     if client.is_stateless() {
                         // Park the call; the client retries with our requestState.
                         let their_id = m.id_owned().unwrap_or_else(|| raw_u64(0));
@@ -1167,6 +1648,7 @@ impl Gateway {
                                 key,
                                 binding: binding_of(method, params),
                                 progress,
+                                redact: redact.to_vec(),
                                 expires: Instant::now() + SUSPEND_TTL,
                             },
                         );
@@ -1306,7 +1788,8 @@ impl Gateway {
         }
         let _ = self
             .drive(
-                client, s.idx, &s.conn, s.uid, s.steps, s.progress, method, params, client_id, out,
+                client, s.idx, &s.conn, s.uid, s.steps, s.progress, method, params, client_id,
+                &s.redact, out,
             )
             .await;
     }
@@ -1443,6 +1926,30 @@ impl Gateway {
         for (_, r) in lock(&client.server_requests).drain() {
             drop(r);
         }
+    }
+}
+
+/// The params without the input-round fields a client adds on retry.
+fn strip_input(params: &Value) -> Value {
+    let mut p = params.clone();
+    if let Some(o) = p.as_object_mut() {
+        o.remove("inputResponses");
+        o.remove("requestState");
+    }
+    p
+}
+
+/// Strips the input-round fields when they belong to a gateway approval
+/// (the upstream never asked for them); anything else passes unchanged.
+fn strip_input_if_approval(params: &Value) -> Value {
+    let ours = params
+        .get("requestState")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.starts_with(APPROVAL_PREFIX));
+    if ours {
+        strip_input(params)
+    } else {
+        params.clone()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod gateway;
 mod listen;
 pub mod listener;
 pub mod naming;
+pub mod pep;
 pub mod protocol;
 pub mod segments;
 pub mod server;

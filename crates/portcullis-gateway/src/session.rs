@@ -138,6 +138,8 @@ pub struct Client {
     /// Listen streams opened on 2026-07-28 upstreams for this session's
     /// `resources/subscribe`, by URI.
     pub upstream_subscriptions: StdMutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The principal as policy sees it, built once.
+    policy_principal: std::sync::OnceLock<portcullis_policy::PrincipalFacts>,
     /// History facts for policy (shared per identity for 2026-07-28 clients).
     pub facts: std::sync::OnceLock<Arc<Facts>>,
     /// Whether upstream GET listeners were started for this session.
@@ -185,6 +187,7 @@ impl Client {
             last_used: StdMutex::new(Instant::now()),
             listening: std::sync::atomic::AtomicBool::new(false),
             facts: std::sync::OnceLock::new(),
+            policy_principal: std::sync::OnceLock::new(),
             log_level: StdMutex::new(None),
             upstream_subscriptions: StdMutex::new(HashMap::new()),
         })
@@ -218,6 +221,12 @@ impl Client {
             Some(tx) => tx.send(m).await.is_ok(),
             None => false,
         }
+    }
+
+    /// The principal as policy sees it.
+    pub fn policy_principal(&self) -> &portcullis_policy::PrincipalFacts {
+        self.policy_principal
+            .get_or_init(|| crate::pep::principal_facts(&self.principal))
     }
 
     /// The session's policy facts (created on first use unless set).

@@ -527,7 +527,10 @@ mod tests {
             .issue(&IssueRequest::new(id("agent/x")))
             .unwrap();
         let crl = ca
-            .crl(std::slice::from_ref(&bad.info.serial), Duration::from_secs(3600))
+            .crl(
+                std::slice::from_ref(&bad.info.serial),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let t = ServerTls {
             mode: TlsMode::Required,

@@ -49,6 +49,24 @@ fn demo_upstream() -> anyhow::Result<UpstreamConfig> {
     ))
 }
 
+/// The embedded default's segments: the demo's secret reader is
+/// confidential, its fetcher can send data out, its note writer writes.
+fn demo_segments() -> Vec<portcullis_gateway::segments::SegmentCfg> {
+    let seg = |name: &str, label: &str, tool: &str| portcullis_gateway::segments::SegmentCfg {
+        name: name.into(),
+        labels: vec![label.into()],
+        servers: vec![],
+        tools: vec![tool.into()],
+        resources: vec![],
+        prompts: vec![],
+    };
+    vec![
+        seg("secrets", "confidential", "demo__read_secret"),
+        seg("outbound", "egress", "demo__fetch_url"),
+        seg("notes", "write", "demo__write_note"),
+    ]
+}
+
 /// Files of the development setup, for the banner.
 struct Dev {
     state: PathBuf,
@@ -222,6 +240,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if cfg.upstreams.is_empty() {
         cfg.upstreams.push(demo_upstream()?);
+        if cfg.segments.is_empty() {
+            cfg.segments = demo_segments();
+        }
     }
     if args.allow_anonymous_loopback {
         cfg.auth.allow_anonymous_loopback = true;
@@ -282,7 +303,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(a) => Some(admin_listener(&a, cfg.state_dir.as_deref()).await?),
         None => None,
     };
-    let gw = Gateway::new(cfg, &[], true);
+    let pep = Arc::new(
+        portcullis_gateway::pep::Pep::from_config(&cfg)
+            .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
+    );
+    pep.watch();
+    let gw = Gateway::new(cfg, &[], true, pep);
     if let Some((listener, token, token_path)) = admin {
         let addr = listener.local_addr()?;
         tokio::spawn(portcullis_gateway::admin::serve(

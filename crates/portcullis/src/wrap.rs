@@ -35,7 +35,12 @@ pub async fn run(
     let max_line = cfg.limits.max_body_bytes;
     let max_depth = cfg.limits.max_json_depth;
     let single = cfg.upstreams.len() == 1;
-    let gw = Gateway::new(cfg, &[], !single);
+    let pep = std::sync::Arc::new(
+        portcullis_gateway::pep::Pep::from_config(&cfg)
+            .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
+    );
+    pep.watch();
+    let gw = Gateway::new(cfg, &[], !single, pep);
     // The identity of a stdio front: the local user, as the configured agent.
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))

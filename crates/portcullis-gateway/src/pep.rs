@@ -1,0 +1,268 @@
+//! The policy enforcement point: turns a request (principal, MCP method,
+//! target, arguments, session facts) into a Cedar decision, logs it, and
+//! keeps the policy set current (hot reload that never installs a bad set).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use portcullis_identity::principal::{Principal, Strength};
+use portcullis_policy::{
+    Action, Annotations, Decision, DeviceFacts, Engine, PrincipalFacts, PrincipalKind, Request,
+    ResourceFacts, ResourceKind, SessionFacts, Strength as PStrength, UserClaims,
+};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::segments::{ItemKind, Segments};
+use crate::session::{Client, Facts};
+
+/// The policy pack shipped with Portcullis, used when config names none.
+pub const DEFAULT_PACK: &str = include_str!("../../../policies/default.cedar");
+
+/// Policy set, segments and taint labels, shared by every request.
+pub struct Pep {
+    engine: RwLock<Arc<Engine>>,
+    /// Segment memberships and labels of every item.
+    pub segments: Segments,
+    taint: Vec<String>,
+    files: Vec<PathBuf>,
+    schema: Option<PathBuf>,
+}
+
+fn load(files: &[PathBuf], schema: Option<&PathBuf>) -> Result<Engine, String> {
+    let r = if files.is_empty() {
+        let schema_text = match schema {
+            Some(p) => {
+                Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?)
+            }
+            None => None,
+        };
+        Engine::from_sources(
+            schema_text.as_deref(),
+            &[("default.cedar".to_owned(), DEFAULT_PACK.to_owned())],
+        )
+    } else {
+        Engine::load(schema.map(|p| p.as_path()), files)
+    };
+    r.map_err(|e| e.to_string())
+}
+
+fn strength(s: Strength) -> PStrength {
+    match s {
+        Strength::Anonymous => PStrength::Anonymous,
+        Strength::Local => PStrength::Local,
+        Strength::Token => PStrength::Token,
+        Strength::Certificate => PStrength::Certificate,
+        Strength::CertificateAndToken => PStrength::CertificateAndToken,
+    }
+}
+
+/// The policy view of an authenticated principal.
+pub fn principal_facts(p: &Principal) -> PrincipalFacts {
+    let user = p.user.as_ref().map(|u| UserClaims {
+        iss: u.iss.clone(),
+        sub: u
+            .sub
+            .clone()
+            .or_else(|| u.client_id.clone())
+            .unwrap_or_default(),
+        client_id: u.client_id.clone(),
+        scopes: u.scopes.clone(),
+    });
+    let kind = if let Some(w) = &p.workload {
+        PrincipalKind::Agent {
+            spiffe_id: w.to_string(),
+            trust_domain: w.trust_domain().to_owned(),
+        }
+    } else if let Some(u) = &user {
+        PrincipalKind::User {
+            iss: u.iss.clone(),
+            sub: u.sub.clone(),
+            scopes: u.scopes.clone(),
+        }
+    } else if let Some(l) = &p.local_user {
+        PrincipalKind::Local { name: l.clone() }
+    } else {
+        PrincipalKind::Anonymous
+    };
+    let device = p.device.verified().map(|d| DeviceFacts {
+        id: d.device_id.clone(),
+        managed: d.managed,
+        os: d.os.clone(),
+        patch_age_days: d.patch_age_days,
+        disk_encrypted: d.disk_encrypted,
+        edr_running: d.edr_running,
+    });
+    PrincipalFacts {
+        kind,
+        user,
+        device,
+        strength: strength(p.strength),
+        segments: Vec::new(),
+    }
+}
+
+/// Reads MCP tool annotations from a tool definition.
+pub fn annotations(tool: &Value) -> Annotations {
+    let a = tool.get("annotations");
+    let b = |k: &str| a.and_then(|a| a.get(k)).and_then(Value::as_bool);
+    Annotations {
+        read_only: b("readOnlyHint"),
+        destructive: b("destructiveHint"),
+        idempotent: b("idempotentHint"),
+        open_world: b("openWorldHint"),
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Pep {
+    /// Loads the configured policy set (or the default pack); a set that
+    /// does not parse or validate is an error naming file:line:col.
+    pub fn from_config(cfg: &Config) -> Result<Pep, String> {
+        let engine = load(&cfg.policy.files, cfg.policy.schema.as_ref())?;
+        tracing::info!(hash = %engine.hash(), policies = engine.policy_count(), "policy set loaded");
+        let taint = if cfg.policy.taint_labels.is_empty() {
+            vec!["confidential".to_owned()]
+        } else {
+            cfg.policy.taint_labels.clone()
+        };
+        Ok(Pep {
+            engine: RwLock::new(Arc::new(engine)),
+            segments: Segments::new(cfg.segments.clone()),
+            taint,
+            files: cfg.policy.files.clone(),
+            schema: cfg.policy.schema.clone(),
+        })
+    }
+
+    /// The policy set in force.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reloads the policy files: a set that fails to parse or validate is
+    /// rejected and the running one stays. Returns the new hash.
+    pub fn reload(&self) -> Result<String, String> {
+        match load(&self.files, self.schema.as_ref()) {
+            Ok(e) => {
+                let hash = e.hash().to_owned();
+                *self.engine.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(e);
+                tracing::info!(hash = %hash, "policy set reloaded");
+                Ok(hash)
+            }
+            Err(e) => {
+                tracing::error!(errors = %e, kept = %self.engine().hash(), "policy reload rejected; keeping the running set");
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-reads the policy files when they change (polled every 2 s).
+    pub fn watch(self: &Arc<Self>) {
+        if self.files.is_empty() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let files = self.files.clone();
+        tokio::spawn(async move {
+            let stamp = |files: &[PathBuf]| -> Vec<Option<SystemTime>> {
+                files
+                    .iter()
+                    .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                    .collect()
+            };
+            let mut last = stamp(&files);
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let now = stamp(&files);
+                if now != last {
+                    last = now;
+                    let Some(p) = me.upgrade() else { return };
+                    let _ = p.reload();
+                }
+            }
+        });
+    }
+
+    /// The facts policy sees for an item of `server`.
+    pub fn resource(
+        &self,
+        kind: ItemKind,
+        server: &str,
+        id: &str,
+        ann: Annotations,
+    ) -> ResourceFacts {
+        let class = self.segments.classify(server, kind, id);
+        ResourceFacts {
+            kind: match kind {
+                ItemKind::Tool => ResourceKind::Tool,
+                ItemKind::Resource => ResourceKind::Resource,
+                ItemKind::Prompt => ResourceKind::Prompt,
+                ItemKind::Server => ResourceKind::Server,
+            },
+            id: id.to_owned(),
+            server: server.to_owned(),
+            segments: class.segments,
+            labels: class.labels,
+            annotations: ann,
+        }
+    }
+
+    /// Session facts for policy, from the client's history.
+    pub fn session_facts(&self, f: &Facts) -> SessionFacts {
+        SessionFacts {
+            calls: f.calls.load(std::sync::atomic::Ordering::Relaxed),
+            labels_read: f.labels(),
+            tainted: f.tainted_by(&self.taint),
+        }
+    }
+
+    /// Decides one request and logs the decision.
+    pub fn decide(
+        &self,
+        client: &Client,
+        action: Action,
+        method: &str,
+        resource: &ResourceFacts,
+        args: Option<&Value>,
+    ) -> Decision {
+        let engine = self.engine();
+        let facts = client.facts();
+        let session = self.session_facts(&facts);
+        let principal = client.policy_principal();
+        let d = engine.decide(&Request {
+            principal,
+            action: action.clone(),
+            resource,
+            arguments: args,
+            method: Some(method),
+            session: &session,
+            risk: 0,
+            now_unix: now_unix(),
+        });
+        tracing::info!(
+            target: "portcullis::decision",
+            allow = d.allow,
+            identity = %client.owner,
+            action = action.as_str(),
+            resource = %resource.id,
+            server = %resource.server,
+            policies = ?d.determining,
+            errors = ?d.errors,
+            policy_hash = %engine.hash(),
+            reason = %d.reason,
+            "decision"
+        );
+        d
+    }
+}
