@@ -571,7 +571,19 @@ impl Gateway {
                     Some((idx, orig)) => {
                         let server = self.server_name(idx);
                         let (kind, action, ann) = if is_tool {
-                            let ann = self.tool_annotations(client, name).await;
+                            // A tool no upstream lists does not exist: answered
+                            // here, exactly as a hidden one is (no oracle).
+                            let ann = match self.tool_annotations(client, idx, name).await {
+                                Ok(Some(a)) => a,
+                                Ok(None) => {
+                                    let _ = out.send(unknown).await;
+                                    return;
+                                }
+                                Err(e) => {
+                                    let _ = out.send(e.to_message(id)).await;
+                                    return;
+                                }
+                            };
                             (ItemKind::Tool, portcullis_policy::Action::CallTool, ann)
                         } else {
                             (
@@ -825,29 +837,40 @@ impl Gateway {
     async fn tool_annotations(
         self: &Arc<Self>,
         client: &Arc<Client>,
+        idx: usize,
         name: &str,
-    ) -> portcullis_policy::Annotations {
+    ) -> Result<Option<portcullis_policy::Annotations>, UpstreamError> {
         if let Some(a) = lock(&self.tool_meta).get(name).copied() {
-            return a;
+            return Ok(Some(a));
         }
-        let mut cursor = Value::Null;
-        for _ in 0..20 {
-            let p = if cursor.is_null() {
-                json!({})
-            } else {
-                json!({"cursor": cursor})
+        // Not seen yet: read that upstream's whole tool list.
+        let conn = self.conn(client, idx).await?;
+        let mut cursor: Option<String> = None;
+        for _ in 0..50 {
+            let p = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
             };
-            match self.list(client, "tools/list", &p).await {
-                Ok(v) => {
-                    cursor = v.get("nextCursor").cloned().unwrap_or(Value::Null);
-                    if cursor.is_null() || lock(&self.tool_meta).contains_key(name) {
-                        break;
+            let r = self
+                .simple_call(client, idx, &conn, "tools/list", p)
+                .await?;
+            if let Some(tools) = r.get("tools").and_then(Value::as_array) {
+                let mut meta = lock(&self.tool_meta);
+                for t in tools {
+                    if let Some(n) = t.get("name").and_then(Value::as_str) {
+                        meta.insert(self.naming.outward(idx, n), crate::pep::annotations(t));
                     }
                 }
-                Err(_) => break,
+            }
+            cursor = r
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if cursor.is_none() || lock(&self.tool_meta).contains_key(name) {
+                break;
             }
         }
-        lock(&self.tool_meta).get(name).copied().unwrap_or_default()
+        Ok(lock(&self.tool_meta).get(name).copied())
     }
 
     /// Decides a request on `res`: first whether the principal may see it at
