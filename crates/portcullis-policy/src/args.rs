@@ -64,6 +64,48 @@ fn record_expr(fields: &[(String, Mapped)]) -> RestrictedExpression {
     }
 }
 
+/// The Cedar record `context.arguments` for `args`, built directly (the
+/// same values as [`map_arguments`] followed by [`Mapped::to_expr`], without
+/// the intermediate form).
+pub fn arguments_expr(args: Option<&Value>) -> RestrictedExpression {
+    match args {
+        None | Some(Value::Null) => empty_record(),
+        Some(v @ Value::Object(_)) => value_expr(v, 1),
+        Some(other) => {
+            RestrictedExpression::new_record([(NON_OBJECT_KEY.to_owned(), value_expr(other, 2))])
+                .unwrap_or_else(|_| empty_record())
+        }
+    }
+}
+
+fn empty_record() -> RestrictedExpression {
+    RestrictedExpression::new_record(std::iter::empty::<(String, RestrictedExpression)>())
+        .unwrap_or_else(|_| RestrictedExpression::new_string(String::new()))
+}
+
+fn value_expr(v: &Value, depth: usize) -> RestrictedExpression {
+    match v {
+        Value::Null => empty_record(),
+        Value::Bool(b) => RestrictedExpression::new_bool(*b),
+        Value::String(s) => RestrictedExpression::new_string(s.clone()),
+        Value::Number(n) => map_number(n).to_expr(),
+        Value::Array(_) | Value::Object(_) if depth > MAX_DEPTH => {
+            RestrictedExpression::new_string(format!(
+                "{DEEP_MARKER}{}",
+                serde_json::to_string(v).unwrap_or_default()
+            ))
+        }
+        Value::Array(items) => {
+            RestrictedExpression::new_set(items.iter().map(|i| value_expr(i, depth + 1)))
+        }
+        Value::Object(map) => RestrictedExpression::new_record(
+            map.iter()
+                .map(|(k, v)| (k.clone(), value_expr(v, depth + 1))),
+        )
+        .unwrap_or_else(|_| map_value(v, depth).to_expr()),
+    }
+}
+
 /// Maps the whole `arguments` value to the record `context.arguments`:
 /// absent or `null` → `{}`; an object → its record; anything else →
 /// `{"$value": …}`.
@@ -316,6 +358,38 @@ mod tests {
         assert_eq!(
             map_arguments(Some(&json!(7))),
             Mapped::Record(vec![("$value".into(), Mapped::Long(7))])
+        );
+    }
+
+    #[test]
+    fn direct_expression_equals_the_mapped_form() {
+        let mut deep = json!(1);
+        for _ in 0..30 {
+            deep = json!({"d": [deep]});
+        }
+        let eval = |e: RestrictedExpression| {
+            cedar_policy::Context::from_pairs([("x".to_owned(), e)])
+                .unwrap()
+                .get("x")
+                .unwrap()
+        };
+        for v in [
+            json!({"a": 1, "b": 1.5, "c": 1e-9, "d": null, "e": [1, "x", [true]], "f": {"g": {}},
+                   "h": 18446744073709551615u64, "i": -0.25, "j": 1e300}),
+            deep,
+            json!([1, 2]),
+            json!("s"),
+            Value::Null,
+        ] {
+            assert_eq!(
+                eval(arguments_expr(Some(&v))),
+                eval(map_arguments(Some(&v)).to_expr()),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            eval(arguments_expr(None)),
+            eval(map_arguments(None).to_expr())
         );
     }
 

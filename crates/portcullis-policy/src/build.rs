@@ -9,7 +9,7 @@ use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression,
 };
 
-use crate::args::map_arguments;
+use crate::args::arguments_expr;
 use crate::facts::{PrincipalKind, Request, ResourceKind, ACTION_IDS};
 
 /// Principal entity types, in index order (see [`principal_index`]).
@@ -278,10 +278,7 @@ pub(crate) fn build(
         "method".to_owned(),
         string(req.method.unwrap_or_else(|| req.action.method())),
     ));
-    ctx.push((
-        "arguments".to_owned(),
-        map_arguments(req.arguments).to_expr(),
-    ));
+    ctx.push(("arguments".to_owned(), arguments_expr(req.arguments)));
     ctx.push(("labels".to_owned(), string_set(&r.labels)));
     ctx.push((
         "device".to_owned(),

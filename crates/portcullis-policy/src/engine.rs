@@ -424,8 +424,11 @@ impl Acc {
         for e in d.errors() {
             let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
             self.errored.insert(pe.policy_id().clone());
-            self.errors
-                .push(format!("{}: {}", pe.policy_id(), pe.inner()));
+            self.errors.push(format!(
+                "{}: {}",
+                AsRef::<str>::as_ref(pe.policy_id()),
+                pe.inner()
+            ));
         }
         let target = match resp.decision() {
             cedar_policy::Decision::Allow => &mut self.permits,
@@ -435,7 +438,12 @@ impl Acc {
     }
 
     fn finish(mut self, meta: &HashMap<PolicyId, Meta>) -> Decision {
-        let ids = |s: &BTreeSet<PolicyId>| s.iter().map(ToString::to_string).collect::<Vec<_>>();
+        // Policy ids are the display ids already (`@id` or `file:policyN`).
+        let ids = |s: &BTreeSet<PolicyId>| {
+            s.iter()
+                .map(|id| AsRef::<str>::as_ref(id).to_owned())
+                .collect::<Vec<_>>()
+        };
         if !self.errors.is_empty() {
             self.errors.sort();
             let mut determining: BTreeSet<PolicyId> = self.errored;

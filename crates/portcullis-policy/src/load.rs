@@ -213,7 +213,9 @@ pub(crate) fn load(
             policies.push(p.new_id(pid));
         }
     }
-    if problems.is_empty() {
+    // Validate what parsed, even when other files did not: every problem
+    // of every file is reported at once.
+    if !policies.is_empty() {
         match PolicySet::from_policies(policies.iter().cloned()) {
             Ok(full) => {
                 let result = Validator::new(schema.clone()).validate(&full, ValidationMode::Strict);
@@ -226,6 +228,26 @@ pub(crate) fn load(
                     let p = at_diagnostic(file, text, e, message);
                     // The validator reports a problem once per action the
                     // policy applies to: keep one per place and message.
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+                // A policy that can never apply is an error here: a forbid
+                // on an argument the schema does not declare would otherwise
+                // load and silently never fire.
+                for w in result.validation_warnings() {
+                    if !matches!(w, cedar_policy::ValidationWarning::ImpossiblePolicy(_)) {
+                        continue;
+                    }
+                    let fi = origin.get(w.policy_id()).copied().unwrap_or(0);
+                    let (file, text) = sources
+                        .get(fi)
+                        .map_or(("?", ""), |(f, t)| (f.as_str(), t.as_str()));
+                    let message = format!(
+                        "{} (does it test an attribute the schema does not declare, e.g. an argument?)",
+                        strip_action_env(&w.to_string())
+                    );
+                    let p = at_diagnostic(file, text, w, message);
                     if !problems.contains(&p) {
                         problems.push(p);
                     }

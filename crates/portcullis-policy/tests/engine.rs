@@ -231,6 +231,13 @@ fn load_errors_are_located_and_all_listed() {
     let unknown_action = "permit (principal, action == Portcullis::Action::\"Fly\", resource);";
     assert!(Engine::from_sources(None, &[("u.cedar".into(), unknown_action.into())]).is_err());
 
+    // A rule on an argument the shipped schema does not declare can never
+    // apply: refused rather than loaded as a forbid that never fires.
+    let never = "forbid (principal, action, resource) when { context.arguments has path && context.arguments.path like \"/etc/*\" };";
+    let err = Engine::from_sources(None, &[("n.cedar".into(), never.into())]).unwrap_err();
+    assert!(err.to_string().starts_with("n.cedar:1:"), "{err}");
+    assert!(err.to_string().contains("does not declare"), "{err}");
+
     let tpl = "permit (principal == ?principal, action, resource);";
     let err = Engine::from_sources(None, &[("t.cedar".into(), tpl.into())]).unwrap_err();
     assert!(

@@ -3,6 +3,7 @@
 
 mod ca_cmd;
 mod demo;
+mod policy_cmd;
 mod serve;
 mod wrap;
 
@@ -92,6 +93,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ca_cmd::CertCmd,
     },
+    /// Policy commands: validate, test and explain Cedar policies offline.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy_cmd::PolicyCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +178,7 @@ fn main() -> ExitCode {
         } => config_check(config.or(file)),
         Cmd::Ca { cmd } => ca_cmd::run_ca(cmd),
         Cmd::Cert { cmd } => ca_cmd::run_cert(cmd),
+        Cmd::Policy { cmd } => return policy_cmd::run(cmd),
         other => {
             init_logging();
             let rt = match runtime() {
@@ -222,7 +229,9 @@ fn main() -> ExitCode {
                         })
                         .await
                     }
-                    Cmd::Config { .. } | Cmd::Ca { .. } | Cmd::Cert { .. } => Ok(()),
+                    Cmd::Config { .. } | Cmd::Ca { .. } | Cmd::Cert { .. } | Cmd::Policy { .. } => {
+                        Ok(())
+                    }
                 }
             })
         }
