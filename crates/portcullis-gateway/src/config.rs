@@ -85,6 +85,24 @@ pub struct PolicyCfg {
     /// Labels whose reading taints a session (default: `confidential`).
     #[serde(default)]
     pub taint_labels: Vec<String>,
+    /// Rates for the `@rate_class("name")` obligation, per principal.
+    #[serde(default)]
+    pub rate_classes: std::collections::BTreeMap<String, RateClass>,
+}
+
+/// A rate a policy can put a principal's calls under.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateClass {
+    /// Sustained calls per minute.
+    pub per_minute: u32,
+    /// Calls allowed in a burst above the sustained rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_burst() -> u32 {
+    1
 }
 
 /// The admin listener.

@@ -135,6 +135,10 @@ pub struct Gateway {
     pub pep: Arc<crate::pep::Pep>,
     /// Tool annotations by client-facing name, learned from tool lists.
     tool_meta: StdMutex<HashMap<String, portcullis_policy::Annotations>>,
+    /// Policy facts of 2026-07-28 clients, per identity (they have no session).
+    stateless_facts: StdMutex<HashMap<String, Arc<crate::session::Facts>>>,
+    /// GCRA state of `@rate_class` obligations: (identity, class) → next allowed time.
+    rates: StdMutex<HashMap<(String, String), Instant>>,
     /// Pending human approvals of 2026-07-28 clients, by token.
     approvals: StdMutex<HashMap<String, (String, Instant)>>,
 }
@@ -274,6 +278,8 @@ impl Gateway {
                 pep,
                 tool_meta: StdMutex::new(HashMap::new()),
                 approvals: StdMutex::new(HashMap::new()),
+                stateless_facts: StdMutex::new(HashMap::new()),
+                rates: StdMutex::new(HashMap::new()),
             }
         })
     }
@@ -817,6 +823,46 @@ impl Gateway {
         }
     }
 
+    /// The shared policy facts of a 2026-07-28 identity (its taint outlives
+    /// each self-contained request).
+    pub fn identity_facts(&self, key: &str) -> Arc<crate::session::Facts> {
+        let mut m = lock(&self.stateless_facts);
+        if m.len() > 100_000 {
+            // Bounded: forget the oldest-looking half rather than grow without end.
+            let drop: Vec<String> = m.keys().take(50_000).cloned().collect();
+            for k in drop {
+                m.remove(&k);
+            }
+        }
+        m.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// The `@rate_class` obligation: a GCRA limit per (identity, class).
+    /// `Err` carries the seconds to wait.
+    fn check_rate(&self, client: &Client, class: &str) -> Result<(), f64> {
+        let Some(rc) = self.cfg.policy.rate_classes.get(class).copied() else {
+            // An unknown class is a policy mistake: refuse rather than run unlimited.
+            tracing::warn!(
+                class,
+                "rate class named by policy is not configured; denying"
+            );
+            return Err(60.0);
+        };
+        let interval = Duration::from_secs_f64(60.0 / f64::from(rc.per_minute.max(1)));
+        let tolerance = interval * rc.burst.max(1);
+        let now = Instant::now();
+        let mut m = lock(&self.rates);
+        let tat = m
+            .entry((client.owner.clone(), class.to_owned()))
+            .or_insert(now);
+        let next = (*tat).max(now) + interval;
+        if next > now + tolerance {
+            return Err((next - now - tolerance).as_secs_f64());
+        }
+        *tat = next;
+        Ok(())
+    }
+
     /// Counts an allowed call and records the labels it reads (taint).
     fn note_read(&self, client: &Client, labels: &[String]) {
         let f = client.facts();
@@ -899,6 +945,18 @@ impl Gateway {
         };
         if !d.allow {
             return Err(Refusal::Denied(d.reason.clone()));
+        }
+        if let Some(class) = &d.obligations.rate_class {
+            if let Err(wait) = self.check_rate(client, class) {
+                let e = Message::error(
+                    id,
+                    codes::RATE_LIMITED,
+                    &format!("Rate limited: retry after {wait:.1} s"),
+                    Some(json!({"retryAfterSeconds": wait.ceil(), "rateClass": class})),
+                );
+                let _ = out.send(e).await;
+                return Err(Refusal::Answered);
+            }
         }
         if let Some(message) = d.obligations.require_approval.clone() {
             self.approve(client, method, res, params, &message, id, out)

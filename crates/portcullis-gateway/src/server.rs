@@ -863,6 +863,7 @@ async fn post_stateless(st: AppState, caller: Caller, headers: HeaderMap, m: Mes
         caller.principal,
         caller.route,
     );
+    let _ = client.facts.set(st.gw.identity_facts(&client.owner));
     let (first, mut rx) = run_call(st.gw.clone(), client, m, forwarded).await;
     let Some(first) = first else {
         return error_response(StatusCode::OK, id, codes::INTERNAL_ERROR, "no response");

@@ -23,6 +23,8 @@ pub mod codes {
     pub const UPSTREAM_TIMEOUT: i64 = -32011;
     /// Portcullis: the upstream answered with something that is not MCP.
     pub const UPSTREAM_PROTOCOL: i64 = -32012;
+    /// Portcullis: a rate limit applies; `data.retryAfterSeconds` says when to retry.
+    pub const RATE_LIMITED: i64 = -32029;
     /// Portcullis: the request was denied by policy (or its approval refused).
     pub const POLICY_DENIED: i64 = -32030;
     /// 2026-07-28: an `Mcp-*` header disagrees with the body.

@@ -186,15 +186,19 @@ async fn handle(
                         .and_then(|x| x.get("io.modelcontextprotocol/clientCapabilities"))
                         .cloned()
                         .unwrap_or_else(|| json!({}));
-                    Client::new(
-                        String::new(),
-                        Revision::V2026_07_28,
-                        caps,
-                        json!({}),
-                        0,
-                        principal.clone(),
-                        "stdio".into(),
-                    )
+                    {
+                        let c = Client::new(
+                            String::new(),
+                            Revision::V2026_07_28,
+                            caps,
+                            json!({}),
+                            0,
+                            principal.clone(),
+                            "stdio".into(),
+                        );
+                        let _ = c.facts.set(gw.identity_facts(&c.owner));
+                        c
+                    }
                 }
                 (false, Some(c)) => c.clone(),
                 (false, None) => {

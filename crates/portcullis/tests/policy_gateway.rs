@@ -27,6 +27,7 @@ fn config(dir: &std::path::Path, policy_files: &[&str], extra: &str) -> std::pat
             r#"
 [policy]
 files = [{files}]
+{extra}
 
 [[upstream]]
 name = "demo"
@@ -42,7 +43,6 @@ tools = ["demo__read_secret"]
 name = "outbound"
 labels = ["egress"]
 tools = ["demo__fetch_url"]
-{extra}
 "#,
             files = files.join(", "),
             log = log.display().to_string(),
@@ -214,4 +214,49 @@ fn an_erroring_forbid_denies_instead_of_failing_open() {
         "the erroring policy is recorded: {}",
         gw.log_text()
     );
+}
+
+#[test]
+fn a_rate_class_obligation_limits_with_retry_after() {
+    let dir = tempdir("pol-rate");
+    let pack = include_str!("../../../policies/default.cedar");
+    std::fs::write(
+        dir.join("p.cedar"),
+        format!("{pack}\n@id(\"echo-slowly\")\n@rate_class(\"slow\")\npermit (principal, action == Portcullis::Action::\"CallTool\", resource == Portcullis::Tool::\"demo__echo\");\n"),
+    )
+    .unwrap();
+    let cfg = config(
+        &dir,
+        &["p.cedar"],
+        "[policy.rate_classes]\nslow = { per_minute = 6, burst = 2 }\n",
+    );
+    let gw = start(&["--config".into(), cfg.display().to_string()], &[]);
+    let sid = gw.session();
+    let call = |id: &str| {
+        gw.call(
+            &sid,
+            id,
+            "tools/call",
+            r#"{"name":"demo__echo","arguments":{"message":"x"}}"#,
+        )
+    };
+    assert!(call("1").get("result").is_some());
+    assert!(call("2").get("result").is_some());
+    let limited = call("3");
+    assert_eq!(limited["error"]["code"], -32029, "{limited}");
+    assert!(
+        limited["error"]["data"]["retryAfterSeconds"]
+            .as_f64()
+            .unwrap()
+            >= 1.0,
+        "{limited}"
+    );
+    // Other tools are not under that class.
+    let other = gw.call(
+        &sid,
+        "4",
+        "tools/call",
+        r#"{"name":"demo__read_document","arguments":{"name":"welcome"}}"#,
+    );
+    assert!(other.get("result").is_some(), "{other}");
 }
