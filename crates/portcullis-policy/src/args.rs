@@ -44,11 +44,25 @@ impl Mapped {
         match self {
             Mapped::Bool(b) => RestrictedExpression::new_bool(*b),
             Mapped::Long(n) => RestrictedExpression::new_long(*n),
-            Mapped::Decimal(d) => RestrictedExpression::new_decimal(d),
+            Mapped::Decimal(d) => decimal_expr(d),
             Mapped::String(s) => RestrictedExpression::new_string(s.clone()),
             Mapped::Set(items) => RestrictedExpression::new_set(items.iter().map(Mapped::to_expr)),
             Mapped::Record(fields) => record_expr(fields),
         }
+    }
+}
+
+/// `decimal("<lit>")`. `RestrictedExpression::new_decimal` parses the name
+/// `decimal` on every call (a few µs); the name is parsed once here.
+fn decimal_expr(lit: &str) -> RestrictedExpression {
+    use cedar_policy_core::ast::{Name, RestrictedExpr};
+    static NAME: std::sync::OnceLock<Option<Name>> = std::sync::OnceLock::new();
+    match NAME.get_or_init(|| "decimal".parse().ok().map(Name::unqualified_name)) {
+        Some(name) => RestrictedExpression::from(RestrictedExpr::call_extension_fn(
+            name.clone(),
+            [RestrictedExpr::val(lit)],
+        )),
+        None => RestrictedExpression::new_decimal(lit),
     }
 }
 
