@@ -18,9 +18,9 @@ gateway.
    -32030 and the upstream never sees the call. Over ``wrap`` (stdio) and
    ``serve`` (HTTP), each in both eras.
 
-Tests marked ``xfail(strict=True)`` state required behaviour the gateway
-does not have yet (see each reason); they turn into failures once fixed, so
-the marker gets removed then.
+Two of these once caught gateway bugs (a taint denial answered as "unknown
+tool"; an approval counted without ``approve: true``); both are fixed and the
+tests guard them.
 """
 
 from __future__ import annotations
@@ -247,15 +247,6 @@ async def test_taint_blocks_egress_until_a_fresh_session(taint_wrap: PolicySetup
     assert after not in urls, "the refused egress call reached the upstream"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "gateway bug: Gateway::authorize asks the visibility question (no arguments) with the session's "
-        "taint in context, so no-egress-after-confidential makes fetch_url *hidden* (-32602 'Unknown tool: "
-        "fetch_url', and it drops out of tools/list) instead of denied with -32030 and its @reason"
-    ),
-)
 async def test_taint_denial_is_a_policy_error_with_its_reason(taint_wrap: PolicySetup) -> None:
     async with Client(wrap_params(taint_wrap.config), mode="legacy", read_timeout_seconds=TIMEOUT) as client:
         await client.call_tool("read_secret", {})
@@ -405,14 +396,6 @@ async def test_approval_without_elicitation_capability_is_denied(approval, era: 
     assert args["title"] not in written(setup), "a call that was not approved reached the upstream"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason=(
-        "gateway bug: Gateway::approve counts action=accept with `approve` absent as approval "
-        "(`!= Some(false)`); only approve == true should let the call through"
-    ),
-)
 @pytest.mark.parametrize("content", [{}, None], ids=["empty-content", "no-content"])
 async def test_approval_accept_without_approve_true_is_denied(approval, era: str, content: dict | None) -> None:
     setup, server, tool = approval

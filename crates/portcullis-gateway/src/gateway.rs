@@ -934,15 +934,11 @@ impl Gateway {
         id: Option<Box<RawValue>>,
         out: &mpsc::Sender<Message>,
     ) -> Result<portcullis_policy::Decision, Refusal> {
-        let visible = self.pep.decide(client, action.clone(), method, res, None);
-        if !visible.allow {
+        if !self.pep.visible(client, action.clone(), method, res) {
             return Err(Refusal::Hidden);
         }
-        let args = params.get("arguments");
-        let d = match args {
-            Some(a) if !a.is_null() => self.pep.decide(client, action, method, res, Some(a)),
-            _ => visible,
-        };
+        let args = params.get("arguments").filter(|a| !a.is_null());
+        let d = self.pep.decide(client, action, method, res, args);
         if !d.allow {
             return Err(Refusal::Denied(d.reason.clone()));
         }
@@ -990,7 +986,7 @@ impl Gateway {
                     .get("content")
                     .and_then(|c| c.get("approve"))
                     .and_then(Value::as_bool)
-                    != Some(false)
+                    == Some(true)
         };
         if client.is_stateless() {
             // A retry carrying our approval state and the human's answer.
@@ -1356,11 +1352,7 @@ impl Gateway {
                     ItemKind::Prompt => "prompts/get",
                     _ => "resources/read",
                 };
-                if !self
-                    .pep
-                    .decide(client, action, call_method, &res, None)
-                    .allow
-                {
+                if !self.pep.visible(client, action, call_method, &res) {
                     continue;
                 }
                 match items_key {

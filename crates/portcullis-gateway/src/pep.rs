@@ -236,9 +236,42 @@ impl Pep {
         resource: &ResourceFacts,
         args: Option<&Value>,
     ) -> Decision {
+        let session = self.session_facts(&client.facts());
+        self.decide_with(client, action, method, resource, args, &session)
+    }
+
+    /// Whether the principal may use `resource` at all, whatever its
+    /// session has done: decided with a fresh session's facts and no
+    /// arguments. Visibility (lists, "unknown" answers) follows this, so a
+    /// tainted session still sees the tool and is told why a call is denied.
+    pub fn visible(
+        &self,
+        client: &Client,
+        action: Action,
+        method: &str,
+        resource: &ResourceFacts,
+    ) -> bool {
+        self.decide_with(
+            client,
+            action,
+            method,
+            resource,
+            None,
+            &SessionFacts::default(),
+        )
+        .allow
+    }
+
+    fn decide_with(
+        &self,
+        client: &Client,
+        action: Action,
+        method: &str,
+        resource: &ResourceFacts,
+        args: Option<&Value>,
+        session: &SessionFacts,
+    ) -> Decision {
         let engine = self.engine();
-        let facts = client.facts();
-        let session = self.session_facts(&facts);
         let principal = client.policy_principal();
         let d = engine.decide(&Request {
             principal,
@@ -246,7 +279,7 @@ impl Pep {
             resource,
             arguments: args,
             method: Some(method),
-            session: &session,
+            session,
             risk: 0,
             now_unix: now_unix(),
         });
