@@ -379,7 +379,7 @@ fn negative_matrix_refuses_and_nothing_reaches_the_upstream() {
         curl(&s.url, &ca, Some(&revoked), &MODERN, &call("neg-revoked")).0,
         0
     );
-    assert!(s.log().contains("revoked"));
+    assert!(eventually(5, || s.log().contains("revoked")));
     assert!(!s.upstream_saw("neg-revoked"));
 
     // --- token cases: 401 with WWW-Authenticate (403 for scope).
@@ -571,7 +571,7 @@ fn strict_mode_needs_both_and_posture_when_required() {
         &call("neg-strict-cert-only"),
     );
     assert_eq!(code, 401, "certificate without token in strict mode");
-    assert!(s.log().contains("strict mode"));
+    assert!(eventually(5, || s.log().contains("strict mode")));
     let (code, _, body) = curl(
         &s.url,
         &ca,
@@ -612,7 +612,9 @@ fn missing_posture_is_refused_when_posture_is_required() {
     );
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("posture"));
-    assert!(s.log().contains("device posture required"));
+    assert!(eventually(5, || s
+        .log()
+        .contains("device posture required")));
     assert!(!s.upstream_saw("neg-no-posture"));
     // A fresh signed assertion from the device-trust issuer lets it through.
     let posture = device.sign(&json!({"iss": "urn:portcullis:dev", "sub": "laptop-7", "iat": now(), "exp": now() + 600, "managed": true, "disk_encrypted": true}));
@@ -662,7 +664,11 @@ fn a_stolen_session_id_is_useless_under_another_identity() {
         &list("neg-hijack"),
     );
     assert_eq!(code, 404, "{body}");
-    assert!(s.log().contains("session hijack attempt"), "{}", s.log());
+    assert!(
+        eventually(5, || s.log().contains("session hijack attempt")),
+        "{}",
+        s.log()
+    );
     assert!(!s.upstream_saw("neg-hijack"));
     // …and cannot end it either.
     let (code, _, _) = curl(
@@ -879,5 +885,7 @@ fn admin_api_revokes_certificates_and_sessions() {
         0
     );
     assert!(!s.upstream_saw("neg-admin-revoked"));
-    assert!(s.log().contains("certificate revoked by admin"));
+    assert!(eventually(5, || s
+        .log()
+        .contains("certificate revoked by admin")));
 }

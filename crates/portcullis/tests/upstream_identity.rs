@@ -278,7 +278,9 @@ fn upstream_with_the_wrong_spiffe_id_is_refused() {
         gw.log_text()
     );
     assert!(
-        gw.log_text().contains(&format!("{TD}/upstream/impostor")),
+        eventually(5, || gw
+            .log_text()
+            .contains(&format!("{TD}/upstream/impostor"))),
         "log names the presented ID: {}",
         gw.log_text()
     );
@@ -335,7 +337,7 @@ fn unusable_tls_settings_fail_calls_clearly() {
         "no file paths to clients: {msg}"
     );
     assert!(
-        gw.log_text().contains("missing.pem"),
+        eventually(5, || gw.log_text().contains("missing.pem")),
         "the log has the details: {}",
         gw.log_text()
     );
