@@ -935,6 +935,9 @@ impl Gateway {
         out: &mpsc::Sender<Message>,
     ) -> Result<portcullis_policy::Decision, Refusal> {
         if !self.pep.visible(client, action.clone(), method, res) {
+            // Record the refusal as a decision (visibility answers are cached
+            // quietly; a refused request is not).
+            self.pep.decide(client, action, method, res, None);
             return Err(Refusal::Hidden);
         }
         let args = params.get("arguments").filter(|a| !a.is_null());

@@ -20,6 +20,9 @@ use crate::session::{Client, Facts};
 /// The policy pack shipped with Portcullis, used when config names none.
 pub const DEFAULT_PACK: &str = include_str!("../../../policies/default.cedar");
 
+/// How long a session's visibility answers are reused.
+const VISIBILITY_TTL: Duration = Duration::from_secs(5);
+
 /// Policy set, segments and taint labels, shared by every request.
 pub struct Pep {
     engine: RwLock<Arc<Engine>>,
@@ -237,13 +240,18 @@ impl Pep {
         args: Option<&Value>,
     ) -> Decision {
         let session = self.session_facts(&client.facts());
-        self.decide_with(client, action, method, resource, args, &session)
+        self.decide_with(client, action, method, resource, args, &session, true)
     }
 
     /// Whether the principal may use `resource` at all, whatever its
     /// session has done: decided with a fresh session's facts and no
     /// arguments. Visibility (lists, "unknown" answers) follows this, so a
     /// tainted session still sees the tool and is told why a call is denied.
+    ///
+    /// Visibility depends only on standing facts, so it is cached per
+    /// session for a few seconds (and per policy set): lists and repeated
+    /// calls do not pay for it again. A policy that makes visibility depend
+    /// on the time of day takes effect within that window.
     pub fn visible(
         &self,
         client: &Client,
@@ -251,17 +259,32 @@ impl Pep {
         method: &str,
         resource: &ResourceFacts,
     ) -> bool {
-        self.decide_with(
-            client,
-            action,
-            method,
-            resource,
-            None,
-            &SessionFacts::default(),
-        )
-        .allow
+        let engine = self.engine();
+        let key = format!(
+            "{}\u{0}{}\u{0}{}",
+            action.as_str(),
+            resource.server,
+            resource.id
+        );
+        if let Some(v) = client.visibility_cached(engine.hash(), &key, VISIBILITY_TTL) {
+            return v;
+        }
+        let allow = self
+            .decide_with(
+                client,
+                action,
+                method,
+                resource,
+                None,
+                &SessionFacts::default(),
+                false,
+            )
+            .allow;
+        client.cache_visibility(engine.hash(), key, allow);
+        allow
     }
 
+    #[expect(clippy::too_many_arguments, reason = "one decision's whole context")]
     fn decide_with(
         &self,
         client: &Client,
@@ -270,6 +293,7 @@ impl Pep {
         resource: &ResourceFacts,
         args: Option<&Value>,
         session: &SessionFacts,
+        record: bool,
     ) -> Decision {
         let engine = self.engine();
         let principal = client.policy_principal();
@@ -283,6 +307,10 @@ impl Pep {
             risk: 0,
             now_unix: now_unix(),
         });
+        if !record {
+            tracing::debug!(target: "portcullis::decision", allow = d.allow, identity = %client.owner, action = action.as_str(), resource = %resource.id, "visibility");
+            return d;
+        }
         tracing::info!(
             target: "portcullis::decision",
             allow = d.allow,

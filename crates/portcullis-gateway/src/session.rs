@@ -140,6 +140,8 @@ pub struct Client {
     pub upstream_subscriptions: StdMutex<HashMap<String, tokio::task::AbortHandle>>,
     /// The principal as policy sees it, built once.
     policy_principal: std::sync::OnceLock<portcullis_policy::PrincipalFacts>,
+    /// Visibility answers: (policy hash, key) → (allowed, when).
+    visibility: StdMutex<HashMap<String, (bool, Instant)>>,
     /// History facts for policy (shared per identity for 2026-07-28 clients).
     pub facts: std::sync::OnceLock<Arc<Facts>>,
     /// Whether upstream GET listeners were started for this session.
@@ -188,6 +190,7 @@ impl Client {
             listening: std::sync::atomic::AtomicBool::new(false),
             facts: std::sync::OnceLock::new(),
             policy_principal: std::sync::OnceLock::new(),
+            visibility: StdMutex::new(HashMap::new()),
             log_level: StdMutex::new(None),
             upstream_subscriptions: StdMutex::new(HashMap::new()),
         })
@@ -221,6 +224,23 @@ impl Client {
             Some(tx) => tx.send(m).await.is_ok(),
             None => false,
         }
+    }
+
+    /// A cached visibility answer, if fresh and from the same policy set.
+    pub fn visibility_cached(&self, hash: &str, key: &str, ttl: Duration) -> Option<bool> {
+        let m = lock(&self.visibility);
+        m.get(&format!("{hash}\u{0}{key}"))
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(v, _)| *v)
+    }
+
+    /// Remembers a visibility answer (bounded: cleared when it grows large).
+    pub fn cache_visibility(&self, hash: &str, key: String, allowed: bool) {
+        let mut m = lock(&self.visibility);
+        if m.len() > 4096 {
+            m.clear();
+        }
+        m.insert(format!("{hash}\u{0}{key}"), (allowed, Instant::now()));
     }
 
     /// The principal as policy sees it.
