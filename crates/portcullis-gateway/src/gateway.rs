@@ -1322,22 +1322,14 @@ impl Gateway {
                             Default::default(),
                         )
                     }
-                    "resources" => {
+                    key => {
+                        let field = if key == "resources" {
+                            "uri"
+                        } else {
+                            "uriTemplate"
+                        };
                         let u = item
-                            .get("uri")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned();
-                        (
-                            ItemKind::Resource,
-                            portcullis_policy::Action::ReadResource,
-                            u,
-                            Default::default(),
-                        )
-                    }
-                    _ => {
-                        let u = item
-                            .get("uriTemplate")
+                            .get(field)
                             .and_then(Value::as_str)
                             .unwrap_or_default()
                             .to_owned();
