@@ -3,6 +3,8 @@
 # server behind the gateway, then gateway RSS with many idle sessions.
 #
 # Loopback only; every process started here is stopped on exit.
+# The cost of authentication (mTLS + JWT, TLS handshakes per second) is
+# measured by bench/run-auth.sh.
 #
 # Knobs (environment):
 #   SESSIONS=32 DURATION=10 WARMUP=2     load phase

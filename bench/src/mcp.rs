@@ -1,6 +1,7 @@
 //! A minimal handshake-era MCP client over Streamable HTTP: one HTTP/1.1
-//! keep-alive connection per session, JSON or SSE replies.
+//! keep-alive connection per session (plain TCP or TLS), JSON or SSE replies.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -11,8 +12,10 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// The revision the driver asks for in `initialize`.
 pub const PROTOCOL_VERSION: &str = "2025-11-25";
@@ -31,7 +34,10 @@ pub struct Target {
     pub url: String,
     uri: Uri,
     authority: HeaderValue,
-    addr: String,
+    /// `host:port` to connect to.
+    pub addr: String,
+    /// TLS for `https://` URLs: the connector and the name to verify.
+    pub tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The tool to call.
     pub tool: String,
     /// Pre-encoded `params` of the `tools/call` (without the id).
@@ -43,7 +49,8 @@ pub struct Target {
 }
 
 impl Target {
-    /// Builds a target; only `http://` URLs are supported.
+    /// Builds a target for an `http://` or `https://` URL; `https://`
+    /// needs a TLS client config (its trust bundle, optional client cert).
     pub fn new(
         label: String,
         url: &str,
@@ -51,21 +58,32 @@ impl Target {
         args: Value,
         headers: &[(HeaderName, HeaderValue)],
         timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> anyhow::Result<Target> {
         let uri: Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
-        if uri.scheme_str() != Some("http") {
-            bail!("{url}: only http:// URLs are supported (no TLS in the load driver)");
-        }
+        let secure = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => bail!("{url}: only http:// and https:// URLs are supported"),
+        };
         let auth = uri
             .authority()
             .with_context(|| format!("{url}: no host"))?
             .clone();
-        let port = auth.port_u16().unwrap_or(80);
+        let port = auth.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let host = auth.host().trim_start_matches('[').trim_end_matches(']');
         let addr = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
             format!("{host}:{port}")
+        };
+        let tls = if secure {
+            let cfg = tls.with_context(|| format!("{url}: https needs --cacert"))?;
+            let name = ServerName::try_from(host.to_owned())
+                .with_context(|| format!("{url}: {host:?} is not a valid TLS server name"))?;
+            Some((TlsConnector::from(cfg.clone()), name))
+        } else {
+            None
         };
         Ok(Target {
             label,
@@ -73,6 +91,7 @@ impl Target {
             authority: HeaderValue::from_str(auth.as_str())?,
             uri,
             addr,
+            tls,
             call_params: json!({"name": tool, "arguments": args}),
             tool,
             headers: headers.to_vec(),
@@ -81,18 +100,42 @@ impl Target {
     }
 }
 
+impl Target {
+    /// One POST of a JSON-RPC `ping` outside any session, with the
+    /// target's headers: the handshake mode's optional request. A gateway
+    /// authenticates it before it notices the missing session.
+    pub fn probe(&self) -> Result<Request<Full<Bytes>>, CallError> {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(HOST, self.authority.clone())
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header(CONTENT_TYPE, "application/json")
+            .header(MCP_PROTOCOL_VERSION, PROTOCOL_VERSION);
+        for (k, v) in &self.headers {
+            b = b.header(k, v);
+        }
+        b.body(Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+        )))
+        .map_err(|e| CallError::new("protocol", e))
+    }
+}
+
 /// Why a call failed, as counted in the report.
 #[derive(Debug)]
 pub struct CallError {
     /// `http` (non-2xx), `rpc` (JSON-RPC error), `tool` (`isError: true`),
-    /// `transport` (connect/IO), `protocol` (unparseable reply), `timeout`.
+    /// `transport` (connect/IO), `tls` (handshake), `protocol` (unparseable
+    /// reply), `timeout`.
     pub kind: &'static str,
     /// Human-readable detail.
     pub detail: String,
 }
 
 impl CallError {
-    fn new(kind: &'static str, detail: impl std::fmt::Display) -> CallError {
+    /// An error of `kind`.
+    pub fn new(kind: &'static str, detail: impl std::fmt::Display) -> CallError {
         CallError {
             kind,
             detail: detail.to_string(),
@@ -101,7 +144,7 @@ impl CallError {
 
     /// Whether the connection is suspect after this error.
     pub fn breaks_connection(&self) -> bool {
-        matches!(self.kind, "transport" | "timeout")
+        matches!(self.kind, "transport" | "tls" | "timeout")
     }
 }
 
@@ -184,18 +227,49 @@ pub struct Session {
     pub connects: u64,
 }
 
-async fn connect(t: &Target) -> Result<SendRequest<Full<Bytes>>, CallError> {
+/// Opens a TCP connection to the target, with `TCP_NODELAY`.
+pub async fn tcp(t: &Target) -> Result<TcpStream, CallError> {
     let stream = TcpStream::connect(&t.addr)
         .await
         .map_err(|e| CallError::new("transport", format!("connect {}: {e}", t.addr)))?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    Ok(stream)
+}
+
+/// Runs the TLS client handshake on `stream` (a full one when the config
+/// disables resumption).
+pub async fn tls_handshake(
+    connector: &TlsConnector,
+    name: &ServerName<'static>,
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, CallError> {
+    connector
+        .connect(name.clone(), stream)
+        .await
+        .map_err(|e| CallError::new("tls", format!("TLS handshake: {e}")))
+}
+
+/// An HTTP/1.1 client connection over any byte stream; its driver runs as
+/// a task.
+pub async fn http1<S>(io: S) -> Result<SendRequest<Full<Bytes>>, CallError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| CallError::new("transport", format!("handshake: {e}")))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+async fn connect(t: &Target) -> Result<SendRequest<Full<Bytes>>, CallError> {
+    let stream = tcp(t).await?;
+    match &t.tls {
+        None => http1(stream).await,
+        Some((connector, name)) => http1(tls_handshake(connector, name, stream).await?).await,
+    }
 }
 
 /// What a POST carrying a request produced, before classification.
