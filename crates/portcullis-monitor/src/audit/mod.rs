@@ -1,0 +1,1 @@
+//! The hash-chained, signed, append-only audit log (placeholder).

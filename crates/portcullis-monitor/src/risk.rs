@@ -1,0 +1,1 @@
+//! The behavioural risk engine (placeholder).
