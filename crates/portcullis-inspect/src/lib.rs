@@ -3,4 +3,5 @@
 //! obligation.
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod dlp;
