@@ -1,1 +1,0 @@
-//! The behavioural risk engine (placeholder).
