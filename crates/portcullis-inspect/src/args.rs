@@ -233,47 +233,57 @@ fn floor_boundary(s: &str, n: usize) -> usize {
 /// Runs every rule on `s`; `outer` is false for decoded payloads (which are
 /// not searched for further payloads, so decoding cannot recurse).
 fn check_text(s: &str, outer: bool, hit: &mut dyn FnMut(&'static str, Severity)) {
-    // The raw text and up to DECODE_ROUNDS percent-decoded layers.
-    let mut layers: Vec<std::borrow::Cow<'_, str>> = vec![std::borrow::Cow::Borrowed(s)];
-    for _ in 0..DECODE_ROUNDS {
-        let Some(last) = layers.last() else { break };
-        match pct_decode(last) {
-            Some(d) if d != **last => layers.push(std::borrow::Cow::Owned(d)),
-            _ => break,
+    let mut h = LayerHits::default();
+    h.add(s);
+    // Up to DECODE_ROUNDS percent-decoded layers (only if there is a `%`).
+    if s.contains('%') {
+        let mut cur = std::borrow::Cow::Borrowed(s);
+        for _ in 0..DECODE_ROUNDS {
+            match pct_decode(&cur) {
+                Some(d) if d != *cur => {
+                    h.add(&d);
+                    cur = std::borrow::Cow::Owned(d);
+                }
+                _ => break,
+            }
         }
     }
-
-    let mut traversal = false;
-    let mut sensitive = false;
-    for l in &layers {
-        traversal |= has_traversal(l);
-        sensitive |= has_sensitive_path(l);
-    }
-    if traversal || sensitive {
-        let sev = if traversal && sensitive {
+    if h.traversal || h.sensitive {
+        let sev = if h.traversal && h.sensitive {
             Severity::High
         } else {
             Severity::Medium
         };
         hit(PATH_TRAVERSAL, sev);
     }
-
-    let mut addr: Option<Severity> = None;
-    for l in &layers {
-        addr = addr.max(internal_address(l));
-    }
-    if let Some(sev) = addr {
+    if let Some(sev) = h.addr {
         hit(INTERNAL_ADDRESS, sev);
     }
-
-    if layers.iter().any(|l| has_shell(l)) {
+    if h.shell {
         hit(SHELL_METACHAR, Severity::Medium);
     }
-
     if outer {
         if let Some(sev) = encoded_payload(s) {
             hit(ENCODED_PAYLOAD, sev);
         }
+    }
+}
+
+/// What the layers of one string (raw and percent-decoded) showed.
+#[derive(Default)]
+struct LayerHits {
+    traversal: bool,
+    sensitive: bool,
+    addr: Option<Severity>,
+    shell: bool,
+}
+
+impl LayerHits {
+    fn add(&mut self, l: &str) {
+        self.traversal |= has_traversal(l);
+        self.sensitive |= has_sensitive_path(l);
+        self.addr = self.addr.max(internal_address(l));
+        self.shell |= has_shell(l);
     }
 }
 
@@ -371,9 +381,10 @@ fn has_traversal(s: &str) -> bool {
         return true;
     }
     let b = s.as_bytes();
-    let mut from = 0;
-    while let Some(off) = s.get(from..).and_then(|t| t.find("..")) {
-        let i = from + off;
+    for (i, w) in b.windows(2).enumerate() {
+        if w != b".." {
+            continue;
+        }
         let before = i.checked_sub(1).and_then(|j| b.get(j)).copied();
         let after = b.get(i + 2).copied();
         let before_ok = match before {
@@ -387,12 +398,12 @@ fn has_traversal(s: &str) -> bool {
         if before_ok && after_ok {
             return true;
         }
-        from = i + 1;
     }
     false
 }
 
-/// Files and directories whose mention in a tool argument is itself a signal.
+/// Files and directories whose mention in a tool argument is itself a
+/// signal (matched case-insensitively, `/` also matching `\`).
 const SENSITIVE_SUBSTRINGS: &[&str] = &[
     "/etc/passwd",
     "/etc/shadow",
@@ -412,26 +423,41 @@ const SENSITIVE_SUBSTRINGS: &[&str] = &[
     "windows/system32/config/sam",
 ];
 
+/// `.env` files that are committed templates, not secrets.
+const ENV_TEMPLATES: &[&str] = &["example", "sample", "template", "dist"];
+
+fn sensitive_re() -> Option<&'static Regex> {
+    static RE: OnceLock<Option<Regex>> = OnceLock::new();
+    RE.get_or_init(|| {
+        let mut alts: Vec<String> = SENSITIVE_SUBSTRINGS
+            .iter()
+            .map(|n| regex::escape(n).replace('/', r"[/\\]"))
+            .collect();
+        // Path components `.ssh`, `.env` and `.env.<stage>`; the stage is
+        // captured so committed templates can be let through.
+        alts.push(
+            r#"(?:^|[/\\\s"'=])\.(?:ssh|env(?:\.([a-z0-9_.-]*))?)(?:$|[/\\\s"'])"#.to_owned(),
+        );
+        Regex::new(&format!("(?i){}", alts.join("|"))).ok()
+    })
+    .as_ref()
+}
+
 /// Whether `s` names a credential or system file.
 fn has_sensitive_path(s: &str) -> bool {
     if !s.contains(['/', '\\', '~', '.', '_']) {
         return false;
     }
-    let l = s.to_ascii_lowercase().replace('\\', "/");
-    if SENSITIVE_SUBSTRINGS.iter().any(|n| l.contains(n)) {
-        return true;
-    }
-    // Path components `.ssh`, `.env`, `.env.<stage>` (not the committed
-    // templates `.env.example` / `.env.sample` / `.env.template`).
-    l.split(|c: char| c == '/' || c.is_whitespace() || c == '"' || c == '\'' || c == '=')
-        .any(|comp| {
-            comp == ".ssh"
-                || comp == ".env"
-                || comp.strip_prefix(".env.").is_some_and(|stage| {
-                    !stage.is_empty()
-                        && !matches!(stage, "example" | "sample" | "template" | "dist")
-                })
-        })
+    let Some(re) = sensitive_re() else {
+        return false;
+    };
+    re.captures_iter(s).any(|c| match c.get(1) {
+        Some(stage) => {
+            let st = stage.as_str();
+            !st.is_empty() && !ENV_TEMPLATES.iter().any(|t| st.eq_ignore_ascii_case(t))
+        }
+        None => true,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -450,34 +476,33 @@ enum HostCtx {
 /// The worst internal address mentioned in `s`.
 fn internal_address(s: &str) -> Option<Severity> {
     let mut worst = None;
-    let mut from = 0;
-    while let Some(off) = s.get(from..).and_then(|t| t.find("://")) {
-        let start = from + off + 3;
-        if let Some(rest) = s.get(start..) {
+    for (i, _) in s.match_indices(':') {
+        if let Some(rest) = s.get(i..).and_then(|t| t.strip_prefix("://")) {
             worst = worst.max(authority_host(rest, HostCtx::Url));
         }
-        from = start;
     }
     let trimmed = s.trim();
     if let Some(rest) = trimmed.strip_prefix("//") {
         worst = worst.max(authority_host(rest, HostCtx::Url));
     }
-    let words: Vec<&str> = trimmed
-        .split(|c: char| {
-            c.is_whitespace()
-                || matches!(
-                    c,
-                    ',' | ';' | '"' | '\'' | '(' | ')' | '<' | '>' | '{' | '}' | '|' | '=' | '`'
-                )
-        })
-        .filter(|w| !w.is_empty() && !w.contains("://") && !w.starts_with("//"))
-        .collect();
-    let ctx = if words.len() == 1 && words.first().map(|w| w.len()) == Some(trimmed.len()) {
-        HostCtx::Whole
-    } else {
-        HostCtx::Word
+    let split = |c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                ',' | ';' | '"' | '\'' | '(' | ')' | '<' | '>' | '{' | '}' | '|' | '=' | '`'
+            )
     };
-    for w in words {
+    let ctx = if trimmed.contains(split) {
+        HostCtx::Word
+    } else {
+        HostCtx::Whole
+    };
+    for w in trimmed.split(split) {
+        // URLs among the words were handled above; as words they yield
+        // only their scheme (`https:`), which is no host.
+        if w.is_empty() {
+            continue;
+        }
         let w = w.trim_end_matches(['.', ':', '!', '?']);
         worst = worst.max(authority_host(w, ctx));
     }
@@ -487,6 +512,14 @@ fn internal_address(s: &str) -> Option<Severity> {
 /// Classifies the host at the start of `rest` (an authority possibly
 /// followed by a path).
 fn authority_host(rest: &str, ctx: HostCtx) -> Option<Severity> {
+    // Most words of prose are none of: dotted, IPv6, numeric, `localhost`.
+    if ctx != HostCtx::Url
+        && !rest.contains(['.', ':'])
+        && !rest.bytes().next().is_some_and(|b| b.is_ascii_digit())
+        && !rest.eq_ignore_ascii_case("localhost")
+    {
+        return None;
+    }
     let end = rest
         .find(|c: char| {
             matches!(
@@ -528,10 +561,18 @@ fn authority_host(rest: &str, ctx: HostCtx) -> Option<Severity> {
 }
 
 fn classify_host(host: &str, ctx: HostCtx, has_port: bool) -> Option<Severity> {
-    let h = host.trim_end_matches('.').to_ascii_lowercase();
-    if h.is_empty() || h.len() > 253 {
+    let host = host.trim_end_matches('.');
+    if host.is_empty() || host.len() > 253 {
         return None;
     }
+    // Most words of prose are none of: dotted, IPv6, numeric, `localhost`.
+    if !host.contains(['.', ':'])
+        && !host.bytes().next().is_some_and(|b| b.is_ascii_digit())
+        && !host.eq_ignore_ascii_case("localhost")
+    {
+        return None;
+    }
+    let h = host.to_ascii_lowercase();
     if h.contains(':') {
         let no_zone = h.split('%').next().unwrap_or_default();
         return classify_v6(no_zone.parse::<Ipv6Addr>().ok()?);
@@ -808,8 +849,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shell_regex_compiles() {
+    fn regexes_compile() {
         assert!(shell_re().is_some());
+        assert!(sensitive_re().is_some());
     }
 
     #[test]

@@ -89,6 +89,9 @@ fn path_traversal_positives() {
         ("/srv/app/.env", Medium),
         (".env", Medium),
         ("/srv/app/.env.production", Medium),
+        ("/srv/app/.env.example.local", Medium),
+        ("C:\\Users\\bob\\.SSH\\ID_RSA", Medium),
+        ("cat .env", Medium),
     ] {
         assert_rule(PATH_TRAVERSAL, s, want);
     }
