@@ -3,10 +3,12 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use super::files::rotated_predecessors;
 
 /// How often [`follow`] polls for new data.
 const POLL: Duration = Duration::from_millis(200);
@@ -113,18 +115,24 @@ pub fn follow(
         }
         match std::fs::metadata(path) {
             Ok(meta) if meta.ino() != ino => {
-                // Rotated: drain what was written to the old file before the rename.
-                loop {
-                    let n = file.read(&mut chunk)?;
-                    if n == 0 {
-                        break;
-                    }
-                    pending.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                }
+                // Rotated: drain what was written to the old file before the
+                // rename, then any files rotated since (several rotations may
+                // fit in one poll interval), then follow the new live file.
+                drain(&mut file, &mut pending, &mut chunk)?;
                 if !emit(&mut pending, &mut skip_partial, filter, &mut sink) {
                     return Ok(());
                 }
                 pending.clear();
+                for missed in rotated_after(path, ino) {
+                    let Ok(mut f) = File::open(&missed) else {
+                        continue;
+                    };
+                    drain(&mut f, &mut pending, &mut chunk)?;
+                    if !emit(&mut pending, &mut skip_partial, filter, &mut sink) {
+                        return Ok(());
+                    }
+                    pending.clear();
+                }
                 file = open_waiting(path)?;
                 ino = file.metadata()?.ino();
                 pos = 0;
@@ -166,6 +174,31 @@ fn emit(
     }
     pending.drain(..start);
     keep_going
+}
+
+/// Reads `file` to its end into `pending`.
+fn drain(file: &mut File, pending: &mut Vec<u8>, chunk: &mut [u8]) -> io::Result<()> {
+    loop {
+        let n = file.read(chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+}
+
+/// Rotated files newer than the one with inode `ino` (empty if it is not found).
+fn rotated_after(live: &Path, ino: u64) -> Vec<PathBuf> {
+    let Ok(rotated) = rotated_predecessors(live) else {
+        return Vec::new();
+    };
+    let position = rotated
+        .iter()
+        .position(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == ino));
+    match position {
+        Some(i) => rotated.into_iter().skip(i + 1).collect(),
+        None => Vec::new(),
+    }
 }
 
 fn open_waiting(path: &Path) -> io::Result<File> {
