@@ -59,7 +59,22 @@
 //!
 //! All file I/O happens on one dedicated OS thread; callers only serialise
 //! their body and push it onto a queue. See [`SyncMode`] for what
-//! [`AuditLog::durable`] promises in each mode.
+//! [`AuditLog::durable`] promises in each mode. The first write or sync
+//! error (e.g. `ENOSPC`) stops the writer for good: every unacknowledged and
+//! later ticket then fails [`AuditLog::durable`], so the gateway fails
+//! closed until it is restarted (which recovers any partial line).
+//!
+//! # Limits
+//!
+//! * One process per log: nothing locks the file, so two writers on the
+//!   same path would fork the chain.
+//! * A clean cut of trailing records (no partial line) is invisible to the
+//!   chain alone; it is caught by anchors ([`VerifyOptions::anchors`]) or,
+//!   for the unsigned tail only, by [`VerifyOptions::strict`].
+//! * All checkpoints must be signed by one key; replacing the key file makes
+//!   [`verify`] stop at the first checkpoint signed by the new key.
+//! * Verification needs the oldest file to prove record 1; if older rotated
+//!   files were pruned, the report warns that the start is unchecked.
 
 mod files;
 mod key;
