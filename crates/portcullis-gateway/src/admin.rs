@@ -84,6 +84,7 @@ pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, token: String) -> Router {
     };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/admin/sessions", get(list_sessions))
         .route("/admin/sessions/revoke", post(revoke_sessions))
         .route("/admin/revocations", post(revoke_certificate))
@@ -146,9 +147,18 @@ async fn revoke_sessions(
             )
         }
     };
+    let target = match (&req.identity, &req.session) {
+        (Some(who), _) => format!("identity:{who}"),
+        (_, Some(id)) => format!("session:{id}"),
+        _ => String::new(),
+    };
+    st.gw
+        .pep
+        .monitor
+        .containment("revoke-sessions", &target, req.reason.as_deref(), "admin");
     for c in &ended {
         tracing::warn!(session = %c.id, identity = %c.owner, reason = ?req.reason, "session revoked by admin");
-        st.gw.end_session(c).await;
+        st.gw.end_session(c, "revoked by admin").await;
     }
     reply(StatusCode::OK, json!({"ended": ended.len()}))
 }
@@ -185,6 +195,10 @@ async fn revoke_certificate(
         }
     };
     st.deny.add(&entry);
+    st.gw
+        .pep
+        .monitor
+        .containment("revoke-certificate", &entry, req.reason.as_deref(), "admin");
     // Sessions created with that certificate end too.
     let mut ended = 0;
     for c in st.gw.sessions.all() {
@@ -193,7 +207,7 @@ async fn revoke_certificate(
             .is_some_and(|f| st.deny.denies(f, ""))
         {
             if let Some(c) = st.gw.sessions.remove(&c.id) {
-                st.gw.end_session(&c).await;
+                st.gw.end_session(&c, "certificate revoked by admin").await;
                 ended += 1;
             }
         }
@@ -203,6 +217,20 @@ async fn revoke_certificate(
         StatusCode::OK,
         json!({"revoked": entry, "sessions_ended": ended}),
     )
+}
+
+/// Prometheus text exposition; needs the admin token like every admin call.
+async fn metrics(State(st): State<Admin>, h: HeaderMap) -> Response {
+    if let Err(r) = st.authorized(&h) {
+        return r;
+    }
+    st.gw.pep.monitor.metrics.set_sessions(st.gw.sessions.len());
+    let mut r = Response::new(Body::from(st.gw.pep.monitor.render_metrics()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
 }
 
 async fn reload_policy(State(st): State<Admin>, h: HeaderMap) -> Response {

@@ -56,6 +56,7 @@ pub struct Authenticator {
     /// The Protected Resource Metadata document.
     pub metadata: Value,
     metadata_url: String,
+    monitor: Option<Arc<crate::monitor::Monitor>>,
 }
 
 fn jwks_source(s: &str) -> JwksSource {
@@ -164,7 +165,14 @@ impl Authenticator {
             metadata_url: metadata_url(&resource),
             resource,
             metadata,
+            monitor: None,
         })
+    }
+
+    /// Records every refused authentication in `monitor` (audit + metrics).
+    pub fn with_monitor(mut self, monitor: Arc<crate::monitor::Monitor>) -> Authenticator {
+        self.monitor = Some(monitor);
+        self
     }
 
     /// Whether unauthenticated loopback access is on (for the banner).
@@ -216,15 +224,35 @@ impl Authenticator {
     }
 
     /// Authenticates one request; `Err` is the answer to send (and the
-    /// failure has been logged).
+    /// failure has been logged and audited).
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
         conn: Option<&ConnInfo>,
     ) -> Result<Principal, Response> {
+        let why = std::sync::Mutex::new(String::new());
+        let r = self.check(headers, query, conn, &why).await;
+        if let (Err(resp), Some(m)) = (&r, &self.monitor) {
+            let why = why.into_inner().unwrap_or_else(|e| e.into_inner());
+            let remote = conn.map(|c| c.remote.to_string()).unwrap_or_default();
+            m.auth_failure(&why, failure_class(&why), &remote, resp.status().as_u16());
+        }
+        r
+    }
+
+    async fn check(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        conn: Option<&ConnInfo>,
+        why: &std::sync::Mutex<String>,
+    ) -> Result<Principal, Response> {
         let remote = conn.map(|c| c.remote.to_string()).unwrap_or_default();
-        let fail = |reason: &str| tracing::warn!(%remote, reason, "authentication failed");
+        let fail = |reason: &str| {
+            tracing::warn!(%remote, reason, "authentication failed");
+            *why.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_owned();
+        };
         if query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("access_token="))) {
             fail("bearer token in the query string");
             return Err(self.challenge(
@@ -338,6 +366,30 @@ impl Authenticator {
             return Err(self.challenge(StatusCode::UNAUTHORIZED, None, None));
         }
         Err(self.forbidden("access_denied", why))
+    }
+}
+
+/// A bounded metric label for a failure reason.
+fn failure_class(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("query string") {
+        "token_in_query"
+    } else if r.contains("certificate expired") {
+        "certificate_expired"
+    } else if r.contains("certificate revoked") {
+        "certificate_revoked"
+    } else if r.contains("posture") {
+        "posture"
+    } else if r.contains("scope") {
+        "insufficient_scope"
+    } else if r.contains("no issuer") {
+        "token_not_accepted"
+    } else if r.contains("required") {
+        "missing_credentials"
+    } else if r.contains("expired") {
+        "token_expired"
+    } else {
+        "invalid_token"
     }
 }
 

@@ -70,6 +70,12 @@ pub struct Config {
     /// The Cedar policy set.
     #[serde(default)]
     pub policy: PolicyCfg,
+    /// The tamper-evident audit log.
+    #[serde(default)]
+    pub audit: crate::monitor::AuditCfg,
+    /// Weights and half-lives of the behavioural risk score.
+    #[serde(default)]
+    pub risk: portcullis_monitor::risk::RiskConfig,
 }
 
 /// Where the Cedar policies come from.
@@ -558,6 +564,8 @@ impl Config {
             admin: None,
             segments: Vec::new(),
             policy: PolicyCfg::default(),
+            audit: crate::monitor::AuditCfg::default(),
+            risk: Default::default(),
         }
     }
 
@@ -578,6 +586,14 @@ impl Config {
                 )
             })?;
             crate::admin::check_addr(&aa).map_err(|e| invalid("admin.addr", e))?;
+        }
+        if self.audit.path.is_some() {
+            self.audit
+                .to_audit_config(self.state_dir.as_deref())
+                .map_err(|e| match e.split_once(": ") {
+                    Some((k, why)) => invalid(k, why),
+                    None => invalid("audit", e),
+                })?;
         }
         if self.auth.allow_anonymous_loopback && !loopback {
             return Err(invalid(

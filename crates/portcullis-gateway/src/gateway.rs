@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, UpstreamConfig, UpstreamProtocol};
 use crate::conn::Conn;
+use crate::monitor::{self, Out, RequestCtx, TraceContext};
 use crate::naming::Naming;
 use crate::protocol::{self, fit_result, has_cap};
 use crate::segments::ItemKind;
@@ -505,6 +506,33 @@ impl Gateway {
         forwarded: &[(String, String)],
         out: &mpsc::Sender<Message>,
     ) {
+        self.dispatch_traced(client, msg, forwarded, None, out)
+            .await
+    }
+
+    /// As [`Gateway::dispatch`], continuing the caller's W3C trace
+    /// (`traceparent`) when it sent one. Every message to `out` waits until
+    /// the request's audit records are durable.
+    pub async fn dispatch_traced(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        msg: Message,
+        forwarded: &[(String, String)],
+        traceparent: Option<&str>,
+        out: &mpsc::Sender<Message>,
+    ) {
+        let ctx = RequestCtx::new(TraceContext::from_header(traceparent));
+        let out = Out::new(out, &self.pep.monitor);
+        monitor::in_request(ctx, self.handle(client, msg, forwarded, &out)).await
+    }
+
+    async fn handle(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        msg: Message,
+        forwarded: &[(String, String)],
+        out: &Out<'_>,
+    ) {
         let id = msg.id_owned();
         let method = msg.method().unwrap_or_default().to_owned();
         let params = msg.params();
@@ -932,7 +960,7 @@ impl Gateway {
         res: &portcullis_policy::ResourceFacts,
         params: &Value,
         id: Option<Box<RawValue>>,
-        out: &mpsc::Sender<Message>,
+        out: &Out<'_>,
     ) -> Result<portcullis_policy::Decision, Refusal> {
         if !self.pep.visible(client, action.clone(), method, res) {
             // Record the refusal as a decision (visibility answers are cached
@@ -976,7 +1004,7 @@ impl Gateway {
         params: &Value,
         message: &str,
         id: Option<Box<RawValue>>,
-        out: &mpsc::Sender<Message>,
+        out: &Out<'_>,
     ) -> Result<(), Refusal> {
         let can_elicit = has_cap(&client.caps, "elicitation");
         let question = json!({
@@ -1074,7 +1102,7 @@ impl Gateway {
         r: Refusal,
         id: Option<Box<RawValue>>,
         not_found: Message,
-        out: &mpsc::Sender<Message>,
+        out: &Out<'_>,
     ) {
         let m = match r {
             Refusal::Answered => return,
@@ -1445,7 +1473,7 @@ impl Gateway {
         mut params: Value,
         forwarded: &[(String, String)],
         redact: &[String],
-        out: &mpsc::Sender<Message>,
+        out: &Out<'_>,
     ) {
         let client_id = msg.id_owned();
         // A retry carrying a gateway-minted requestState resumes a parked call.
@@ -1583,7 +1611,7 @@ impl Gateway {
         params: &Value,
         client_id: Option<Box<RawValue>>,
         redact: &[String],
-        out: &mpsc::Sender<Message>,
+        out: &Out<'_>,
     ) -> Driven {
         loop {
             let step = tokio::select! {
@@ -1611,6 +1639,12 @@ impl Gateway {
                 Ok(m) => m,
                 Err(e @ UpstreamError::SessionGone(_)) => return Driven::SessionGone(e),
                 Err(e) => {
+                    self.pep.monitor.outcome(
+                        client,
+                        &self.server_name(idx),
+                        params.get("name").and_then(Value::as_str),
+                        Err(&e.to_string()),
+                    );
                     let _ = out.send(e.to_message(client_id)).await;
                     return Driven::Done;
                 }
@@ -1626,9 +1660,23 @@ impl Gateway {
                         }
                         if n > 0 {
                             tracing::info!(target: "portcullis::decision", redactions = n, classes = ?redact, "result redacted");
+                            self.pep.monitor.finding(
+                                &client.owner,
+                                "dlp",
+                                "redact-obligation",
+                                portcullis_monitor::risk::FindingSeverity::Low,
+                                params.get("name").and_then(Value::as_str),
+                                json!({"redactions": n, "classes": redact}),
+                            );
                             m.set_result(&r);
                         }
                     }
+                    self.pep.monitor.outcome(
+                        client,
+                        &self.server_name(idx),
+                        params.get("name").and_then(Value::as_str),
+                        Ok(&m),
+                    );
                     let raw = m.result_raw().map(|r| r.get()).unwrap_or("");
                     if m.kind() == Kind::Response
                         && protocol::result_needs_fitting(raw, method, client.revision)
@@ -1752,7 +1800,7 @@ impl Gateway {
         client: &Arc<Client>,
         result: &Value,
         params: &Value,
-        out: &mpsc::Sender<Message>,
+        out: &Out<'_>,
     ) -> Result<Value, String> {
         let reqs = result
             .get("inputRequests")
@@ -1800,7 +1848,7 @@ impl Gateway {
         method: &str,
         params: &Value,
         client_id: Option<Box<RawValue>>,
-        out: &mpsc::Sender<Message>,
+        out: &Out<'_>,
     ) {
         let s = lock(&self.suspended).remove(&token);
         let Some(s) = s else {
@@ -1981,7 +2029,8 @@ impl Gateway {
     }
 
     /// Ends a handshake-era session: its upstream sessions are closed.
-    pub async fn end_session(&self, client: &Arc<Client>) {
+    pub async fn end_session(&self, client: &Arc<Client>, reason: &str) {
+        self.pep.monitor.session_end(client, reason);
         for (_, h) in lock(&client.upstream_subscriptions).drain() {
             h.abort();
         }

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod gateway;
 mod listen;
 pub mod listener;
+pub mod monitor;
 pub mod naming;
 pub mod pep;
 pub mod protocol;

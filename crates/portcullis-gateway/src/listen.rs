@@ -133,7 +133,7 @@ impl Gateway {
         client: &Arc<Client>,
         id: Option<Box<RawValue>>,
         params: &Value,
-        out: &mpsc::Sender<Message>,
+        out: &crate::monitor::Out<'_>,
     ) {
         let filter = Filter::parse(params);
         let sub: Value = id

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use portcullis_identity::principal::{Principal, Strength};
+use portcullis_monitor::risk::{FindingSeverity, RequestEvent, RiskScore};
 use portcullis_policy::{
     Action, Annotations, Decision, DeviceFacts, Engine, PrincipalFacts, PrincipalKind, Request,
     ResourceFacts, ResourceKind, SessionFacts, Strength as PStrength, UserClaims,
@@ -14,6 +15,7 @@ use portcullis_policy::{
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::monitor::{DecisionEvent, Monitor};
 use crate::segments::{ItemKind, Segments};
 use crate::session::{Client, Facts};
 
@@ -31,6 +33,8 @@ pub struct Pep {
     taint: Vec<String>,
     files: Vec<PathBuf>,
     schema: Option<PathBuf>,
+    /// Where decisions are recorded and risk is kept.
+    pub monitor: Arc<Monitor>,
 }
 
 fn load(files: &[PathBuf], schema: Option<&PathBuf>) -> Result<Engine, String> {
@@ -129,6 +133,11 @@ impl Pep {
     /// Loads the configured policy set (or the default pack); a set that
     /// does not parse or validate is an error naming file:line:col.
     pub fn from_config(cfg: &Config) -> Result<Pep, String> {
+        Self::with_monitor(cfg, Arc::new(Monitor::from_config(cfg)?))
+    }
+
+    /// As [`Pep::from_config`], recording into a given monitor.
+    pub fn with_monitor(cfg: &Config, monitor: Arc<Monitor>) -> Result<Pep, String> {
         let engine = load(&cfg.policy.files, cfg.policy.schema.as_ref())?;
         tracing::info!(hash = %engine.hash(), policies = engine.policy_count(), "policy set loaded");
         let taint = if cfg.policy.taint_labels.is_empty() {
@@ -142,6 +151,7 @@ impl Pep {
             taint,
             files: cfg.policy.files.clone(),
             schema: cfg.policy.schema.clone(),
+            monitor,
         })
     }
 
@@ -161,10 +171,13 @@ impl Pep {
                 let hash = e.hash().to_owned();
                 *self.engine.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(e);
                 tracing::info!(hash = %hash, "policy set reloaded");
+                self.monitor.policy_reload(Ok(&hash), &hash);
                 Ok(hash)
             }
             Err(e) => {
-                tracing::error!(errors = %e, kept = %self.engine().hash(), "policy reload rejected; keeping the running set");
+                let kept = self.engine().hash().to_owned();
+                tracing::error!(errors = %e, kept = %kept, "policy reload rejected; keeping the running set");
+                self.monitor.policy_reload(Err(&e), &kept);
                 Err(e)
             }
         }
@@ -295,21 +308,41 @@ impl Pep {
         session: &SessionFacts,
         record: bool,
     ) -> Decision {
+        let began = std::time::Instant::now();
         let engine = self.engine();
         let principal = client.policy_principal();
-        let d = engine.decide(&Request {
+        // Visibility is decided on standing facts only: no behaviour, no risk.
+        let risk = if record {
+            self.observe(client, resource, args)
+        } else {
+            RiskScore {
+                score: 0,
+                factors: Vec::new(),
+            }
+        };
+        let mut d = engine.decide(&Request {
             principal,
             action: action.clone(),
             resource,
             arguments: args,
             method: Some(method),
             session,
-            risk: 0,
+            risk: i64::from(risk.score),
             now_unix: now_unix(),
         });
         if !record {
             tracing::debug!(target: "portcullis::decision", allow = d.allow, identity = %client.owner, action = action.as_str(), resource = %resource.id, "visibility");
             return d;
+        }
+        if d.allow && self.monitor.audit_failed() {
+            // Fail closed: nothing is served that cannot be recorded.
+            d = Decision {
+                allow: false,
+                reason: "denied: the audit log cannot record this request".into(),
+                determining: Vec::new(),
+                errors: Vec::new(),
+                obligations: Default::default(),
+            };
         }
         tracing::info!(
             target: "portcullis::decision",
@@ -321,9 +354,62 @@ impl Pep {
             policies = ?d.determining,
             errors = ?d.errors,
             policy_hash = %engine.hash(),
+            risk = risk.score,
             reason = %d.reason,
             "decision"
         );
+        self.monitor.decision(DecisionEvent {
+            client,
+            action: action.as_str(),
+            method,
+            resource,
+            decision: &d,
+            policy_hash: engine.hash(),
+            risk: &risk,
+            args,
+            took: began.elapsed(),
+        });
         d
+    }
+
+    /// Feeds one request to the identity's risk (argument findings are
+    /// recorded too) and returns the score to decide with.
+    fn observe(
+        &self,
+        client: &Client,
+        resource: &ResourceFacts,
+        args: Option<&Value>,
+    ) -> RiskScore {
+        let is_tool = resource.kind == ResourceKind::Tool;
+        let findings = args.map(portcullis_inspect::args::scan).unwrap_or_default();
+        let rules: Vec<&str> = findings.iter().map(|f| f.rule).collect();
+        let score = self.monitor.risk.on_request(
+            &client.owner,
+            &RequestEvent {
+                tool: is_tool.then_some(resource.id.as_str()),
+                destructive: resource.annotations.destructive == Some(true),
+                labels: &resource.labels,
+                suspicious: &rules,
+            },
+        );
+        for f in &findings {
+            self.monitor.record_finding(
+                &client.owner,
+                "arguments",
+                f.rule,
+                match f.severity {
+                    portcullis_inspect::args::Severity::Low => FindingSeverity::Low,
+                    portcullis_inspect::args::Severity::Medium => FindingSeverity::Medium,
+                    portcullis_inspect::args::Severity::High => FindingSeverity::High,
+                },
+                Some(&resource.id),
+                serde_json::json!({"path": f.path}),
+            );
+        }
+        if findings.is_empty() {
+            score
+        } else {
+            self.monitor.risk.score(&client.owner)
+        }
     }
 }

@@ -85,7 +85,7 @@ pub fn spawn_sweeper(gw: Arc<Gateway>) {
             tick.tick().await;
             for c in gw.sessions.expire(idle) {
                 tracing::info!(session = %c.id, "session expired (idle)");
-                gw.end_session(&c).await;
+                gw.end_session(&c, "idle timeout").await;
             }
         }
     });
@@ -310,6 +310,11 @@ fn wire_error(e: &WireError, id: Option<Box<serde_json::value::RawValue>>) -> Re
     error_response(StatusCode::BAD_REQUEST, id, e.code(), &e.to_string())
 }
 
+/// The client's W3C `traceparent`, if it sent one.
+fn traceparent(h: &HeaderMap) -> Option<String> {
+    header_str(h, "traceparent").map(str::to_owned)
+}
+
 fn accepts_sse(h: &HeaderMap) -> bool {
     header_str(h, "accept").is_some_and(|a| a.contains("text/event-stream") || a.contains("*/*"))
 }
@@ -363,7 +368,7 @@ async fn post(
                 Ok(c) => c,
                 Err(r) => return r,
             };
-            handshake_message(st, client, m).await
+            handshake_message(st, client, m, traceparent(&headers)).await
         }
         WireBody::Batch(items) => {
             let client = match find_session(&st, session_id.as_deref(), &caller) {
@@ -418,7 +423,7 @@ fn find_session(st: &AppState, id: Option<&str>, caller: &Caller) -> Result<Arc<
         tracing::info!(session = %c.id, "session reached its absolute lifetime");
         if let Some(c) = st.gw.sessions.remove(id) {
             let gw = st.gw.clone();
-            tokio::spawn(async move { gw.end_session(&c).await });
+            tokio::spawn(async move { gw.end_session(&c, "absolute lifetime reached").await });
         }
         return Err(not_found());
     }
@@ -464,6 +469,7 @@ async fn initialize(st: AppState, caller: Caller, m: Message) -> Response {
     }
     let result = st.gw.initialize(&client).await;
     tracing::info!(session = %client.id, revision = %revision, "session started");
+    st.gw.pep.monitor.session_start(&client);
     json_response(
         StatusCode::OK,
         &Message::response(m.id_owned().unwrap_or_else(|| raw_u64(0)), result),
@@ -471,7 +477,12 @@ async fn initialize(st: AppState, caller: Caller, m: Message) -> Response {
     )
 }
 
-async fn handshake_message(st: AppState, client: Arc<Client>, m: Message) -> Response {
+async fn handshake_message(
+    st: AppState,
+    client: Arc<Client>,
+    m: Message,
+    trace: Option<String>,
+) -> Response {
     match m.kind() {
         Kind::Notification => {
             st.gw.client_notification(&client, m).await;
@@ -482,7 +493,7 @@ async fn handshake_message(st: AppState, client: Arc<Client>, m: Message) -> Res
             status_only(StatusCode::ACCEPTED)
         }
         Kind::Request => {
-            let (first, rx) = run_call(st.gw.clone(), client.clone(), m, Vec::new()).await;
+            let (first, rx) = run_call(st.gw.clone(), client.clone(), m, Vec::new(), trace).await;
             let Some(first) = first else {
                 return error_response(StatusCode::OK, None, codes::INTERNAL_ERROR, "no response");
             };
@@ -503,9 +514,13 @@ async fn run_call(
     client: Arc<Client>,
     m: Message,
     forwarded: Vec<(String, String)>,
+    trace: Option<String>,
 ) -> (Option<Message>, mpsc::Receiver<Message>) {
     let (tx, mut rx) = mpsc::channel::<Message>(64);
-    let mut call = Box::pin(async move { gw.dispatch(&client, m, &forwarded, &tx).await });
+    let mut call = Box::pin(async move {
+        gw.dispatch_traced(&client, m, &forwarded, trace.as_deref(), &tx)
+            .await
+    });
     let mut done = false;
     let first = loop {
         tokio::select! {
@@ -769,7 +784,7 @@ async fn delete(st: AppState, caller: Caller, headers: HeaderMap) -> Response {
     };
     if let Some(c) = st.gw.sessions.remove(&c.id) {
         tracing::info!(session = %c.id, "session ended by client");
-        st.gw.end_session(&c).await;
+        st.gw.end_session(&c, "closed by client (DELETE)").await;
     }
     status_only(StatusCode::OK)
 }
@@ -864,7 +879,8 @@ async fn post_stateless(st: AppState, caller: Caller, headers: HeaderMap, m: Mes
         caller.route,
     );
     let _ = client.facts.set(st.gw.identity_facts(&client.owner));
-    let (first, mut rx) = run_call(st.gw.clone(), client, m, forwarded).await;
+    let (first, mut rx) =
+        run_call(st.gw.clone(), client, m, forwarded, traceparent(&headers)).await;
     let Some(first) = first else {
         return error_response(StatusCode::OK, id, codes::INTERNAL_ERROR, "no response");
     };

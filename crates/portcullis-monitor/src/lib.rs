@@ -4,5 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
-pub mod risk;
 pub mod metrics;
+pub mod risk;

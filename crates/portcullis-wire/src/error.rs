@@ -27,6 +27,8 @@ pub mod codes {
     pub const RATE_LIMITED: i64 = -32029;
     /// Portcullis: the request was denied by policy (or its approval refused).
     pub const POLICY_DENIED: i64 = -32030;
+    /// The audit log cannot record the request: the gateway fails closed.
+    pub const AUDIT_UNAVAILABLE: i64 = -32031;
     /// 2026-07-28: an `Mcp-*` header disagrees with the body.
     pub const HEADER_MISMATCH: i64 = -32020;
     /// 2026-07-28: a capability the request needs was not declared.

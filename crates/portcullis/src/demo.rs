@@ -310,7 +310,7 @@ struct HttpDemo {
 }
 
 impl HttpDemo {
-    /// Records what reached the server: method, Authorization, body.
+    /// Records what reached the server: method, Authorization, trace context, body.
     fn record(&self, method: &axum::http::Method, headers: &HeaderMap, body: &[u8]) {
         let Some(log) = &self.log else { return };
         let auth = headers
@@ -318,7 +318,10 @@ impl HttpDemo {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let message = serde_json::from_slice::<Value>(body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
-        let line = json!({"method": method.as_str(), "authorization": auth, "message": message});
+        let traceparent = headers
+            .get("traceparent")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let line = json!({"method": method.as_str(), "authorization": auth, "traceparent": traceparent, "message": message});
         let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(f, "{line}");
     }

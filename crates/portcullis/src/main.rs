@@ -1,6 +1,7 @@
 //! `portcullis`: the command-line front of the gateway.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod ca_cmd;
 mod demo;
 mod policy_cmd;
@@ -43,6 +44,12 @@ enum Cmd {
         /// (development only; refused on any other address).
         #[arg(long)]
         allow_anonymous_loopback: bool,
+        /// Write the tamper-evident audit log to FILE (overrides `[audit] path`).
+        #[arg(long, value_name = "FILE")]
+        audit_log: Option<PathBuf>,
+        /// Serve the admin API and /metrics on ADDR (loopback), e.g. 127.0.0.1:8788.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
     },
     /// Front a stdio MCP server: stdio in, stdio out, policed in between.
     Wrap {
@@ -56,9 +63,17 @@ enum Cmd {
         /// its identity).
         #[arg(long, default_value = "local-agent")]
         agent: String,
+        /// Write the tamper-evident audit log to FILE (overrides `[audit] path`).
+        #[arg(long, value_name = "FILE")]
+        audit_log: Option<PathBuf>,
         /// The server's command line, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// The audit log: verify its chain, follow it.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit_cmd::AuditCmd,
     },
     /// The built-in demo MCP server (stdio by default).
     DemoServer {
@@ -179,6 +194,7 @@ fn main() -> ExitCode {
         Cmd::Ca { cmd } => ca_cmd::run_ca(cmd),
         Cmd::Cert { cmd } => ca_cmd::run_cert(cmd),
         Cmd::Policy { cmd } => return policy_cmd::run(cmd),
+        Cmd::Audit { cmd } => return audit_cmd::run(cmd),
         other => {
             init_logging();
             let rt = match runtime() {
@@ -196,6 +212,8 @@ fn main() -> ExitCode {
                         upstreams,
                         upstream_cmds,
                         allow_anonymous_loopback,
+                        audit_log,
+                        admin,
                     } => {
                         serve::run(serve::ServeArgs {
                             config,
@@ -203,6 +221,8 @@ fn main() -> ExitCode {
                             upstreams,
                             upstream_cmds,
                             allow_anonymous_loopback,
+                            audit_log,
+                            admin,
                         })
                         .await
                     }
@@ -210,8 +230,9 @@ fn main() -> ExitCode {
                         config,
                         name,
                         agent,
+                        audit_log,
                         command,
-                    } => wrap::run(config, name, agent, command).await,
+                    } => wrap::run(config, name, agent, audit_log, command).await,
                     Cmd::DemoServer { http: None, .. } => demo::run_stdio().await,
                     Cmd::DemoServer {
                         http: Some(addr),
@@ -229,9 +250,11 @@ fn main() -> ExitCode {
                         })
                         .await
                     }
-                    Cmd::Config { .. } | Cmd::Ca { .. } | Cmd::Cert { .. } | Cmd::Policy { .. } => {
-                        Ok(())
-                    }
+                    Cmd::Config { .. }
+                    | Cmd::Ca { .. }
+                    | Cmd::Cert { .. }
+                    | Cmd::Policy { .. }
+                    | Cmd::Audit { .. } => Ok(()),
                 }
             })
         }

@@ -31,6 +31,10 @@ pub struct ServeArgs {
     pub upstream_cmds: Vec<String>,
     /// `--allow-anonymous-loopback`.
     pub allow_anonymous_loopback: bool,
+    /// `--audit-log FILE`.
+    pub audit_log: Option<PathBuf>,
+    /// `--admin ADDR`.
+    pub admin: Option<String>,
 }
 
 fn parse_pair(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
@@ -130,6 +134,10 @@ async fn dev_setup(cfg: &mut Config) -> anyhow::Result<Dev> {
     let client_id = format!("spiffe://{DEV_TRUST_DOMAIN}/agent/dev");
     ensure_cert(&ca_dir, &client_dir, &client_id, &[], &[])?;
     let issuer = DevIssuer::load_or_create(&state.join("dev-issuer")).await?;
+    if cfg.audit.path.is_none() {
+        // The embedded default records every decision too.
+        cfg.audit.path = Some(state.join("audit").join("audit.jsonl"));
+    }
     cfg.listen.tls = ListenTls {
         mode: TlsMode::Optional,
         cert: Some(gw_dir.join("cert.pem")),
@@ -247,6 +255,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.allow_anonymous_loopback {
         cfg.auth.allow_anonymous_loopback = true;
     }
+    if let Some(p) = args.audit_log {
+        cfg.audit.path = Some(p);
+    }
+    if let Some(a) = args.admin {
+        let token_file = cfg.admin.take().and_then(|a| a.token_file);
+        cfg.admin = Some(portcullis_gateway::config::AdminCfg {
+            addr: a,
+            token_file,
+        });
+    }
     let dev = if args.config.is_none() && !cfg.auth.allow_anonymous_loopback {
         Some(dev_setup(&mut cfg).await?)
     } else {
@@ -292,9 +310,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
     let deny_for_admin = deny.clone();
+    let monitor = Arc::new(
+        portcullis_gateway::monitor::Monitor::from_config(&cfg).map_err(anyhow::Error::msg)?,
+    );
+    let pep = Arc::new(
+        portcullis_gateway::pep::Pep::with_monitor(&cfg, monitor.clone())
+            .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
+    );
+    pep.watch();
+    if !monitor.auditing() {
+        tracing::warn!(
+            "no audit log configured ([audit] path or --audit-log): decisions go to the log only"
+        );
+    }
     let auth = Arc::new(
         Authenticator::new(&cfg, resource.clone(), deny, bound.ip().is_loopback())
-            .map_err(anyhow::Error::msg)?,
+            .map_err(anyhow::Error::msg)?
+            .with_monitor(monitor.clone()),
     );
     if cfg.auth.oauth.is_none() && cfg.listen.tls.client_ca.is_empty() && !auth.anonymous_ok() {
         tracing::warn!("no way to authenticate is configured (no [auth.oauth], no listen.tls.client_ca): every request will be refused");
@@ -303,11 +335,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(a) => Some(admin_listener(&a, cfg.state_dir.as_deref()).await?),
         None => None,
     };
-    let pep = Arc::new(
-        portcullis_gateway::pep::Pep::from_config(&cfg)
-            .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
-    );
-    pep.watch();
     let gw = Gateway::new(cfg, &[], true, pep);
     if let Some((listener, token, token_path)) = admin {
         let addr = listener.local_addr()?;
@@ -331,6 +358,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     portcullis_gateway::listener::serve(listener, tls_config, app, shutdown_signal()).await;
     gw.shutdown();
+    monitor.shutdown();
     // Give stdio children their grace period.
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())

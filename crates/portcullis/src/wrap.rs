@@ -22,6 +22,7 @@ pub async fn run(
     config: Option<PathBuf>,
     name: String,
     agent: String,
+    audit_log: Option<PathBuf>,
     command: Vec<String>,
 ) -> anyhow::Result<()> {
     let mut cfg = match config {
@@ -31,6 +32,9 @@ pub async fn run(
     cfg.upstreams.retain(|u| u.name != name);
     cfg.upstreams
         .insert(0, UpstreamConfig::command(&name, command));
+    if let Some(p) = audit_log {
+        cfg.audit.path = Some(p);
+    }
     cfg.validate()?;
     let max_line = cfg.limits.max_body_bytes;
     let max_depth = cfg.limits.max_json_depth;
@@ -112,6 +116,7 @@ pub async fn run(
         }
     }
     gw.shutdown();
+    gw.pep.monitor.shutdown();
     drop(out_tx);
     let _ = writer.await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -157,6 +162,7 @@ async fn handle(
                 "stdio".into(),
             );
             gw.sessions.insert(client.clone(), usize::MAX);
+            gw.pep.monitor.session_start(&client);
             // Unsolicited server messages (list_changed, …) go to stdout too.
             if let Some(mut rx) = client.open_outbound() {
                 let o = out.clone();

@@ -188,6 +188,12 @@ impl HttpTarget {
         let mut req = Request::builder().method(method).uri(self.uri.clone());
         if let Some(h) = req.headers_mut() {
             h.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            // W3C trace context of the request this call serves.
+            if let Some(tp) =
+                crate::monitor::current_traceparent().and_then(|t| HeaderValue::from_str(&t).ok())
+            {
+                h.insert("traceparent", tp);
+            }
             h.insert(
                 header::ACCEPT,
                 HeaderValue::from_static("application/json, text/event-stream"),

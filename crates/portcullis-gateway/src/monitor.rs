@@ -1,0 +1,752 @@
+//! The monitoring stage of the pipeline: turns what the other stages did
+//! (authentication failures, decisions, findings, session and policy
+//! events, containment actions) into audit records, metrics and risk
+//! updates, and holds a request's answer until its records are durable.
+//!
+//! Knows nothing of how requests are routed: the gateway calls it with
+//! facts, and wraps each request's output channel in [`Out`] so no answer
+//! leaves before the records that justify it are written.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_identity::principal::Principal;
+use portcullis_monitor::audit::{AnchorSink, AuditConfig, AuditLog, Ticket};
+use portcullis_monitor::metrics::{AuditGauges, Metrics};
+use portcullis_monitor::risk::{Outcome, RiskEngine, RiskScore, SystemClock};
+use portcullis_policy::{Decision, ResourceFacts, ResourceKind};
+use portcullis_wire::{codes, Kind, Message};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::session::Client;
+
+/// How tool arguments (and results) appear in audit records: they may
+/// carry secrets, so operators choose between none, a digest, and a copy
+/// with DLP classes redacted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// Not recorded at all.
+    Omit,
+    /// SHA-256 of the canonical JSON: proves what was sent without showing it.
+    #[default]
+    Hash,
+    /// The value with every DLP class redacted.
+    Redacted,
+}
+
+/// `[audit]` in the config: where and how decisions are recorded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCfg {
+    /// The live JSON Lines file; no file, no audit log (a warning at start).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `group` (default: written before the answer, fsync every
+    /// `group_commit_ms`), `record` (fsync before the answer) or `none`.
+    #[serde(default = "default_sync")]
+    pub sync: String,
+    /// Group-commit fsync period in milliseconds.
+    #[serde(default = "default_group_ms")]
+    pub group_commit_ms: u64,
+    /// A signed checkpoint after this many records…
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// …or after this many seconds with new records.
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_secs: u64,
+    /// Rotate the live file past this many MiB (0: never).
+    #[serde(default = "default_rotate_mb")]
+    pub rotate_mb: u64,
+    /// Where checkpoints are also exported: a file path, or `-` for stdout.
+    #[serde(default)]
+    pub anchors: Option<String>,
+    /// The Ed25519 signing key (PKCS#8); default `<state_dir>/audit-ed25519.pk8`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// How tool arguments are recorded (default `hash`).
+    #[serde(default)]
+    pub arguments: ContentMode,
+    /// How tool results are recorded (default `omit`: no result record).
+    #[serde(default = "omit")]
+    pub results: ContentMode,
+}
+
+fn default_sync() -> String {
+    "group".into()
+}
+fn default_group_ms() -> u64 {
+    5
+}
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_secs() -> u64 {
+    10
+}
+fn default_rotate_mb() -> u64 {
+    64
+}
+fn omit() -> ContentMode {
+    ContentMode::Omit
+}
+
+impl Default for AuditCfg {
+    fn default() -> Self {
+        AuditCfg {
+            path: None,
+            sync: default_sync(),
+            group_commit_ms: default_group_ms(),
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_secs: default_checkpoint_secs(),
+            rotate_mb: default_rotate_mb(),
+            anchors: None,
+            key: None,
+            arguments: ContentMode::Hash,
+            results: ContentMode::Omit,
+        }
+    }
+}
+
+impl AuditCfg {
+    /// The library's settings for this section, or why they are refused.
+    pub fn to_audit_config(
+        &self,
+        state_dir: Option<&std::path::Path>,
+    ) -> Result<AuditConfig, String> {
+        let Some(path) = &self.path else {
+            return Err("audit.path: not set".into());
+        };
+        let key = match &self.key {
+            Some(k) => k.clone(),
+            None => match state_dir {
+                Some(s) => s.join("audit-ed25519.pk8"),
+                None => portcullis_identity::paths::state_dir()
+                    .map_err(|e| format!("audit.key: no state directory: {e}"))?
+                    .join("audit-ed25519.pk8"),
+            },
+        };
+        let mut c = AuditConfig::new(path.clone(), key);
+        c.sync = self
+            .sync
+            .parse()
+            .map_err(|_| format!("audit.sync: {:?} is not record, group or none", self.sync))?;
+        if self.group_commit_ms == 0 || self.group_commit_ms > 1000 {
+            return Err("audit.group_commit_ms: must be 1..=1000".into());
+        }
+        c.group_commit = Duration::from_millis(self.group_commit_ms);
+        c.checkpoint_every = self.checkpoint_every.max(1);
+        c.checkpoint_interval = Duration::from_secs(self.checkpoint_secs.max(1));
+        c.rotate_bytes = (self.rotate_mb > 0).then(|| self.rotate_mb.saturating_mul(1 << 20));
+        c.anchors = self.anchors.as_ref().map(|a| {
+            if a == "-" {
+                AnchorSink::Stdout
+            } else {
+                AnchorSink::File(PathBuf::from(a))
+            }
+        });
+        Ok(c)
+    }
+}
+
+/// W3C trace context of one request: taken from the client's
+/// `traceparent` when valid, otherwise a new trace, so audit records,
+/// logs and upstream calls of one request share a trace id.
+#[derive(Debug, Clone)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    sampled: bool,
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rng().fill_bytes(&mut b);
+    b
+}
+
+impl TraceContext {
+    /// Continues the caller's trace (a new span of ours) or starts one.
+    pub fn from_header(traceparent: Option<&str>) -> TraceContext {
+        let parsed = traceparent.and_then(parse_traceparent);
+        let (trace_id, sampled) = parsed.unwrap_or_else(|| (random(), true));
+        TraceContext {
+            trace_id,
+            span_id: random(),
+            sampled,
+        }
+    }
+
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id(&self) -> String {
+        hex::encode(self.trace_id)
+    }
+
+    /// The header value for an upstream call made within this request.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            hex::encode(self.trace_id),
+            hex::encode(self.span_id),
+            u8::from(self.sampled)
+        )
+    }
+}
+
+/// Parses a version-00 `traceparent` (W3C Trace Context §3.2); an invalid
+/// one (bad length, non-hex, all-zero ids) is ignored, as the spec says.
+fn parse_traceparent(v: &str) -> Option<([u8; 16], bool)> {
+    let mut parts = v.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2 || version == "ff" || trace.len() != 32 || parent.len() != 16 {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let lower = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !lower(version) || !lower(trace) || !lower(parent) || flags.len() != 2 || !lower(flags) {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(trace, &mut id).ok()?;
+    let mut p = [0u8; 8];
+    hex::decode_to_slice(parent, &mut p).ok()?;
+    if id == [0; 16] || p == [0; 8] {
+        return None;
+    }
+    let f = u8::from_str_radix(flags, 16).ok()?;
+    Some((id, f & 1 == 1))
+}
+
+/// What the monitoring stage knows about the request being handled.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// When the gateway started handling it.
+    pub start: Instant,
+    /// Its trace context.
+    pub trace: TraceContext,
+    /// The highest audit ticket issued for it (0: none yet).
+    ticket: AtomicU64,
+}
+
+impl RequestCtx {
+    /// A request that starts now.
+    pub fn new(trace: TraceContext) -> Arc<RequestCtx> {
+        Arc::new(RequestCtx {
+            start: Instant::now(),
+            trace,
+            ticket: AtomicU64::new(0),
+        })
+    }
+
+    fn note(&self, t: Ticket) {
+        self.ticket.fetch_max(t.0, Ordering::AcqRel);
+    }
+}
+
+tokio::task_local! {
+    static REQUEST: Arc<RequestCtx>;
+}
+
+/// Runs `fut` as the handling of one request: records and upstream calls
+/// made inside it carry its trace, and its answers wait for its records.
+pub async fn in_request<F: std::future::Future>(ctx: Arc<RequestCtx>, fut: F) -> F::Output {
+    REQUEST.scope(ctx, fut).await
+}
+
+/// The `traceparent` for an upstream call made by the current request.
+pub fn current_traceparent() -> Option<String> {
+    REQUEST.try_with(|c| c.trace.traceparent()).ok()
+}
+
+fn current_trace_id() -> Option<String> {
+    REQUEST.try_with(|c| c.trace.trace_id()).ok()
+}
+
+fn current_elapsed() -> Option<Duration> {
+    REQUEST.try_with(|c| c.start.elapsed()).ok()
+}
+
+/// The identity tuple as recorded: never a token, never a key.
+#[derive(Serialize)]
+struct IdentityView<'a> {
+    key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert: Option<&'a str>,
+    strength: &'static str,
+}
+
+fn identity<'a>(key: &'a str, p: &'a Principal) -> IdentityView<'a> {
+    IdentityView {
+        key,
+        agent: p.workload.as_ref().map(|w| w.to_string()),
+        user: p.user_id(),
+        device: p.device.verified().map(|d| d.device_id.as_str()),
+        cert: p.fingerprint(),
+        strength: p.strength.as_str(),
+    }
+}
+
+#[derive(Serialize)]
+struct DecisionBody<'a> {
+    identity: IdentityView<'a>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    session: &'a str,
+    method: &'a str,
+    action: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool: Option<&'a str>,
+    target: &'a str,
+    upstream: &'a str,
+    decision: &'static str,
+    reason: &'a str,
+    policies: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    errors: &'a [String],
+    policy_hash: &'a str,
+    risk: &'a RiskScore,
+    latency_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<Value>,
+}
+
+/// One decision as the policy stage made it, for the record.
+pub struct DecisionEvent<'a> {
+    /// Who asked.
+    pub client: &'a Client,
+    /// The policy action.
+    pub action: &'a str,
+    /// The JSON-RPC method.
+    pub method: &'a str,
+    /// What it was about.
+    pub resource: &'a ResourceFacts,
+    /// The answer and why.
+    pub decision: &'a Decision,
+    /// The policy set that answered.
+    pub policy_hash: &'a str,
+    /// The risk score it was decided with.
+    pub risk: &'a RiskScore,
+    /// The tool arguments, if any.
+    pub args: Option<&'a Value>,
+    /// How long the policy stage took.
+    pub took: Duration,
+}
+
+/// The monitoring stage: audit log, metrics and risk engine.
+pub struct Monitor {
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Per-identity behavioural risk.
+    pub risk: RiskEngine,
+    audit: Option<AuditLog>,
+    arguments: ContentMode,
+    results: ContentMode,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+/// A value as the configured mode records it.
+fn content(mode: ContentMode, v: &Value) -> Option<Value> {
+    match mode {
+        ContentMode::Omit => None,
+        ContentMode::Hash => {
+            Some(serde_json::json!({"sha256": sha256_hex(v.to_string().as_bytes())}))
+        }
+        ContentMode::Redacted => {
+            let mut c = v.clone();
+            let (_, _) = portcullis_inspect::dlp::redact(&mut c, &["secrets".into(), "pii".into()]);
+            Some(serde_json::json!({"redacted": c}))
+        }
+    }
+}
+
+impl Monitor {
+    /// A monitor without an audit file (tests, `wrap` without config).
+    pub fn without_audit(cfg: &Config) -> Monitor {
+        Monitor {
+            metrics: Metrics::new(),
+            risk: RiskEngine::new(cfg.risk.clone(), Arc::new(SystemClock::default())),
+            audit: None,
+            arguments: cfg.audit.arguments,
+            results: cfg.audit.results,
+        }
+    }
+
+    /// Builds the stage from config, opening (and recovering) the audit
+    /// file when one is configured.
+    pub fn from_config(cfg: &Config) -> Result<Monitor, String> {
+        let mut m = Monitor::without_audit(cfg);
+        if cfg.audit.path.is_some() {
+            let ac = cfg.audit.to_audit_config(cfg.state_dir.as_deref())?;
+            let path = ac.path.clone();
+            for file in [&path, &ac.key_path] {
+                if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| format!("audit directory {}: {e}", dir.display()))?;
+                }
+            }
+            let log =
+                AuditLog::open(ac).map_err(|e| format!("audit log {}: {e}", path.display()))?;
+            tracing::info!(path = %path.display(), key = %log.public_key_hex(), "audit log open");
+            m.audit = Some(log);
+        }
+        Ok(m)
+    }
+
+    /// Whether an audit file is configured.
+    pub fn auditing(&self) -> bool {
+        self.audit.is_some()
+    }
+
+    /// Whether the audit log can no longer write: the gateway then denies
+    /// every request rather than serve it unaudited.
+    pub fn audit_failed(&self) -> bool {
+        self.audit
+            .as_ref()
+            .is_some_and(|a| a.stats().write_errors > 0)
+    }
+
+    /// The Prometheus exposition, with audit counters as of now.
+    pub fn render_metrics(&self) -> String {
+        let g = self.audit.as_ref().map(|a| {
+            let s = a.stats();
+            AuditGauges {
+                records: s.records,
+                checkpoints: s.checkpoints,
+                errors: s.write_errors,
+            }
+        });
+        self.metrics.render(g)
+    }
+
+    fn append<T: Serialize>(&self, kind: &str, body: &T) {
+        if let Some(a) = &self.audit {
+            let t = a.append(kind, body);
+            let _ = REQUEST.try_with(|c| c.note(t));
+        }
+    }
+
+    /// Records one decision: audit record, metrics, and the outcome in the
+    /// identity's risk.
+    pub fn decision(&self, e: DecisionEvent<'_>) {
+        let d = e.decision;
+        self.metrics.request(e.method, d.allow, &e.resource.server);
+        self.metrics
+            .stage(portcullis_monitor::metrics::Stage::Policy, e.took);
+        self.metrics.risk(e.risk.score);
+        self.risk.on_outcome(
+            &e.client.owner,
+            if d.allow {
+                Outcome::Allowed
+            } else {
+                Outcome::Denied
+            },
+        );
+        if self.audit.is_none() {
+            return;
+        }
+        let is_tool = e.resource.kind == ResourceKind::Tool;
+        let body = DecisionBody {
+            identity: identity(&e.client.owner, &e.client.principal),
+            session: &e.client.id,
+            method: e.method,
+            action: e.action,
+            tool: is_tool.then_some(e.resource.id.as_str()),
+            target: &e.resource.id,
+            upstream: &e.resource.server,
+            decision: if d.allow { "allow" } else { "deny" },
+            reason: &d.reason,
+            policies: &d.determining,
+            errors: &d.errors,
+            policy_hash: e.policy_hash,
+            risk: e.risk,
+            latency_us: current_elapsed()
+                .unwrap_or(e.took)
+                .as_micros()
+                .try_into()
+                .unwrap_or(u64::MAX),
+            trace_id: current_trace_id(),
+            args: e.args.and_then(|a| content(self.arguments, a)),
+        };
+        self.append("decision", &body);
+    }
+
+    /// Records a refused authentication (never the credential itself).
+    pub fn auth_failure(&self, reason: &str, metric: &'static str, remote: &str, status: u16) {
+        self.metrics.auth_failure(metric);
+        self.append(
+            "auth_failure",
+            &serde_json::json!({"reason": reason, "class": metric, "remote": remote, "status": status}),
+        );
+    }
+
+    /// Records a new session.
+    pub fn session_start(&self, c: &Client) {
+        self.append(
+            "session_start",
+            &serde_json::json!({
+                "identity": identity(&c.owner, &c.principal),
+                "session": c.id,
+                "revision": c.revision.as_str(),
+                "route": c.route,
+                "trace_id": current_trace_id(),
+            }),
+        );
+    }
+
+    /// Records the end of a session and why.
+    pub fn session_end(&self, c: &Client, reason: &str) {
+        self.append(
+            "session_end",
+            &serde_json::json!({
+                "identity": identity(&c.owner, &c.principal),
+                "session": c.id,
+                "reason": reason,
+                "duration_ms": u64::try_from(c.created.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }),
+        );
+    }
+
+    /// Records a policy reload, kept or rejected.
+    pub fn policy_reload(&self, result: Result<&str, &str>, running: &str) {
+        self.metrics.reload(result.is_ok());
+        let body = match result {
+            Ok(hash) => serde_json::json!({"result": "ok", "policy_hash": hash}),
+            Err(e) => {
+                serde_json::json!({"result": "rejected", "errors": e, "policy_hash": running})
+            }
+        };
+        self.append("policy_reload", &body);
+    }
+
+    /// Records a containment action (revocation, session kill, …).
+    pub fn containment(&self, action: &'static str, target: &str, reason: Option<&str>, by: &str) {
+        self.metrics.containment(action);
+        self.append(
+            "containment",
+            &serde_json::json!({"action": action, "target": target, "reason": reason, "by": by}),
+        );
+    }
+
+    /// Records a detector finding and feeds it to the identity's risk.
+    pub fn finding(
+        &self,
+        owner: &str,
+        detector: &str,
+        rule: &str,
+        severity: portcullis_monitor::risk::FindingSeverity,
+        tool: Option<&str>,
+        detail: Value,
+    ) {
+        self.risk.on_finding(owner, severity);
+        self.record_finding(owner, detector, rule, severity, tool, detail);
+    }
+
+    /// Records a detector finding whose risk was already counted.
+    pub fn record_finding(
+        &self,
+        owner: &str,
+        detector: &str,
+        rule: &str,
+        severity: portcullis_monitor::risk::FindingSeverity,
+        tool: Option<&str>,
+        detail: Value,
+    ) {
+        let sev = match severity {
+            portcullis_monitor::risk::FindingSeverity::Low => "low",
+            portcullis_monitor::risk::FindingSeverity::Medium => "medium",
+            portcullis_monitor::risk::FindingSeverity::High => "high",
+        };
+        self.append(
+            "finding",
+            &serde_json::json!({
+                "identity": {"key": owner},
+                "detector": detector,
+                "rule": rule,
+                "severity": sev,
+                "tool": tool,
+                "detail": detail,
+                "trace_id": current_trace_id(),
+            }),
+        );
+    }
+
+    /// Records a call's outcome: an upstream error counts against the
+    /// identity's risk; the result itself is recorded if configured.
+    pub fn outcome(
+        &self,
+        c: &Client,
+        upstream: &str,
+        tool: Option<&str>,
+        m: Result<&Message, &str>,
+    ) {
+        let ok = matches!(m, Ok(m) if m.kind() == Kind::Response);
+        if !ok {
+            self.risk.on_outcome(&c.owner, Outcome::Error);
+        }
+        self.metrics.upstream(upstream, m.is_ok());
+        if let Some(t) = current_elapsed() {
+            self.metrics
+                .stage(portcullis_monitor::metrics::Stage::Total, t);
+        }
+        if self.results == ContentMode::Omit || self.audit.is_none() {
+            return;
+        }
+        let result = match m {
+            Ok(m) if m.kind() == Kind::Response => content(self.results, &m.result()),
+            _ => None,
+        };
+        self.append(
+            "result",
+            &serde_json::json!({
+                "identity": {"key": c.owner},
+                "session": c.id,
+                "upstream": upstream,
+                "tool": tool,
+                "outcome": if ok { "ok" } else { "error" },
+                "error": m.err(),
+                "latency_us": current_elapsed().map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                "trace_id": current_trace_id(),
+                "result": result,
+            }),
+        );
+    }
+
+    /// Waits until every record of the current request is durable; `Err`
+    /// when the audit log has failed (the answer must then be withheld).
+    async fn barrier(&self) -> Result<(), String> {
+        let Some(a) = &self.audit else { return Ok(()) };
+        let Ok(t) = REQUEST.try_with(|c| c.ticket.load(Ordering::Acquire)) else {
+            return Ok(());
+        };
+        if t == 0 {
+            return Ok(());
+        }
+        let t = Ticket(t);
+        if a.is_durable(t) {
+            return Ok(());
+        }
+        let began = Instant::now();
+        let r = a.durable(t).await.map_err(|e| e.to_string());
+        self.metrics
+            .stage(portcullis_monitor::metrics::Stage::Audit, began.elapsed());
+        r
+    }
+
+    /// Flushes and closes the audit log (final checkpoint).
+    pub fn shutdown(&self) {
+        if let Some(a) = &self.audit {
+            a.shutdown();
+        }
+    }
+}
+
+/// A request's output channel: every message waits for the request's
+/// audit records to be durable before it leaves, and an answer whose
+/// records cannot be written is replaced by an error (fail closed).
+pub struct Out<'a> {
+    tx: &'a mpsc::Sender<Message>,
+    monitor: &'a Monitor,
+}
+
+impl<'a> Out<'a> {
+    /// Wraps a request's channel.
+    pub fn new(tx: &'a mpsc::Sender<Message>, monitor: &'a Monitor) -> Out<'a> {
+        Out { tx, monitor }
+    }
+
+    /// Sends `m` once the request's records are durable.
+    pub async fn send(&self, m: Message) -> Result<(), mpsc::error::SendError<Message>> {
+        match self.monitor.barrier().await {
+            Ok(()) => self.tx.send(m).await,
+            Err(e) => {
+                tracing::error!(error = %e, "audit log failed: answer withheld");
+                match m.kind() {
+                    Kind::Response | Kind::Error => {
+                        self.tx
+                            .send(Message::error(
+                                m.id_owned(),
+                                codes::AUDIT_UNAVAILABLE,
+                                "audit log unavailable: the gateway refuses to answer unaudited",
+                                None,
+                            ))
+                            .await
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Resolves when the client side has gone away.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_continued_or_replaced() {
+        let t = TraceContext::from_header(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let tp = t.traceparent();
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(tp.ends_with("-01"));
+        assert!(!tp.contains("00f067aa0ba902b7"), "a new span of ours");
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+            "",
+        ] {
+            let t = TraceContext::from_header(Some(bad));
+            assert_ne!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert_eq!(t.trace_id().len(), 32);
+        }
+        let unsampled = TraceContext::from_header(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        assert!(unsampled.traceparent().ends_with("-00"));
+    }
+
+    #[test]
+    fn content_modes() {
+        let v = serde_json::json!({"path": "a", "key": "AKIAIOSFODNN7EXAMPLE"});
+        assert!(content(ContentMode::Omit, &v).is_none());
+        let h = content(ContentMode::Hash, &v).unwrap_or_default();
+        assert_eq!(h["sha256"].as_str().map(str::len), Some(64));
+        let r = content(ContentMode::Redacted, &v).unwrap_or_default();
+        assert!(!r.to_string().contains("AKIAIOSFODNN7EXAMPLE"), "{r}");
+    }
+}
