@@ -1569,8 +1569,14 @@ impl Gateway {
             .map(|u| (u.name.clone(), u.timeout))
             .unwrap_or_else(|| (String::new(), Duration::from_secs(60)));
         let (ev_tx, events) = mpsc::channel::<Message>(64);
+        let pep = self.pep.clone();
         let call = async move {
-            match tokio::time::timeout(timeout, conn.call(&m, &forwarded, &ev_tx, timeout)).await {
+            let began = Instant::now();
+            let r = tokio::time::timeout(timeout, conn.call(&m, &forwarded, &ev_tx, timeout)).await;
+            pep.monitor
+                .metrics
+                .stage(portcullis_monitor::metrics::Stage::Upstream, began.elapsed());
+            match r {
                 Ok(r) => r,
                 Err(_) => {
                     // Tell the upstream to stop working on it.

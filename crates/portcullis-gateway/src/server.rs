@@ -202,11 +202,17 @@ async fn handle(
         return r;
     }
     let conn = conn.map(|c| c.0);
-    let principal = match st
+    let began = std::time::Instant::now();
+    let authenticated = st
         .auth
         .authenticate(&headers, uri.query(), conn.as_ref())
-        .await
-    {
+        .await;
+    st.gw
+        .pep
+        .monitor
+        .metrics
+        .stage(portcullis_monitor::metrics::Stage::Identity, began.elapsed());
+    let principal = match authenticated {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -713,22 +719,15 @@ async fn get(st: AppState, caller: Caller, headers: HeaderMap) -> Response {
                     "unknown Last-Event-ID",
                 );
             };
-            if buf.live.as_ref().is_some_and(|l| !l.is_closed()) {
-                return error_response(
-                    StatusCode::CONFLICT,
-                    None,
-                    codes::INVALID_REQUEST,
-                    "Conflict: stream already attached",
-                );
-            }
+            // A client that resumes has lost the old connection, even if
+            // the gateway has not noticed yet: the resumption takes over
+            // (the old response ends when its sender is dropped below).
             for (seq, ev) in &buf.events {
                 if *seq > after {
                     let _ = live_tx.try_send(ev.clone());
                 }
             }
-            if !buf.done {
-                buf.live = Some(live_tx);
-            }
+            buf.live = (!buf.done).then_some(live_tx);
             sid
         }
         None => {

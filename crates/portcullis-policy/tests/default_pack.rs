@@ -95,7 +95,7 @@ const ALL: [Strength; 5] = [Anonymous, Local, Token, Certificate, CertificateAnd
 #[test]
 fn loads_and_is_small() {
     let e = pack();
-    assert_eq!(e.policy_count(), 5);
+    assert_eq!(e.policy_count(), 7);
 }
 
 #[test]

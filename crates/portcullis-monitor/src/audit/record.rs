@@ -395,7 +395,7 @@ mod tests {
         let ts = format_ts(1_700_000_000_123_456);
         assert_eq!(&ts, b"2023-11-14T22:13:20.123456Z");
         assert_eq!(parse_ts(&ts), Some(1_700_000_000_123_456));
-        let enc = encode("decision", &serde_json::json!({"tool": "x", "n": 1}), 64);
+        let enc = encode("decision", &serde_json::json!({"n": 1, "tool": "x"}), 64);
         let mut out = Vec::new();
         let h = push_line(&mut out, 42, &ts, enc.kind_field(), enc.inner(), &ZERO_HASH);
         let line = &out[..out.len() - 1];

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Cost of the audit log: the same gateway without and with `--audit-log`
+# (group commit, the default; and fsync per record), in front of the same
+# demo server, then the audit writer's own throughput (criterion).
+#
+# Loopback only; every process started here is stopped on exit.
+#
+# Knobs (environment):
+#   SESSIONS=32 DURATION=10 WARMUP=2     load phase (throughput)
+#   LAT_SESSIONS=1                       unloaded-latency phase (added p50)
+#   RECORD_MODE=1                        also measure sync = "record"
+#   SKIP_BUILD=1                         reuse target/release binaries
+#   SKIP_CRITERION=1                     skip the writer-throughput bench
+#   OUT_DIR=target/bench                 where logs and JSON results go
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+SESSIONS=${SESSIONS:-32}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+LAT_SESSIONS=${LAT_SESSIONS:-1}
+OUT_DIR=${OUT_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/bench}
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+mkdir -p "$OUT_DIR"
+WORK=$(mktemp -d)
+
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_url() {
+    local log=$1 pid=$2 i url
+    for i in $(seq 1 100); do
+        url=$(grep -o 'listening on http://[^ ]*' "$log" 2>/dev/null | head -n1 | sed 's/^listening on //' || true)
+        if [ -n "$url" ]; then
+            echo "$url"
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "process $pid exited early; log:" >&2
+            cat "$log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "timed out waiting for $log" >&2
+    return 1
+}
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    echo "## build"
+    cargo build --release -p portcullis -p portcullis-bench
+fi
+
+echo "## machine"
+echo "cores: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+echo "kernel: $(uname -sr); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "source: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "not a git checkout")"
+echo "audit files on: $(df -h "$WORK" | tail -1 | awk '{print $1, $6}')"
+
+"$BIN/portcullis" demo-server --http 127.0.0.1:0 2>"$OUT_DIR/audit-demo.log" &
+DEMO_PID=$!
+PIDS+=("$DEMO_PID")
+DIRECT=$(wait_url "$OUT_DIR/audit-demo.log" "$DEMO_PID")
+
+gateway() { # NAME [serve flags...] -> prints URL
+    local name=$1 log
+    shift
+    log="$OUT_DIR/audit-gw-$name.log"
+    PORTCULLIS_STATE_DIR="$WORK/state-$name" "$BIN/portcullis" serve --listen 127.0.0.1:0 \
+        --allow-anonymous-loopback --upstream "demo=$DIRECT" "$@" 2>"$log" &
+    PIDS+=("$!")
+    wait_url "$log" "$!"
+}
+
+PLAIN=$(gateway plain)
+GROUP=$(gateway group --audit-log "$WORK/group/audit.jsonl")
+echo "without audit: $PLAIN"
+echo "with audit (group commit): $GROUP"
+
+LOAD_LIMIT=$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%d", 2 * (d + w) + 60 }')
+compare() { # BASE OTHER SESSIONS OUTFILE
+    timeout "$LOAD_LIMIT" "$BIN/portcullis-load" \
+        --url "$1#demo__echo" --label no-audit \
+        --compare "$2#demo__echo" --label audit \
+        --args '{"message":"hi"}' \
+        --sessions "$3" --duration "$DURATION" --warmup "$WARMUP" \
+        --json >"$4"
+}
+
+echo "## unloaded latency: $LAT_SESSIONS session(s), group commit vs no audit"
+compare "$PLAIN" "$GROUP" "$LAT_SESSIONS" "$OUT_DIR/audit-latency.json"
+echo "results: $OUT_DIR/audit-latency.json"
+echo "## load: $SESSIONS sessions, group commit vs no audit"
+compare "$PLAIN" "$GROUP" "$SESSIONS" "$OUT_DIR/audit-load.json"
+echo "results: $OUT_DIR/audit-load.json"
+echo "records written: $(wc -l <"$WORK/group/audit.jsonl")"
+"$BIN/portcullis" audit verify "$WORK/group/audit.jsonl" || true
+
+if [ "${RECORD_MODE:-1}" = 1 ]; then
+    cat >"$WORK/record.toml" <<TOML
+[audit]
+path = "$WORK/record/audit.jsonl"
+sync = "record"
+TOML
+    RECORD=$(gateway record --config "$WORK/record.toml" --upstream "demo=$DIRECT")
+    echo "## unloaded latency: $LAT_SESSIONS session(s), fsync per record vs no audit"
+    compare "$PLAIN" "$RECORD" "$LAT_SESSIONS" "$OUT_DIR/audit-latency-record.json"
+    echo "results: $OUT_DIR/audit-latency-record.json"
+fi
+
+if [ "${SKIP_CRITERION:-0}" != 1 ]; then
+    echo "## audit writer throughput (criterion)"
+    cargo bench -p portcullis-monitor --bench audit 2>&1 | grep -E '^[a-z_/0-9 -]+$|time:|thrpt:' || true
+fi
+echo "## done"
