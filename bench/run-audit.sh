@@ -70,23 +70,26 @@ echo "kernel: $(uname -sr); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "source: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "not a git checkout")"
 echo "audit files on: $(df -h "$WORK" | tail -1 | awk '{print $1, $6}')"
 
-"$BIN/portcullis" demo-server --http 127.0.0.1:0 2>"$OUT_DIR/audit-demo.log" &
+"$BIN/portcullis" demo-server --http 127.0.0.1:0 >/dev/null 2>"$OUT_DIR/audit-demo.log" &
 DEMO_PID=$!
 PIDS+=("$DEMO_PID")
 DIRECT=$(wait_url "$OUT_DIR/audit-demo.log" "$DEMO_PID")
 
-gateway() { # NAME [serve flags...] -> prints URL
+URL=""
+gateway() { # NAME [serve flags...]: starts a gateway, sets URL
     local name=$1 log
     shift
     log="$OUT_DIR/audit-gw-$name.log"
     PORTCULLIS_STATE_DIR="$WORK/state-$name" "$BIN/portcullis" serve --listen 127.0.0.1:0 \
-        --allow-anonymous-loopback --upstream "demo=$DIRECT" "$@" 2>"$log" &
+        --allow-anonymous-loopback --upstream "demo=$DIRECT" "$@" >/dev/null 2>"$log" &
     PIDS+=("$!")
-    wait_url "$log" "$!"
+    URL=$(wait_url "$log" "$!")
 }
 
-PLAIN=$(gateway plain)
-GROUP=$(gateway group --audit-log "$WORK/group/audit.jsonl")
+gateway plain
+PLAIN=$URL
+gateway group --audit-log "$WORK/group/audit.jsonl"
+GROUP=$URL
 echo "without audit: $PLAIN"
 echo "with audit (group commit): $GROUP"
 
@@ -106,8 +109,8 @@ echo "results: $OUT_DIR/audit-latency.json"
 echo "## load: $SESSIONS sessions, group commit vs no audit"
 compare "$PLAIN" "$GROUP" "$SESSIONS" "$OUT_DIR/audit-load.json"
 echo "results: $OUT_DIR/audit-load.json"
-echo "records written: $(wc -l <"$WORK/group/audit.jsonl")"
-"$BIN/portcullis" audit verify "$WORK/group/audit.jsonl" || true
+echo "audit files: $(ls "$WORK/group" | wc -l)"
+"$BIN/portcullis" audit verify --all "$WORK/group/audit.jsonl" || true
 
 if [ "${RECORD_MODE:-1}" = 1 ]; then
     cat >"$WORK/record.toml" <<TOML
@@ -115,7 +118,8 @@ if [ "${RECORD_MODE:-1}" = 1 ]; then
 path = "$WORK/record/audit.jsonl"
 sync = "record"
 TOML
-    RECORD=$(gateway record --config "$WORK/record.toml" --upstream "demo=$DIRECT")
+    gateway record --config "$WORK/record.toml"
+    RECORD=$URL
     echo "## unloaded latency: $LAT_SESSIONS session(s), fsync per record vs no audit"
     compare "$PLAIN" "$RECORD" "$LAT_SESSIONS" "$OUT_DIR/audit-latency-record.json"
     echo "results: $OUT_DIR/audit-latency-record.json"

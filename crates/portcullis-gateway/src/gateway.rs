@@ -1573,9 +1573,10 @@ impl Gateway {
         let call = async move {
             let began = Instant::now();
             let r = tokio::time::timeout(timeout, conn.call(&m, &forwarded, &ev_tx, timeout)).await;
-            pep.monitor
-                .metrics
-                .stage(portcullis_monitor::metrics::Stage::Upstream, began.elapsed());
+            pep.monitor.metrics.stage(
+                portcullis_monitor::metrics::Stage::Upstream,
+                began.elapsed(),
+            );
             match r {
                 Ok(r) => r,
                 Err(_) => {

@@ -207,11 +207,10 @@ async fn handle(
         .auth
         .authenticate(&headers, uri.query(), conn.as_ref())
         .await;
-    st.gw
-        .pep
-        .monitor
-        .metrics
-        .stage(portcullis_monitor::metrics::Stage::Identity, began.elapsed());
+    st.gw.pep.monitor.metrics.stage(
+        portcullis_monitor::metrics::Stage::Identity,
+        began.elapsed(),
+    );
     let principal = match authenticated {
         Ok(p) => p,
         Err(r) => return r,

@@ -552,3 +552,105 @@ fn risk_from_behaviour_reaches_policy_and_the_audit_record() {
         "the denied call never reached the upstream"
     );
 }
+
+#[test]
+fn audit_cli_tails_with_filters_and_verifies_against_key_and_anchors() {
+    let dir = tempdir("mon-cli");
+    let audit = dir.join("audit.jsonl");
+    let anchors = dir.join("anchors.jsonl");
+    let cfg = config(
+        &dir,
+        &format!(
+            "[audit]\npath = {:?}\ncheckpoint_every = 4\nanchors = {:?}\n",
+            audit.display().to_string(),
+            anchors.display().to_string()
+        ),
+    );
+    let gw = start(&["--config".into(), cfg.display().to_string()], &[]);
+    let sid = gw.session();
+    for i in 0..6 {
+        let r = gw.call(
+            &sid,
+            &format!("{i}"),
+            "tools/call",
+            r#"{"name":"demo__echo","arguments":{"message":"x"}}"#,
+        );
+        assert!(r["result"].is_object(), "{r}");
+    }
+    let d = gw.call(
+        &sid,
+        "9",
+        "tools/call",
+        r#"{"name":"demo__read_secret","arguments":{}}"#,
+    );
+    assert!(d["error"].is_object());
+    drop(gw); // SIGKILL: no final checkpoint, anchors hold the earlier ones
+
+    let tail = |args: &[&str]| -> Vec<Value> {
+        let out = Command::new(BIN)
+            .args(["audit", "tail"])
+            .arg(&audit)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let denies = tail(&["-n", "100", "--decision", "deny"]);
+    assert!(!denies.is_empty());
+    assert!(denies.iter().all(|r| r["decision"] == "deny"), "{denies:?}");
+    assert!(denies.iter().any(|r| r["tool"] == "demo__read_secret"));
+    let echo = tail(&["-n", "100", "--tool", "demo__echo", "--kind", "decision"]);
+    assert_eq!(echo.len(), 6, "{echo:?}");
+    let last2 = tail(&["-n", "2", "--tool", "demo__echo"]);
+    assert_eq!(last2.len(), 2);
+    assert_eq!(last2[1]["seq"], echo[5]["seq"], "the last ones, in order");
+    assert_eq!(tail(&["--identity", "nobody-like-this"]).len(), 0);
+
+    // Pinned key and anchors: the log verifies.
+    let key = dir.join("state").join("audit-ed25519.pk8.pub");
+    let a = anchors.display().to_string();
+    let k = key.display().to_string();
+    let (ok, out) = verify(&[&audit], &["--key", &k, "--anchors", &a]);
+    assert!(ok, "{out}");
+    assert!(std::fs::read_to_string(&anchors).unwrap().lines().count() >= 2);
+    // Another key: refused.
+    let (ok, out) = verify(&[&audit], &["--key", &"ab".repeat(32)]);
+    assert!(!ok, "a checkpoint signed by another key must fail: {out}");
+    // Trailing records cut back to before the last anchored checkpoint: the
+    // chain alone still holds, the anchors do not.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let first_cp = text
+        .lines()
+        .position(|l| l.contains("\"kind\":\"checkpoint\""))
+        .unwrap();
+    let cut: String = text
+        .lines()
+        .take(first_cp + 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let short = dir.join("short.jsonl");
+    std::fs::write(&short, cut).unwrap();
+    let (ok, out) = verify(&[&short], &[]);
+    assert!(ok, "a clean cut verifies on its own: {out}");
+    let (ok, out) = verify(&[&short], &["--anchors", &a]);
+    assert!(!ok, "anchors expose the truncation: {out}");
+    assert!(out.contains("short.jsonl:"), "{out}");
+    let ends_signed = text
+        .lines()
+        .last()
+        .is_some_and(|l| l.contains("\"kind\":\"checkpoint\""));
+    let (ok, out) = verify(&[&audit], &["--strict"]);
+    assert_eq!(
+        ok, ends_signed,
+        "--strict refuses records after the last checkpoint: {out}"
+    );
+}
