@@ -28,6 +28,9 @@ cargo build -p portcullis
 step "Rust unit and integration tests"
 cargo test --workspace || failed+=("cargo test")
 
+step "OpenTelemetry export (--features otel): spans reach an OTLP/HTTP sink"
+cargo test -p portcullis --features otel --test otel || failed+=("otel")
+
 step "end-to-end: Python mcp SDK client, server-everything, through the gateway"
 .deps/venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider || failed+=("e2e")
 

@@ -521,9 +521,19 @@ impl Gateway {
         traceparent: Option<&str>,
         out: &mpsc::Sender<Message>,
     ) {
-        let ctx = RequestCtx::new(TraceContext::from_header(traceparent));
+        #[cfg_attr(
+            not(feature = "otel"),
+            expect(unused_mut, reason = "set by the otel span")
+        )]
+        let mut trace = TraceContext::from_header(traceparent);
+        #[cfg(feature = "otel")]
+        let span = trace.otel_span(msg.method().unwrap_or_default());
+        let ctx = RequestCtx::new(trace);
         let out = Out::new(out, &self.pep.monitor);
-        monitor::in_request(ctx, self.handle(client, msg, forwarded, &out)).await
+        let fut = monitor::in_request(ctx, self.handle(client, msg, forwarded, &out));
+        #[cfg(feature = "otel")]
+        let fut = tracing::Instrument::instrument(fut, span);
+        fut.await
     }
 
     async fn handle(

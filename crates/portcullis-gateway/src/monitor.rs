@@ -161,6 +161,8 @@ impl AuditCfg {
 #[derive(Debug, Clone)]
 pub struct TraceContext {
     trace_id: [u8; 16],
+    /// The caller's span, when it sent a valid `traceparent`.
+    parent: Option<[u8; 8]>,
     span_id: [u8; 8],
     sampled: bool,
 }
@@ -174,13 +176,66 @@ fn random<const N: usize>() -> [u8; N] {
 impl TraceContext {
     /// Continues the caller's trace (a new span of ours) or starts one.
     pub fn from_header(traceparent: Option<&str>) -> TraceContext {
-        let parsed = traceparent.and_then(parse_traceparent);
-        let (trace_id, sampled) = parsed.unwrap_or_else(|| (random(), true));
-        TraceContext {
-            trace_id,
-            span_id: random(),
-            sampled,
+        match traceparent.and_then(parse_traceparent) {
+            Some((trace_id, parent, sampled)) => TraceContext {
+                trace_id,
+                parent: Some(parent),
+                span_id: random(),
+                sampled,
+            },
+            None => TraceContext {
+                trace_id: random(),
+                parent: None,
+                span_id: random(),
+                sampled: true,
+            },
         }
+    }
+
+    /// Opens the request's OpenTelemetry span — a child of the caller's
+    /// span when it sent one — and adopts the span's ids, so audit records,
+    /// the exported span and upstream `traceparent`s agree.
+    #[cfg(feature = "otel")]
+    pub fn otel_span(&mut self, method: &str) -> tracing::Span {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let span = tracing::info_span!(
+            "mcp.request",
+            otel.name = %format!("mcp {method}"),
+            otel.kind = "server",
+            rpc.system = "jsonrpc",
+            rpc.method = %method,
+        );
+        if let Some(parent) = self.parent {
+            let flags = if self.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            };
+            let remote = SpanContext::new(
+                TraceId::from_bytes(self.trace_id),
+                SpanId::from_bytes(parent),
+                flags,
+                true,
+                TraceState::default(),
+            );
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        if sc.is_valid() {
+            self.trace_id = sc.trace_id().to_bytes();
+            self.span_id = sc.span_id().to_bytes();
+            self.sampled = sc.is_sampled();
+        }
+        span
+    }
+
+    /// The caller's span id (16 hex digits), when it sent a `traceparent`.
+    pub fn parent_span_id(&self) -> Option<String> {
+        self.parent.map(hex::encode)
     }
 
     /// The trace id as 32 lowercase hex digits.
@@ -201,7 +256,7 @@ impl TraceContext {
 
 /// Parses a version-00 `traceparent` (W3C Trace Context §3.2); an invalid
 /// one (bad length, non-hex, all-zero ids) is ignored, as the spec says.
-fn parse_traceparent(v: &str) -> Option<([u8; 16], bool)> {
+fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     let mut parts = v.trim().split('-');
     let version = parts.next()?;
     let trace = parts.next()?;
@@ -228,7 +283,7 @@ fn parse_traceparent(v: &str) -> Option<([u8; 16], bool)> {
         return None;
     }
     let f = u8::from_str_radix(flags, 16).ok()?;
-    Some((id, f & 1 == 1))
+    Some((id, p, f & 1 == 1))
 }
 
 /// What the monitoring stage knows about the request being handled.

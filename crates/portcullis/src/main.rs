@@ -4,6 +4,8 @@
 mod audit_cmd;
 mod ca_cmd;
 mod demo;
+#[cfg(feature = "otel")]
+mod otel;
 mod policy_cmd;
 mod serve;
 mod wrap;
@@ -127,17 +129,38 @@ enum ConfigCmd {
     },
 }
 
-fn init_logging() {
+/// Logs to stderr; with the `otel` feature and an OTLP endpoint in the
+/// environment, request spans are exported too (flushed when the returned
+/// guard drops).
+fn init_logging() -> Option<Box<dyn std::any::Any>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("warn,portcullis=info,portcullis_gateway=info")
         });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .compact()
-        .init();
+        .compact();
+    #[cfg(feature = "otel")]
+    {
+        let (layer, guard) = match otel::layer() {
+            Some((l, g)) => (Some(l), Some(g)),
+            None => (None, None),
+        };
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .with(layer)
+            .init();
+        guard.map(|g| Box::new(g) as Box<dyn std::any::Any>)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        tracing_subscriber::registry().with(filter).with(fmt).init();
+        None
+    }
 }
 
 fn config_check(file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -196,7 +219,7 @@ fn main() -> ExitCode {
         Cmd::Policy { cmd } => return policy_cmd::run(cmd),
         Cmd::Audit { cmd } => return audit_cmd::run(cmd),
         other => {
-            init_logging();
+            let _telemetry = init_logging();
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
