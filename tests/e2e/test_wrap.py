@@ -43,3 +43,33 @@ async def test_wrap_relays_progress_and_elicitation() -> None:
         result = await client.call_tool("trigger-elicitation-request", {})
     assert rec.elicitations, "the server's elicitation reached the client"
     assert not result.is_error
+
+
+async def test_wrap_audits_every_call_of_the_sdk_client(tmp_path) -> None:
+    """With --audit-log, each call the Python SDK client makes through the
+    stdio front has its decision in the file (identity user@agent), and the
+    chain verifies with the real CLI."""
+    import json
+    import os
+    import subprocess
+
+    audit = tmp_path / "audit.jsonl"
+    base = wrapped()
+    params = StdioServerParameters(
+        command=base.command,
+        args=["wrap", "--name", "everything", "--agent", "e2e-agent", "--audit-log", str(audit), *base.args[3:]],
+        env={**os.environ, "PORTCULLIS_STATE_DIR": str(tmp_path / "state")},
+    )
+    async with Client(params, mode="legacy", read_timeout_seconds=20) as client:
+        await client.list_tools()
+        await client.call_tool("echo", {"message": "audited"})
+        records = [json.loads(line) for line in audit.read_text().splitlines()]
+    decisions = [r for r in records if r["kind"] == "decision" and r.get("tool") == "echo"]
+    assert decisions, records
+    d = decisions[-1]
+    assert d["decision"] == "allow"
+    assert d["identity"]["key"].endswith("@e2e-agent"), d["identity"]
+    assert "audited" not in audit.read_text(), "arguments are hashed, not copied"
+    out = subprocess.run([base.command, "audit", "verify", str(audit)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("ok: "), out.stdout
