@@ -20,6 +20,7 @@ cargo fmt --all -- --check || failed+=("fmt")
 if [[ -z "${QUICK:-}" ]]; then
     step "cargo clippy --all-targets -D warnings"
     cargo clippy --workspace --all-targets -- -D warnings || failed+=("clippy")
+    cargo clippy -p portcullis --features otel --all-targets -- -D warnings || failed+=("clippy (otel)")
 fi
 
 step "build the gateway"

@@ -18,8 +18,11 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 
-/// Accepts OTLP/HTTP posts and keeps (path, body) of each.
-fn collector() -> (u16, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+/// What the sink received: (path, body) of each POST.
+type Posts = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Accepts OTLP/HTTP posts and keeps each.
+fn collector() -> (u16, Posts) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));
