@@ -479,9 +479,7 @@ impl Monitor {
     /// Whether the audit log can no longer write: the gateway then denies
     /// every request rather than serve it unaudited.
     pub fn audit_failed(&self) -> bool {
-        self.audit
-            .as_ref()
-            .is_some_and(|a| a.stats().write_errors > 0)
+        self.audit.as_ref().is_some_and(AuditLog::is_failed)
     }
 
     /// The Prometheus exposition, with audit counters as of now.

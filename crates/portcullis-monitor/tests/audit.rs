@@ -546,6 +546,7 @@ async fn durable_fails_when_the_writer_fails() {
     // Later appends still get a ticket, and it fails too (fail closed).
     let t2 = log.append("decision", &decision(2));
     assert!(log.durable(t2).await.is_err());
+    assert!(log.is_failed());
     let stats = log.stats();
     assert!(stats.write_errors >= 1);
     assert!(stats.last_error.unwrap().contains("No space left"));

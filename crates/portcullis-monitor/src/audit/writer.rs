@@ -356,6 +356,12 @@ impl AuditLog {
         }
     }
 
+    /// Whether the writer stopped on an I/O error (one atomic load: the
+    /// gateway asks before every decision, to fail closed).
+    pub fn is_failed(&self) -> bool {
+        self.shared.state.load(Ordering::Acquire) == FAILED
+    }
+
     /// A snapshot of the counters, for metrics.
     pub fn stats(&self) -> AuditStats {
         let c = &self.shared.counters;
