@@ -51,25 +51,8 @@ stop() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits for "listening on http://…" in a log file; prints the URL.
-wait_url() {
-    local log=$1 pid=$2 i url
-    for i in $(seq 1 100); do
-        url=$(grep -o 'listening on http://[^ ]*' "$log" 2>/dev/null | head -n1 | sed 's/^listening on //' || true)
-        if [ -n "$url" ]; then
-            echo "$url"
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "process $pid exited early; log:" >&2
-            cat "$log" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "timed out waiting for $log" >&2
-    return 1
-}
+# wait_url
+source "$ROOT/bench/lib.sh"
 
 rss_line() {
     grep -E '^(VmRSS|VmHWM)' "/proc/$1/status" | tr -s ' \t' ' ' | paste -sd ' ' -
