@@ -666,6 +666,7 @@ impl Writer {
         Ok(())
     }
 
+    /// Signs what is unsigned and syncs: at shutdown and before rotation.
     fn finish(&mut self) -> Step {
         if self.since_checkpoint > 0 {
             let ts = self.stamp();
@@ -679,14 +680,8 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Step {
-        if self.since_checkpoint > 0 {
-            let ts = self.stamp();
-            self.push_checkpoint(&ts);
-            self.flush()?;
-        }
-        if self.cfg.sync != SyncMode::None {
-            self.sync()?;
-        }
+        // The old file ends as a clean shutdown would: checkpointed and synced.
+        self.finish()?;
         let live = self.cfg.path.clone();
         let rotated = files::rotated_name(&live, self.file_first_seq);
         if rotated.exists() {
