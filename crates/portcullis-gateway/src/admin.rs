@@ -18,14 +18,21 @@ use serde_json::{json, Value};
 
 use crate::gateway::Gateway;
 
+/// What every admin handler shares.
 #[derive(Clone)]
-struct Admin {
-    gw: Arc<Gateway>,
-    deny: Arc<DenyList>,
+pub(crate) struct Admin {
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) deny: Arc<DenyList>,
     token: Arc<str>,
 }
 
-fn reply(status: StatusCode, v: Value) -> Response {
+/// Who made an admin request (set by the admin authentication layer for
+/// every route it guards); recorded as the actor of every admin action.
+#[derive(Clone, Debug)]
+pub(crate) struct AdminIdentity(pub(crate) String);
+
+/// A JSON answer with a status.
+pub(crate) fn reply(status: StatusCode, v: Value) -> Response {
     let mut r = Response::new(Body::from(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -66,7 +73,7 @@ impl Admin {
     clippy::result_large_err,
     reason = "the error is the HTTP answer itself, on a cold path"
 )]
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
     serde_json::from_slice(body).map_err(|e| {
         reply(
             StatusCode::BAD_REQUEST,
@@ -82,6 +89,9 @@ pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, token: String) -> Router {
         deny,
         token: token.into(),
     };
+    let guarded = Router::new()
+        .merge(crate::admin_contain::routes())
+        .layer(axum::middleware::from_fn_with_state(st.clone(), guard));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -89,7 +99,22 @@ pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, token: String) -> Router {
         .route("/admin/sessions/revoke", post(revoke_sessions))
         .route("/admin/revocations", post(revoke_certificate))
         .route("/admin/policy/reload", post(reload_policy))
+        .merge(guarded)
         .with_state(st)
+}
+
+/// Authenticates an admin request and names its actor for the handlers.
+async fn guard(
+    State(st): State<Admin>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(r) = st.authorized(req.headers()) {
+        return r;
+    }
+    req.extensions_mut()
+        .insert(AdminIdentity("admin-token".into()));
+    next.run(req).await
 }
 
 async fn list_sessions(State(st): State<Admin>, h: HeaderMap) -> Response {
@@ -252,7 +277,7 @@ async fn reload_policy(State(st): State<Admin>, h: HeaderMap) -> Response {
 /// Serves the admin router on `addr` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
     let never = std::future::pending::<()>();
-    crate::listener::serve(listener, None, app, never).await;
+    crate::listener::serve(listener, None, app, Default::default(), never).await;
 }
 
 /// Whether an admin address is acceptable without TLS (loopback only).

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod admin_contain;
 pub mod auth;
 pub mod config;
 pub mod conn;
