@@ -152,7 +152,13 @@ impl Breaker {
     }
 
     /// Reports a call's outcome.
-    pub fn record(&self, permit: Permit, ok: bool, reason: &str, now: Instant) -> Option<Transition> {
+    pub fn record(
+        &self,
+        permit: Permit,
+        ok: bool,
+        reason: &str,
+        now: Instant,
+    ) -> Option<Transition> {
         let mut g = self.lock();
         if permit == Permit::Probe {
             g.probes = g.probes.saturating_sub(1);
@@ -259,4 +265,36 @@ pub struct Snapshot {
     pub retry_in_secs: Option<f64>,
     /// Why the last call failed.
     pub last_failure: String,
+}
+
+/// A permit tied to its breaker: report the outcome with
+/// [`Ticket::finish`]; dropped unfinished (the call was abandoned), it
+/// frees its half-open slot so the breaker cannot stick half-open.
+pub struct Ticket {
+    breaker: std::sync::Arc<Breaker>,
+    permit: Option<Permit>,
+}
+
+impl Ticket {
+    /// Asks `breaker` to call at `now`.
+    pub fn take(breaker: &std::sync::Arc<Breaker>, now: Instant) -> Result<Ticket, Duration> {
+        breaker.allow(now).map(|p| Ticket {
+            breaker: breaker.clone(),
+            permit: Some(p),
+        })
+    }
+
+    /// Reports the call's outcome.
+    pub fn finish(mut self, ok: bool, reason: &str, now: Instant) -> Option<Transition> {
+        let p = self.permit.take()?;
+        self.breaker.record(p, ok, reason, now)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.breaker.cancel(p);
+        }
+    }
 }

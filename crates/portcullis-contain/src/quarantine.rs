@@ -229,7 +229,7 @@ impl Quarantines {
     pub fn list(&self, now: u64) -> Vec<Quarantine> {
         let m = self.map.read().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<Quarantine> = m.values().filter(|q| q.active(now)).cloned().collect();
-        v.sort_by(|a, b| (a.created_at, a.target.key()).cmp(&(b.created_at, b.target.key())));
+        v.sort_by_key(|q| (q.created_at, q.target.key()));
         v
     }
 

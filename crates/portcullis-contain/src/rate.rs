@@ -7,7 +7,7 @@
 //! has refilled are forgotten first.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -63,9 +63,7 @@ impl Limiter {
     /// Takes one cell for `key` under `rate` at `now`: `Err` carries how
     /// long to wait before the call would be allowed.
     pub fn check(&self, key: &str, rate: Rate, now: Instant) -> Result<(), Duration> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let Some(shard) = self.shards.get(h.finish() as usize % SHARDS) else {
+        let Some(shard) = self.shards.get(self.hasher.hash_one(key) as usize % SHARDS) else {
             return Ok(());
         };
         let interval = rate.interval();

@@ -79,10 +79,7 @@ impl Revocations {
     }
 
     fn recount(&self, m: &HashMap<String, Revocation>) {
-        let n = m
-            .values()
-            .filter(|r| r.kind == RevokedKind::Token)
-            .count();
+        let n = m.values().filter(|r| r.kind == RevokedKind::Token).count();
         self.tokens.store(n, Ordering::Release);
     }
 
@@ -101,7 +98,7 @@ impl Revocations {
     pub fn list(&self) -> Vec<Revocation> {
         let m = self.all.read().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<Revocation> = m.values().cloned().collect();
-        v.sort_by(|a, b| (a.created_at, a.key()).cmp(&(b.created_at, b.key())));
+        v.sort_by_key(|r| (r.created_at, r.key()));
         v
     }
 }

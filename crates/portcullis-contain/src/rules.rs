@@ -168,7 +168,12 @@ impl AutoRules {
         self.rules
             .iter()
             .filter(|r| r.when == Signal::Risk && r.above.is_some_and(|a| score >= a))
-            .map(|r| Self::fire(r, format!("risk score {score} reached {}", r.above.unwrap_or(0))))
+            .map(|r| {
+                Self::fire(
+                    r,
+                    format!("risk score {score} reached {}", r.above.unwrap_or(0)),
+                )
+            })
             .collect()
     }
 

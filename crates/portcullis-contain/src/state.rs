@@ -111,13 +111,17 @@ impl Containment {
                 Ok(q) => {
                     c.quarantines.insert(q);
                 }
-                Err(err) => tracing::warn!(key = %e.key, error = %err, "state store: unreadable quarantine skipped"),
+                Err(err) => {
+                    tracing::warn!(key = %e.key, error = %err, "state store: unreadable quarantine skipped")
+                }
             }
         }
         for e in c.store.list(NS_REVOCATION).await? {
             match serde_json::from_value::<Revocation>(e.value) {
                 Ok(r) => c.revocations.insert(r),
-                Err(err) => tracing::warn!(key = %e.key, error = %err, "state store: unreadable revocation skipped"),
+                Err(err) => {
+                    tracing::warn!(key = %e.key, error = %err, "state store: unreadable revocation skipped")
+                }
             }
         }
         for e in c.store.list(NS_KILLSWITCH).await? {
@@ -193,11 +197,22 @@ impl Containment {
     /// Puts a quarantine in force at once, then stores it. An `Err` means
     /// it is in force but will not survive a restart.
     pub async fn quarantine(&self, q: Quarantine) -> Result<(), StoreError> {
+        self.enforce(q.clone());
+        self.persist(&q).await
+    }
+
+    /// Puts a quarantine in force in memory only (synchronously, so the
+    /// request that triggered it is already under it); pair with
+    /// [`Containment::persist`].
+    pub fn enforce(&self, q: Quarantine) {
         self.quarantines.insert(q.clone());
-        let _ = self.events.send(ContainEvent::Quarantined(q.clone()));
-        let exp = q.expires_at;
+        let _ = self.events.send(ContainEvent::Quarantined(q));
+    }
+
+    /// Stores a quarantine already in force.
+    pub async fn persist(&self, q: &Quarantine) -> Result<(), StoreError> {
         self.store
-            .put(NS_QUARANTINE, &q.target.key(), encode(&q)?, exp)
+            .put(NS_QUARANTINE, &q.target.key(), encode(q)?, q.expires_at)
             .await
     }
 

@@ -199,6 +199,8 @@ pub struct FileStore {
     path: PathBuf,
     inner: Arc<Mutex<Journal>>,
     tx: broadcast::Sender<Change>,
+    /// Held (locked) while the store is open: one process per store.
+    _lock: Option<Arc<File>>,
 }
 
 const JOURNAL: &str = "state.jsonl";
@@ -215,6 +217,19 @@ impl FileStore {
     /// drops expired entries and rewrites it compacted.
     pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(StoreError::Unavailable(format!(
+                "{} is in use by another process ({e}); give each gateway its own state folder, or a shared store",
+                dir.display()
+            )));
+        }
         let path = dir.join(JOURNAL);
         let mut map = Map::new();
         match File::open(&path) {
@@ -252,6 +267,7 @@ impl FileStore {
             })),
             path,
             tx: broadcast::channel(256).0,
+            _lock: Some(Arc::new(lock)),
         })
     }
 
@@ -318,7 +334,9 @@ impl FileStore {
                     j.file = f;
                     j.lines = map.len();
                 }
-                Err(e) => tracing::warn!(error = %e, "state store: compaction failed; journal kept"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "state store: compaction failed; journal kept")
+                }
             }
         }
         Ok(had)
@@ -329,6 +347,7 @@ impl FileStore {
             path: self.path.clone(),
             inner: self.inner.clone(),
             tx: self.tx.clone(),
+            _lock: None,
         };
         tokio::task::spawn_blocking(move || me.apply(op))
             .await

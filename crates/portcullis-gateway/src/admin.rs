@@ -97,7 +97,6 @@ pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, token: String) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/sessions", get(list_sessions))
         .route("/admin/sessions/revoke", post(revoke_sessions))
-        .route("/admin/revocations", post(revoke_certificate))
         .route("/admin/policy/reload", post(reload_policy))
         .merge(guarded)
         .with_state(st)
@@ -186,62 +185,6 @@ async fn revoke_sessions(
         st.gw.end_session(c, "revoked by admin").await;
     }
     reply(StatusCode::OK, json!({"ended": ended.len()}))
-}
-
-/// A certificate to refuse from now on.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeCert {
-    fingerprint: Option<String>,
-    serial: Option<String>,
-    reason: Option<String>,
-}
-
-async fn revoke_certificate(
-    State(st): State<Admin>,
-    h: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(r) = st.authorized(&h) {
-        return r;
-    }
-    let req: RevokeCert = match parse(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let entry = match (&req.fingerprint, &req.serial) {
-        (Some(f), None) => f.clone(),
-        (None, Some(s)) => s.clone(),
-        _ => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "give exactly one of fingerprint, serial"}),
-            )
-        }
-    };
-    st.deny.add(&entry);
-    st.gw
-        .pep
-        .monitor
-        .containment("revoke-certificate", &entry, req.reason.as_deref(), "admin");
-    // Sessions created with that certificate end too.
-    let mut ended = 0;
-    for c in st.gw.sessions.all() {
-        if c.fingerprint
-            .as_deref()
-            .is_some_and(|f| st.deny.denies(f, ""))
-        {
-            if let Some(c) = st.gw.sessions.remove(&c.id) {
-                st.gw.end_session(&c, "certificate revoked by admin").await;
-                ended += 1;
-            }
-        }
-    }
-    tracing::warn!(entry = %entry, reason = ?req.reason, sessions_ended = ended, "certificate revoked by admin");
-    reply(
-        StatusCode::OK,
-        json!({"revoked": entry, "sessions_ended": ended}),
-    )
 }
 
 /// Prometheus text exposition; needs the admin token like every admin call.

@@ -1,11 +1,415 @@
 //! Admin endpoints of breach containment: quarantines, the kill switch,
-//! token and session revocation, circuit breakers.
+//! certificate and token revocation, circuit breakers. Each action is in
+//! force before the answer goes out, audited with the admin's identity,
+//! and stored; a store failure is reported (the action still holds until
+//! restart) rather than hidden.
 
-use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use http::StatusCode;
+use portcullis_contain::revocation::{Revocation, RevokedKind};
+use portcullis_contain::state::KillSwitch;
+use portcullis_contain::{now_unix, Mode, Quarantine, StoreError, Target, TargetKind};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
-use crate::admin::Admin;
+use crate::admin::{parse, reply, Admin, AdminIdentity};
 
-/// Containment routes, merged into the admin router.
+/// Containment routes, merged into the admin router (behind its guard).
 pub(crate) fn routes() -> Router<Admin> {
     Router::new()
+        .route(
+            "/admin/quarantines",
+            get(list_quarantines).post(add_quarantine),
+        )
+        .route("/admin/quarantines/remove", post(remove_quarantine))
+        .route(
+            "/admin/killswitch",
+            get(get_killswitch).post(set_killswitch),
+        )
+        .route("/admin/revocations", get(list_revocations).post(revoke))
+        .route("/admin/breakers", get(list_breakers))
+        .route("/admin/breakers/reset", post(reset_breaker))
+}
+
+fn bad(why: impl Into<String>) -> Response {
+    reply(StatusCode::BAD_REQUEST, json!({"error": why.into()}))
+}
+
+/// The answer after an action that is in force: 200, or 500 naming the
+/// store failure (in force until restart, not persisted).
+fn stored(r: Result<(), StoreError>, body: Value) -> Response {
+    match r {
+        Ok(()) => reply(StatusCode::OK, body),
+        Err(e) => {
+            tracing::error!(error = %e, "containment action in force but not stored");
+            let mut body = body;
+            if let Some(o) = body.as_object_mut() {
+                o.insert(
+                    "error".into(),
+                    Value::from(format!("in force until restart, but not stored: {e}")),
+                );
+            }
+            reply(StatusCode::INTERNAL_SERVER_ERROR, body)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddQuarantine {
+    kind: String,
+    value: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuarantine {
+    kind: String,
+    value: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer itself, on a cold path"
+)]
+fn target(kind: &str, value: &str) -> Result<Target, Response> {
+    let Some(k) = TargetKind::parse(kind) else {
+        return Err(bad(format!(
+            "kind {kind:?}: use identity, agent, user, device or session"
+        )));
+    };
+    if value.trim().is_empty() {
+        return Err(bad("value must not be empty"));
+    }
+    Ok(Target::new(k, value.trim()))
+}
+
+async fn list_quarantines(State(st): State<Admin>) -> Response {
+    let q = st.gw.pep.contain.state.quarantines.list(now_unix());
+    reply(StatusCode::OK, json!({"quarantines": q}))
+}
+
+async fn add_quarantine(
+    State(st): State<Admin>,
+    Extension(who): Extension<AdminIdentity>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: AddQuarantine = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let t = match target(&req.kind, &req.value) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mode = match req.mode.as_deref().map(Mode::parse) {
+        None => Mode::DenyAll,
+        Some(Some(m)) => m,
+        Some(None) => return bad("mode: use deny-all or read-only"),
+    };
+    let now = now_unix();
+    let q = Quarantine {
+        target: t.clone(),
+        mode,
+        reason: req.reason.unwrap_or_else(|| "no reason given".into()),
+        by: format!("admin:{}", who.0),
+        created_at: now,
+        expires_at: req.ttl_secs.map(|s| now + s),
+    };
+    st.gw.pep.monitor.containment(
+        match mode {
+            Mode::DenyAll => "quarantine-deny-all",
+            Mode::ReadOnly => "quarantine-read-only",
+        },
+        &t.to_string(),
+        Some(&q.reason),
+        &q.by,
+    );
+    tracing::warn!(target = %t, mode = mode.as_str(), by = %q.by, reason = %q.reason, "quarantine by admin");
+    let r = st.gw.pep.contain.state.quarantine(q.clone()).await;
+    let affected = st
+        .gw
+        .sessions
+        .all()
+        .iter()
+        .filter(|c| st.gw.pep.contain.verdict(c).mode().is_some())
+        .count();
+    stored(r, json!({"quarantine": q, "sessions_affected": affected}))
+}
+
+async fn remove_quarantine(
+    State(st): State<Admin>,
+    Extension(who): Extension<AdminIdentity>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: RemoveQuarantine = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let t = match target(&req.kind, &req.value) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match st.gw.pep.contain.state.release(&t).await {
+        Ok(q) => {
+            if q.is_some() {
+                st.gw.pep.monitor.containment(
+                    "quarantine-release",
+                    &t.to_string(),
+                    req.reason.as_deref(),
+                    &format!("admin:{}", who.0),
+                );
+            }
+            reply(StatusCode::OK, json!({"removed": q.is_some()}))
+        }
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": format!("released until restart, but not stored: {e}")}),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetKill {
+    mode: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn kill_json(k: Option<KillSwitch>) -> Value {
+    match k {
+        None => json!({"mode": "off"}),
+        Some(k) => {
+            json!({"mode": k.mode.as_str(), "reason": k.reason, "by": k.by, "since": k.since})
+        }
+    }
+}
+
+async fn get_killswitch(State(st): State<Admin>) -> Response {
+    reply(
+        StatusCode::OK,
+        kill_json(st.gw.pep.contain.state.kill_switch()),
+    )
+}
+
+async fn set_killswitch(
+    State(st): State<Admin>,
+    Extension(who): Extension<AdminIdentity>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: SetKill = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let by = format!("admin:{}", who.0);
+    let reason = req.reason.unwrap_or_else(|| "no reason given".into());
+    let k = match req.mode.as_str() {
+        "off" => None,
+        m => match Mode::parse(m) {
+            Some(mode) => Some(KillSwitch {
+                mode,
+                reason: reason.clone(),
+                by: by.clone(),
+                since: now_unix(),
+            }),
+            None => return bad("mode: use deny-all, read-only or off"),
+        },
+    };
+    let action = match k.as_ref().map(|k| k.mode) {
+        None => "killswitch-off",
+        Some(Mode::DenyAll) => "killswitch-deny-all",
+        Some(Mode::ReadOnly) => "killswitch-read-only",
+    };
+    tracing::warn!(action, by = %by, reason = %reason, "kill switch");
+    st.gw
+        .pep
+        .monitor
+        .containment(action, "everyone", Some(&reason), &by);
+    let r = st.gw.pep.contain.state.set_kill_switch(k.clone()).await;
+    stored(r, kill_json(k))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    #[serde(default)]
+    fingerprint: Option<String>,
+    #[serde(default)]
+    serial: Option<String>,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+async fn list_revocations(State(st): State<Admin>) -> Response {
+    reply(
+        StatusCode::OK,
+        json!({"revocations": st.gw.pep.contain.state.revocations.list()}),
+    )
+}
+
+async fn revoke(
+    State(st): State<Admin>,
+    Extension(who): Extension<AdminIdentity>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: Revoke = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let by = format!("admin:{}", who.0);
+    let reason = req
+        .reason
+        .clone()
+        .unwrap_or_else(|| "no reason given".into());
+    let given = [&req.fingerprint, &req.serial, &req.jti, &req.session];
+    if given.iter().filter(|g| g.is_some()).count() != 1 {
+        return bad("give exactly one of fingerprint, serial, jti, session");
+    }
+    if let Some(id) = &req.session {
+        let ended = match st.gw.sessions.remove(id) {
+            Some(c) => {
+                st.gw.pep.monitor.containment(
+                    "revoke-session",
+                    &format!("session:{id}"),
+                    Some(&reason),
+                    &by,
+                );
+                crate::gateway::close_streams(&c);
+                st.gw.end_session(&c, "revoked by admin").await;
+                1
+            }
+            None => 0,
+        };
+        return reply(
+            StatusCode::OK,
+            json!({"revoked": format!("session:{id}"), "sessions_ended": ended}),
+        );
+    }
+    let (kind, value) = match (&req.fingerprint, &req.serial, &req.jti) {
+        (Some(f), _, _) => (RevokedKind::Certificate, f.trim().to_owned()),
+        (_, Some(s), _) => (RevokedKind::Certificate, s.trim().to_owned()),
+        (_, _, Some(j)) => (RevokedKind::Token, j.trim().to_owned()),
+        _ => return bad("give exactly one of fingerprint, serial, jti, session"),
+    };
+    if value.is_empty() {
+        return bad("the revoked value must not be empty");
+    }
+    let now = now_unix();
+    let r = Revocation {
+        kind,
+        value: value.clone(),
+        reason: reason.clone(),
+        by: by.clone(),
+        created_at: now,
+        expires_at: req.ttl_secs.map(|s| now + s),
+    };
+    let action = match kind {
+        RevokedKind::Certificate => {
+            st.deny.add(&value);
+            "revoke-certificate"
+        }
+        RevokedKind::Token => "revoke-token",
+    };
+    st.gw
+        .pep
+        .monitor
+        .containment(action, &r.key(), Some(&reason), &by);
+    let stored_r = st.gw.pep.contain.state.revoke(r).await;
+    // Sessions created with that certificate or token end at once.
+    let mut ended = 0;
+    for c in st.gw.sessions.all() {
+        let hit = match kind {
+            RevokedKind::Certificate => c
+                .principal
+                .cert
+                .as_ref()
+                .is_some_and(|p| st.deny.denies(&p.fingerprint, &p.serial)),
+            RevokedKind::Token => {
+                c.principal.user.as_ref().and_then(|u| u.jti.as_deref()) == Some(value.as_str())
+            }
+        };
+        if hit {
+            if let Some(c) = st.gw.sessions.remove(&c.id) {
+                crate::gateway::close_streams(&c);
+                st.gw.end_session(&c, "credential revoked by admin").await;
+                ended += 1;
+            }
+        }
+    }
+    tracing::warn!(kind = kind.as_str(), value = %value, reason = %reason, sessions_ended = ended, "revoked by admin");
+    stored(
+        stored_r,
+        json!({"revoked": format!("{}:{value}", kind.as_str()), "sessions_ended": ended}),
+    )
+}
+
+async fn list_breakers(State(st): State<Admin>) -> Response {
+    let now = std::time::Instant::now();
+    let list: Vec<Value> = st
+        .gw
+        .breakers()
+        .into_iter()
+        .map(|(name, b)| {
+            let mut v = serde_json::to_value(b.snapshot(now)).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("upstream".into(), Value::from(name));
+            }
+            v
+        })
+        .collect();
+    reply(StatusCode::OK, json!({"breakers": list}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBreaker {
+    upstream: String,
+}
+
+async fn reset_breaker(
+    State(st): State<Admin>,
+    Extension(who): Extension<AdminIdentity>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: ResetBreaker = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Some((_, b)) = st
+        .gw
+        .breakers()
+        .into_iter()
+        .find(|(n, _)| *n == req.upstream)
+    else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no upstream named {:?}", req.upstream)}),
+        );
+    };
+    let changed = b.reset().is_some();
+    st.gw.pep.monitor.containment(
+        "breaker-reset",
+        &format!("upstream:{}", req.upstream),
+        None,
+        &format!("admin:{}", who.0),
+    );
+    reply(StatusCode::OK, json!({"reset": changed}))
 }

@@ -57,6 +57,8 @@ pub struct Authenticator {
     pub metadata: Value,
     metadata_url: String,
     monitor: Option<Arc<crate::monitor::Monitor>>,
+    /// Revoked token ids (`jti`), checked on every request with a token.
+    revoked: Option<Arc<portcullis_contain::Containment>>,
 }
 
 fn jwks_source(s: &str) -> JwksSource {
@@ -166,12 +168,22 @@ impl Authenticator {
             resource,
             metadata,
             monitor: None,
+            revoked: None,
         })
     }
 
     /// Records every refused authentication in `monitor` (audit + metrics).
     pub fn with_monitor(mut self, monitor: Arc<crate::monitor::Monitor>) -> Authenticator {
         self.monitor = Some(monitor);
+        self
+    }
+
+    /// Refuses tokens whose `jti` is revoked in `state`.
+    pub fn with_containment(
+        mut self,
+        state: Arc<portcullis_contain::Containment>,
+    ) -> Authenticator {
+        self.revoked = Some(state);
         self
     }
 
@@ -307,7 +319,21 @@ impl Authenticator {
                 ));
             };
             match check.validate(&t).await {
-                Ok(claims) => p.user = Some(claims),
+                Ok(claims) => {
+                    let revoked = match (&self.revoked, claims.jti.as_deref()) {
+                        (Some(r), Some(jti)) => r.revocations.token_revoked(jti),
+                        _ => false,
+                    };
+                    if revoked {
+                        fail("token revoked");
+                        return Err(self.challenge(
+                            StatusCode::UNAUTHORIZED,
+                            Some(("invalid_token", "token revoked")),
+                            None,
+                        ));
+                    }
+                    p.user = Some(claims)
+                }
                 Err(e) => {
                     fail(&e.to_string());
                     let status =
@@ -378,6 +404,8 @@ fn failure_class(reason: &str) -> &'static str {
         "certificate_expired"
     } else if r.contains("certificate revoked") {
         "certificate_revoked"
+    } else if r.contains("token revoked") {
+        "token_revoked"
     } else if r.contains("posture") {
         "posture"
     } else if r.contains("scope") {

@@ -76,6 +76,12 @@ pub struct Config {
     /// Weights and half-lives of the behavioural risk score.
     #[serde(default)]
     pub risk: portcullis_monitor::risk::RiskConfig,
+    /// Breach containment: rate limits, concurrency, breakers, automatic quarantine.
+    #[serde(default)]
+    pub containment: crate::contain::ContainCfg,
+    /// Where containment state persists.
+    #[serde(default)]
+    pub store: crate::contain::StoreCfg,
 }
 
 /// Where the Cedar policies come from.
@@ -402,6 +408,23 @@ pub struct Limits {
     /// Most client sessions open at once.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Time a client has to send a request's headers. The same clock runs
+    /// while a kept-alive connection waits for its next request, so it is
+    /// also the idle timeout of a kept-alive connection.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Time a client has to finish the TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
+    /// Time the whole request body has to arrive in; slower gets 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Most connections open at once on a listener; more are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most connections open at once from one client address.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
 }
 
 fn default_max_body() -> usize {
@@ -422,6 +445,21 @@ fn default_idle() -> u64 {
 fn default_max_sessions() -> usize {
     10_000
 }
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_handshake_timeout() -> u64 {
+    10_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    256
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -432,6 +470,11 @@ impl Default for Limits {
             call_timeout_ms: default_call_timeout(),
             session_idle_timeout_secs: default_idle(),
             max_sessions: default_max_sessions(),
+            header_timeout_ms: default_header_timeout(),
+            handshake_timeout_ms: default_handshake_timeout(),
+            body_timeout_ms: default_body_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
         }
     }
 }
@@ -566,6 +609,8 @@ impl Config {
             policy: PolicyCfg::default(),
             audit: crate::monitor::AuditCfg::default(),
             risk: Default::default(),
+            containment: Default::default(),
+            store: Default::default(),
         }
     }
 
@@ -594,6 +639,17 @@ impl Config {
                     Some((k, why)) => invalid(k, why),
                     None => invalid("audit", e),
                 })?;
+        }
+        self.containment
+            .validate()
+            .map_err(|(k, why)| invalid(k, why))?;
+        for name in self.containment.rate.segments.keys() {
+            if !self.segments.iter().any(|s| &s.name == name) {
+                return Err(invalid(
+                    format!("containment.rate.segments.{name}"),
+                    "no segment of that name",
+                ));
+            }
         }
         if self.auth.allow_anonymous_loopback && !loopback {
             return Err(invalid(
@@ -671,6 +727,24 @@ impl Config {
         }
         if l.call_timeout_ms == 0 {
             return Err(invalid("limits.call_timeout_ms", "must be positive"));
+        }
+        for (key, ms) in [
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.body_timeout_ms", l.body_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if l.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "limits.max_connections_per_ip",
+                "must be at least 1",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         let mut client_names = std::collections::BTreeSet::new();
@@ -792,6 +866,11 @@ mod tests {
         let cases = [
             ("[listen]\naddr = \"nope\"", "listen.addr"),
             ("[limits]\nmax_json_depth = 1", "limits.max_json_depth"),
+            ("[limits]\nbody_timeout_ms = 0", "limits.body_timeout_ms"),
+            (
+                "[limits]\nmax_connections_per_ip = 0",
+                "limits.max_connections_per_ip",
+            ),
             ("[[upstream]]\nname = \"a__b\"\nurl = \"http://x/\"", "upstream[0].name"),
             ("[[upstream]]\nname = \"a\"", "upstream[0].url"),
             ("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"", "upstream[0].url"),

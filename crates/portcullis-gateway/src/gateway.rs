@@ -61,6 +61,8 @@ pub struct Upstream {
     pub(crate) seen_init: StdMutex<Option<(String, Arc<Value>)>>,
     /// Whether the held session's GET stream feeds the hub.
     pub(crate) hub_fed: std::sync::atomic::AtomicBool,
+    /// Opens when the upstream keeps failing: calls then fail fast.
+    pub(crate) breaker: Arc<portcullis_contain::breaker::Breaker>,
 }
 
 /// A step of a call in progress, as produced by its task.
@@ -138,8 +140,6 @@ pub struct Gateway {
     tool_meta: StdMutex<HashMap<String, portcullis_policy::Annotations>>,
     /// Policy facts of 2026-07-28 clients, per identity (they have no session).
     stateless_facts: StdMutex<HashMap<String, Arc<crate::session::Facts>>>,
-    /// GCRA state of `@rate_class` obligations: (identity, class) → next allowed time.
-    rates: StdMutex<HashMap<(String, String), Instant>>,
     /// Pending human approvals of 2026-07-28 clients, by token.
     approvals: StdMutex<HashMap<String, (String, Instant)>>,
 }
@@ -152,6 +152,8 @@ enum Refusal {
     Denied(String),
     /// Already answered (an input-required result went out).
     Answered,
+    /// Quarantined or under the kill switch.
+    Quarantined(portcullis_contain::Mode),
 }
 
 /// The server name policy sees for requests the gateway answers itself.
@@ -164,6 +166,31 @@ const APPROVAL_KEY: &str = "portcullis-approval";
 
 fn err(id: Option<Box<RawValue>>, code: i64, msg: &str) -> Message {
     Message::error(id, code, msg, None)
+}
+
+/// The answer to a contained caller: that it is contained and how, not why
+/// (the reason is for operators and the audit log).
+fn quarantined(id: Option<Box<RawValue>>, mode: portcullis_contain::Mode) -> Message {
+    Message::error(
+        id,
+        codes::QUARANTINED,
+        &format!(
+            "Forbidden: this identity is quarantined ({})",
+            mode.as_str()
+        ),
+        Some(json!({"mode": mode.as_str()})),
+    )
+}
+
+/// The answer to a rate-limited request, with when to retry.
+fn rate_limited(id: Option<Box<RawValue>>, limit: &str, wait: Duration) -> Message {
+    let secs = wait.as_secs_f64();
+    Message::error(
+        id,
+        codes::RATE_LIMITED,
+        &format!("Rate limited ({limit}): retry after {secs:.1} s"),
+        Some(json!({"retryAfterSeconds": secs.ceil().max(1.0), "limit": limit})),
+    )
 }
 
 fn list_key(method: &str) -> Option<(&'static str, &'static str)> {
@@ -263,6 +290,9 @@ impl Gateway {
                         shared: tokio::sync::Mutex::new(None),
                         timeout,
                         hub_fed: std::sync::atomic::AtomicBool::new(false),
+                        breaker: Arc::new(portcullis_contain::breaker::Breaker::new(
+                            cfg.containment.breaker,
+                        )),
                         seen_init: StdMutex::new(None),
                     }
                 })
@@ -280,7 +310,6 @@ impl Gateway {
                 tool_meta: StdMutex::new(HashMap::new()),
                 approvals: StdMutex::new(HashMap::new()),
                 stateless_facts: StdMutex::new(HashMap::new()),
-                rates: StdMutex::new(HashMap::new()),
             }
         })
     }
@@ -288,6 +317,14 @@ impl Gateway {
     /// Names of the configured upstreams, in order.
     pub fn upstream_names(&self) -> Vec<String> {
         self.upstreams.iter().map(|u| u.name.clone()).collect()
+    }
+
+    /// Each upstream's circuit breaker, by name.
+    pub fn breakers(&self) -> Vec<(String, Arc<portcullis_contain::breaker::Breaker>)> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.breaker.clone()))
+            .collect()
     }
 
     /// Number of upstreams.
@@ -558,6 +595,22 @@ impl Gateway {
             return;
         }
         let stateless = client.is_stateless();
+        // Containment first: a deny-all caller gets nothing, not even a ping.
+        let contain = &self.pep.contain;
+        if contain.verdict(client).mode() == Some(portcullis_contain::Mode::DenyAll) {
+            let res = portcullis_policy::ResourceFacts::server(GATEWAY_SERVER);
+            let action = portcullis_policy::Action::from_method(&method, false);
+            if let Some((mode, _)) = self.pep.contained(client, &action, &method, &res) {
+                let _ = out.send(quarantined(id, mode)).await;
+                return;
+            }
+        }
+        let Some(_slot) = contain.slot(client) else {
+            let _ = out
+                .send(rate_limited(id, "concurrency", Duration::from_secs(1)))
+                .await;
+            return;
+        };
         if matches!(
             method.as_str(),
             "ping" | "server/discover" | "subscriptions/listen" | "logging/setLevel"
@@ -875,32 +928,6 @@ impl Gateway {
         m.entry(key.to_owned()).or_default().clone()
     }
 
-    /// The `@rate_class` obligation: a GCRA limit per (identity, class).
-    /// `Err` carries the seconds to wait.
-    fn check_rate(&self, client: &Client, class: &str) -> Result<(), f64> {
-        let Some(rc) = self.cfg.policy.rate_classes.get(class).copied() else {
-            // An unknown class is a policy mistake: refuse rather than run unlimited.
-            tracing::warn!(
-                class,
-                "rate class named by policy is not configured; denying"
-            );
-            return Err(60.0);
-        };
-        let interval = Duration::from_secs_f64(60.0 / f64::from(rc.per_minute.max(1)));
-        let tolerance = interval * rc.burst.max(1);
-        let now = Instant::now();
-        let mut m = lock(&self.rates);
-        let tat = m
-            .entry((client.owner.clone(), class.to_owned()))
-            .or_insert(now);
-        let next = (*tat).max(now) + interval;
-        if next > now + tolerance {
-            return Err((next - now - tolerance).as_secs_f64());
-        }
-        *tat = next;
-        Ok(())
-    }
-
     /// Counts an allowed call and records the labels it reads (taint).
     fn note_read(&self, client: &Client, labels: &[String]) {
         let f = client.facts();
@@ -972,6 +999,9 @@ impl Gateway {
         id: Option<Box<RawValue>>,
         out: &Out<'_>,
     ) -> Result<portcullis_policy::Decision, Refusal> {
+        if let Some((mode, _)) = self.pep.contained(client, &action, method, res) {
+            return Err(Refusal::Quarantined(mode));
+        }
         if !self.pep.visible(client, action.clone(), method, res) {
             // Record the refusal as a decision (visibility answers are cached
             // quietly; a refused request is not).
@@ -979,21 +1009,43 @@ impl Gateway {
             return Err(Refusal::Hidden);
         }
         let args = params.get("arguments").filter(|a| !a.is_null());
+        let is_call = action == portcullis_policy::Action::CallTool;
         let d = self.pep.decide(client, action, method, res, args);
         if !d.allow {
             return Err(Refusal::Denied(d.reason.clone()));
         }
-        if let Some(class) = &d.obligations.rate_class {
-            if let Err(wait) = self.check_rate(client, class) {
-                let e = Message::error(
-                    id,
-                    codes::RATE_LIMITED,
-                    &format!("Rate limited: retry after {wait:.1} s"),
-                    Some(json!({"retryAfterSeconds": wait.ceil(), "rateClass": class})),
-                );
-                let _ = out.send(e).await;
-                return Err(Refusal::Answered);
-            }
+        let class = match &d.obligations.rate_class {
+            None => None,
+            Some(name) => match self.cfg.policy.rate_classes.get(name) {
+                Some(rc) => Some((
+                    name.as_str(),
+                    portcullis_contain::rate::Rate {
+                        per_minute: rc.per_minute,
+                        burst: rc.burst,
+                    },
+                )),
+                None => {
+                    // An unknown class is a policy mistake: refuse rather than run unlimited.
+                    tracing::warn!(class = %name, "rate class named by policy is not configured; denying");
+                    let _ = out
+                        .send(rate_limited(
+                            id,
+                            &format!("class:{name}"),
+                            Duration::from_secs(60),
+                        ))
+                        .await;
+                    return Err(Refusal::Answered);
+                }
+            },
+        };
+        let tool = is_call.then_some(res.id.as_str());
+        if let Err(crate::contain::Stop::Rate { limit, wait }) =
+            self.pep.contain.rate(client, tool, &res.segments, class)
+        {
+            tracing::info!(identity = %client.owner, limit = %limit, wait_ms = wait.as_millis() as u64, "rate limited");
+            self.pep.monitor.metrics.containment("rate_limited");
+            let _ = out.send(rate_limited(id, &limit, wait)).await;
+            return Err(Refusal::Answered);
         }
         if let Some(message) = d.obligations.require_approval.clone() {
             self.approve(client, method, res, params, &message, id, out)
@@ -1123,6 +1175,7 @@ impl Gateway {
                 &format!("Denied by policy: {reason}"),
                 None,
             ),
+            Refusal::Quarantined(mode) => quarantined(id, mode),
         };
         let _ = out.send(m).await;
     }
@@ -1573,20 +1626,39 @@ impl Gateway {
         m: Message,
         forwarded: Vec<(String, String)>,
     ) -> Steps {
-        let (name, timeout) = self
-            .upstreams
-            .get(idx)
-            .map(|u| (u.name.clone(), u.timeout))
-            .unwrap_or_else(|| (String::new(), Duration::from_secs(60)));
+        let (name, timeout, breaker) = match self.upstreams.get(idx) {
+            Some(u) => (u.name.clone(), u.timeout, Some(u.breaker.clone())),
+            None => (String::new(), Duration::from_secs(60), None),
+        };
         let (ev_tx, events) = mpsc::channel::<Message>(64);
         let pep = self.pep.clone();
         let call = async move {
             let began = Instant::now();
+            use portcullis_contain::breaker::Ticket;
+            let ticket = match breaker.as_ref().map(|b| Ticket::take(b, began)) {
+                Some(Err(wait)) => {
+                    let secs = wait.as_secs().max(1);
+                    return Err(UpstreamError::CircuitOpen(name, secs));
+                }
+                Some(Ok(t)) => Some(t),
+                None => None,
+            };
             let r = tokio::time::timeout(timeout, conn.call(&m, &forwarded, &ev_tx, timeout)).await;
             pep.monitor.metrics.stage(
                 portcullis_monitor::metrics::Stage::Upstream,
                 began.elapsed(),
             );
+            if let Some(ticket) = ticket {
+                let failure = match &r {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no answer within {} ms", timeout.as_millis())),
+                };
+                let reason = failure.as_deref().unwrap_or("");
+                if let Some(t) = ticket.finish(failure.is_none(), reason, Instant::now()) {
+                    breaker_moved(&pep.monitor, &name, &t);
+                }
+            }
             match r {
                 Ok(r) => r,
                 Err(_) => {
@@ -2045,6 +2117,61 @@ impl Gateway {
         });
     }
 
+    /// Acts on containment changes the moment they happen: sessions of a
+    /// newly restricted identity lose their open SSE streams (their next
+    /// message meets the quarantine), sessions that used a revoked token
+    /// end.
+    pub fn watch_containment(self: &Arc<Self>) {
+        let mut rx = self.pep.contain.state.subscribe();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(ev) => Some(ev),
+                    // Missed some: re-check every session.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(gw) = me.upgrade() else { return };
+                gw.on_containment(ev).await;
+            }
+        });
+    }
+
+    async fn on_containment(&self, ev: Option<portcullis_contain::ContainEvent>) {
+        use portcullis_contain::revocation::RevokedKind;
+        use portcullis_contain::ContainEvent;
+        match ev {
+            Some(ContainEvent::Released(_)) | Some(ContainEvent::KillSwitch(None)) => {}
+            Some(ContainEvent::Revoked(r)) if r.kind == RevokedKind::Token => {
+                for c in self.sessions.all() {
+                    let used = c.principal.user.as_ref().and_then(|u| u.jti.as_deref());
+                    if used == Some(r.value.as_str()) {
+                        if let Some(c) = self.sessions.remove(&c.id) {
+                            close_streams(&c);
+                            self.end_session(&c, "token revoked").await;
+                        }
+                    }
+                }
+            }
+            Some(ContainEvent::Revoked(_)) => {}
+            Some(ContainEvent::Quarantined(_)) | Some(ContainEvent::KillSwitch(Some(_))) | None => {
+                let mut closed = 0usize;
+                for c in self.sessions.all() {
+                    if self.pep.contain.verdict(&c).mode().is_some() {
+                        closed += close_streams(&c);
+                    }
+                }
+                if closed > 0 {
+                    tracing::warn!(
+                        streams = closed,
+                        "containment: closed the open streams of restricted sessions"
+                    );
+                }
+            }
+        }
+    }
+
     /// Ends a handshake-era session: its upstream sessions are closed.
     pub async fn end_session(&self, client: &Arc<Client>, reason: &str) {
         self.pep.monitor.session_end(client, reason);
@@ -2061,6 +2188,44 @@ impl Gateway {
             drop(r);
         }
     }
+}
+
+/// Ends every open SSE stream of a session (the HTTP bodies finish);
+/// returns how many were live.
+pub(crate) fn close_streams(c: &Client) -> usize {
+    let mut n = 0;
+    for buf in lock(&c.streams).values_mut() {
+        if buf.live.take().is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Logs, audits and exposes a breaker's change of state.
+fn breaker_moved(
+    monitor: &crate::monitor::Monitor,
+    upstream: &str,
+    t: &portcullis_contain::breaker::Transition,
+) {
+    use portcullis_contain::breaker::State;
+    let action = match t.to {
+        State::Open => "breaker-open",
+        State::HalfOpen => "breaker-half-open",
+        State::Closed => "breaker-closed",
+    };
+    if t.to == State::Open {
+        tracing::warn!(upstream, reason = %t.reason, "circuit breaker opened: calls fail fast");
+    } else {
+        tracing::info!(upstream, reason = %t.reason, state = t.to.as_str(), "circuit breaker");
+    }
+    monitor.metrics.upstream(upstream, t.to == State::Closed);
+    monitor.containment(
+        action,
+        &format!("upstream:{upstream}"),
+        Some(&t.reason),
+        "breaker",
+    );
 }
 
 /// The params without the input-round fields a client adds on retry.

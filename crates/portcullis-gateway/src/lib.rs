@@ -11,6 +11,7 @@ mod admin_contain;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod contain;
 pub mod gateway;
 mod listen;
 pub mod listener;

@@ -14,7 +14,11 @@ use portcullis_policy::{
 };
 use serde_json::Value;
 
+use portcullis_contain::rules::{Severity, Trigger};
+use portcullis_contain::{Containment, Mode, Verdict};
+
 use crate::config::Config;
+use crate::contain::Guard;
 use crate::monitor::{DecisionEvent, Monitor};
 use crate::segments::{ItemKind, Segments};
 use crate::session::{Client, Facts};
@@ -35,6 +39,8 @@ pub struct Pep {
     schema: Option<PathBuf>,
     /// Where decisions are recorded and risk is kept.
     pub monitor: Arc<Monitor>,
+    /// Quarantines, kill switch, limits and automatic responses.
+    pub contain: Arc<Guard>,
 }
 
 fn load(files: &[PathBuf], schema: Option<&PathBuf>) -> Result<Engine, String> {
@@ -152,7 +158,112 @@ impl Pep {
             files: cfg.policy.files.clone(),
             schema: cfg.policy.schema.clone(),
             monitor,
+            contain: Arc::new(Guard::new(
+                Arc::new(Containment::in_memory()),
+                cfg.containment.clone(),
+            )),
         })
+    }
+
+    /// Enforces (and persists into) `state` instead of a throwaway one.
+    pub fn with_containment(mut self, state: Arc<Containment>) -> Pep {
+        self.contain = Arc::new(Guard::new(state, self.contain.cfg().clone()));
+        self
+    }
+
+    /// The containment check before policy: `Some` (and a recorded deny)
+    /// when the kill switch or a quarantine forbids this request.
+    pub fn contained(
+        &self,
+        client: &Client,
+        action: &Action,
+        method: &str,
+        resource: &ResourceFacts,
+    ) -> Option<(Mode, String)> {
+        let Verdict::Restricted {
+            mode,
+            source,
+            reason,
+        } = self.contain.verdict(client)
+        else {
+            return None;
+        };
+        if self.contain.permits(mode, action, resource) {
+            return None;
+        }
+        let d = Decision {
+            allow: false,
+            reason: format!("{} ({source}): {reason}", mode.as_str()),
+            determining: vec![format!("containment:{source}")],
+            errors: Vec::new(),
+            obligations: Default::default(),
+        };
+        let risk = RiskScore {
+            score: self.monitor.risk.score(&client.owner).score,
+            factors: Vec::new(),
+        };
+        let began = std::time::Instant::now();
+        self.record(
+            client,
+            action,
+            method,
+            resource,
+            &d,
+            &self.engine(),
+            &risk,
+            None,
+            began,
+        );
+        Some((mode, source))
+    }
+
+    /// Applies the quarantines fired rules ask for: in force at once,
+    /// audited, stored in the background.
+    pub fn auto_contain(&self, client: &Client, triggers: Vec<Trigger>) -> bool {
+        let mut applied = false;
+        for t in triggers {
+            let Some(q) = self.contain.quarantine_for(client, &t) else {
+                continue;
+            };
+            let now = portcullis_contain::now_unix();
+            let existing = self
+                .contain
+                .state
+                .quarantines
+                .list(now)
+                .into_iter()
+                .find(|e| e.target == q.target);
+            if existing.is_some_and(|e| e.mode >= q.mode) {
+                continue;
+            }
+            tracing::warn!(target = %q.target, mode = q.mode.as_str(), rule = %t.rule, reason = %q.reason, "automatic quarantine");
+            self.monitor
+                .containment("quarantine", &q.target.to_string(), Some(&q.reason), &q.by);
+            self.contain.state.enforce(q.clone());
+            applied = true;
+            let state = self.contain.state.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = state.persist(&q).await {
+                        tracing::error!(error = %e, target = %q.target, "automatic quarantine in force but not stored");
+                    }
+                });
+            }
+        }
+        applied
+    }
+
+    /// Feeds a detector finding to the automatic quarantine rules.
+    pub fn contain_finding(&self, client: &Client, severity: FindingSeverity, rule: &str) {
+        let s = match severity {
+            FindingSeverity::Low => Severity::Low,
+            FindingSeverity::Medium => Severity::Medium,
+            FindingSeverity::High => Severity::High,
+        };
+        let t = self.contain.on_finding(s, rule);
+        if !t.is_empty() {
+            self.auto_contain(client, t);
+        }
     }
 
     /// The policy set in force.
@@ -285,7 +396,7 @@ impl Pep {
         let allow = self
             .decide_with(
                 client,
-                action,
+                action.clone(),
                 method,
                 resource,
                 None,
@@ -294,7 +405,16 @@ impl Pep {
             )
             .allow;
         client.cache_visibility(engine.hash(), key, allow);
-        allow
+        allow && self.contain_permits(client, &action, resource)
+    }
+
+    /// Whether containment leaves `action` on `resource` to this client
+    /// (never cached: a quarantine applies to the very next message).
+    fn contain_permits(&self, client: &Client, action: &Action, resource: &ResourceFacts) -> bool {
+        match self.contain.verdict(client) {
+            Verdict::Clear => true,
+            Verdict::Restricted { mode, .. } => self.contain.permits(mode, action, resource),
+        }
     }
 
     #[expect(clippy::too_many_arguments, reason = "one decision's whole context")]
@@ -320,6 +440,26 @@ impl Pep {
                 factors: Vec::new(),
             }
         };
+        if record {
+            let fired = self.contain.on_risk(risk.score);
+            if !fired.is_empty() && self.auto_contain(client, fired) {
+                if let Verdict::Restricted { mode, source, .. } = self.contain.verdict(client) {
+                    if !self.contain.permits(mode, &action, resource) {
+                        let d = Decision {
+                            allow: false,
+                            reason: format!("quarantined ({source}) by an automatic rule"),
+                            determining: vec![format!("containment:{source}")],
+                            errors: Vec::new(),
+                            obligations: Default::default(),
+                        };
+                        self.record(
+                            client, &action, method, resource, &d, &engine, &risk, args, began,
+                        );
+                        return d;
+                    }
+                }
+            }
+        }
         let mut d = engine.decide(&Request {
             principal,
             action: action.clone(),
@@ -344,6 +484,32 @@ impl Pep {
                 obligations: Default::default(),
             };
         }
+        if !d.allow {
+            let fired = self.contain.on_denial(client);
+            if !fired.is_empty() {
+                self.auto_contain(client, fired);
+            }
+        }
+        self.record(
+            client, &action, method, resource, &d, &engine, &risk, args, began,
+        );
+        d
+    }
+
+    /// Logs and audits one decision.
+    #[expect(clippy::too_many_arguments, reason = "one decision's whole context")]
+    fn record(
+        &self,
+        client: &Client,
+        action: &Action,
+        method: &str,
+        resource: &ResourceFacts,
+        d: &Decision,
+        engine: &Engine,
+        risk: &RiskScore,
+        args: Option<&Value>,
+        began: std::time::Instant,
+    ) {
         tracing::info!(
             target: "portcullis::decision",
             allow = d.allow,
@@ -363,13 +529,12 @@ impl Pep {
             action: action.as_str(),
             method,
             resource,
-            decision: &d,
+            decision: d,
             policy_hash: engine.hash(),
-            risk: &risk,
+            risk,
             args,
             took: began.elapsed(),
         });
-        d
     }
 
     /// Feeds one request to the identity's risk (argument findings are
@@ -393,15 +558,17 @@ impl Pep {
             },
         );
         for f in &findings {
+            let sev = match f.severity {
+                portcullis_inspect::args::Severity::Low => FindingSeverity::Low,
+                portcullis_inspect::args::Severity::Medium => FindingSeverity::Medium,
+                portcullis_inspect::args::Severity::High => FindingSeverity::High,
+            };
+            self.contain_finding(client, sev, f.rule);
             self.monitor.record_finding(
                 &client.owner,
                 "arguments",
                 f.rule,
-                match f.severity {
-                    portcullis_inspect::args::Severity::Low => FindingSeverity::Low,
-                    portcullis_inspect::args::Severity::Medium => FindingSeverity::Medium,
-                    portcullis_inspect::args::Severity::High => FindingSeverity::High,
-                },
+                sev,
                 Some(&resource.id),
                 serde_json::json!({"path": f.path}),
             );

@@ -75,8 +75,10 @@ async fn metadata(State(st): State<AppState>) -> Response {
     r
 }
 
-/// Spawns the idle-session sweeper.
+/// Spawns the idle-session and quarantine sweeper, and the task that acts
+/// on containment changes.
 pub fn spawn_sweeper(gw: Arc<Gateway>) {
+    gw.watch_containment();
     tokio::spawn(async move {
         let idle = Duration::from_secs(gw.cfg.limits.session_idle_timeout_secs);
         let mut tick =
@@ -86,6 +88,16 @@ pub fn spawn_sweeper(gw: Arc<Gateway>) {
             for c in gw.sessions.expire(idle) {
                 tracing::info!(session = %c.id, "session expired (idle)");
                 gw.end_session(&c, "idle timeout").await;
+            }
+            let state = &gw.pep.contain.state;
+            for q in state.sweep(portcullis_contain::now_unix()).await {
+                tracing::info!(target = %q.target, "quarantine expired");
+                gw.pep.monitor.containment(
+                    "quarantine-expired",
+                    &q.target.to_string(),
+                    None,
+                    "expiry",
+                );
             }
         }
     });
@@ -288,17 +300,31 @@ async fn read_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Byt
         ));
     }
     let limits = &st.gw.cfg.limits;
-    let bytes = match axum::body::to_bytes(body, limits.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            return Err(error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                None,
-                codes::INVALID_REQUEST,
-                &format!("request body larger than {} bytes", limits.max_body_bytes),
-            ))
-        }
-    };
+    let within = Duration::from_millis(limits.body_timeout_ms);
+    let bytes =
+        match tokio::time::timeout(within, axum::body::to_bytes(body, limits.max_body_bytes)).await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return Err(error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    None,
+                    codes::INVALID_REQUEST,
+                    &format!("request body larger than {} bytes", limits.max_body_bytes),
+                ))
+            }
+            Err(_) => {
+                return Err(error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    None,
+                    codes::INVALID_REQUEST,
+                    &format!(
+                        "request body did not arrive within {} ms",
+                        limits.body_timeout_ms
+                    ),
+                ))
+            }
+        };
     if depth::within_depth(&bytes, limits.max_json_depth).is_none() {
         let e = WireError::TooDeep(limits.max_json_depth);
         return Err(error_response(
@@ -702,6 +728,23 @@ async fn get(st: AppState, caller: Caller, headers: HeaderMap) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
+    let listen = portcullis_policy::Action::Subscribe;
+    let res = portcullis_policy::ResourceFacts::server(crate::gateway::GATEWAY_SERVER);
+    if let Some((mode, _)) = st.gw.pep.contained(&client, &listen, "GET", &res) {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &Message::error(
+                None,
+                codes::QUARANTINED,
+                &format!(
+                    "Forbidden: this identity is quarantined ({})",
+                    mode.as_str()
+                ),
+                Some(json!({"mode": mode.as_str()})),
+            ),
+            &[],
+        );
+    }
     let resume = header_str(&headers, "last-event-id").and_then(|v| {
         let (s, q) = v.split_once('-')?;
         Some((s.parse::<u64>().ok()?, q.parse::<u64>().ok()?))

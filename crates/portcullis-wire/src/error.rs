@@ -23,6 +23,11 @@ pub mod codes {
     pub const UPSTREAM_TIMEOUT: i64 = -32011;
     /// Portcullis: the upstream answered with something that is not MCP.
     pub const UPSTREAM_PROTOCOL: i64 = -32012;
+    /// Portcullis: the upstream's circuit breaker is open (it kept failing);
+    /// `data.retryAfterSeconds` says when a probe will be let through.
+    pub const CIRCUIT_OPEN: i64 = -32013;
+    /// Portcullis: the caller is quarantined (or the kill switch is on).
+    pub const QUARANTINED: i64 = -32032;
     /// Portcullis: a rate limit applies; `data.retryAfterSeconds` says when to retry.
     pub const RATE_LIMITED: i64 = -32029;
     /// Portcullis: the request was denied by policy (or its approval refused).

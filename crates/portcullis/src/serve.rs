@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use portcullis_contain::revocation::RevokedKind;
 use portcullis_gateway::auth::Authenticator;
 use portcullis_gateway::config::{ListenTls, OAuth, TlsMode, UpstreamConfig};
 use portcullis_gateway::{server, Config, Gateway};
@@ -167,11 +168,19 @@ async fn dev_setup(cfg: &mut Config) -> anyhow::Result<Dev> {
     })
 }
 
-/// Keeps the deny list in step with its file (re-read when it changes).
-fn watch_deny_list(path: PathBuf, deny: Arc<DenyList>) -> anyhow::Result<()> {
+/// Keeps the deny list in step with its file (re-read when it changes);
+/// certificates revoked through the admin API (`stored`) stay refused.
+fn watch_deny_list(
+    path: PathBuf,
+    deny: Arc<DenyList>,
+    stored: impl Fn() -> Vec<String> + Send + 'static,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("listen.tls.deny_list: {}", path.display()))?;
     deny.replace(DenyList::parse(&text));
+    for v in stored() {
+        deny.add(&v);
+    }
     tokio::spawn(async move {
         let mut last = tokio::fs::metadata(&path)
             .await
@@ -188,6 +197,9 @@ fn watch_deny_list(path: PathBuf, deny: Arc<DenyList>) -> anyhow::Result<()> {
                 match tokio::fs::read_to_string(&path).await {
                     Ok(t) => {
                         deny.replace(DenyList::parse(&t));
+                        for v in stored() {
+                            deny.add(&v);
+                        }
                         tracing::info!(entries = deny.len(), "deny list reloaded");
                     }
                     // Keep the last list: a missing file must not un-revoke.
@@ -282,9 +294,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let url = format!("{scheme}://{bound}{path}");
     let resource = cfg.auth.resource.clone().unwrap_or_else(|| url.clone());
 
+    // Containment state (quarantines, revocations, kill switch) from the
+    // store, before anything is served.
+    let contain =
+        portcullis_gateway::contain::open_state(&cfg, dev.as_ref().map(|d| d.state.as_path()))
+            .await
+            .map_err(anyhow::Error::msg)?;
     let deny = Arc::new(DenyList::default());
+    let revoked_certs = {
+        let c = contain.clone();
+        move || {
+            c.revocations
+                .list()
+                .into_iter()
+                .filter(|r| r.kind == RevokedKind::Certificate)
+                .map(|r| r.value)
+                .collect::<Vec<_>>()
+        }
+    };
+    for v in revoked_certs() {
+        deny.add(&v);
+    }
     if let Some(p) = &cfg.listen.tls.deny_list {
-        watch_deny_list(p.clone(), deny.clone())?;
+        watch_deny_list(p.clone(), deny.clone(), revoked_certs)?;
     }
     let tls_config = if tls_on {
         let t = &cfg.listen.tls;
@@ -315,7 +347,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let pep = Arc::new(
         portcullis_gateway::pep::Pep::with_monitor(&cfg, monitor.clone())
-            .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("policy: {e}"))?
+            .with_containment(contain.clone()),
     );
     pep.watch();
     if !monitor.auditing() {
@@ -326,7 +359,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = Arc::new(
         Authenticator::new(&cfg, resource.clone(), deny, bound.ip().is_loopback())
             .map_err(anyhow::Error::msg)?
-            .with_monitor(monitor.clone()),
+            .with_monitor(monitor.clone())
+            .with_containment(contain.clone()),
     );
     if cfg.auth.oauth.is_none() && cfg.listen.tls.client_ca.is_empty() && !auth.anonymous_ok() {
         tracing::warn!("no way to authenticate is configured (no [auth.oauth], no listen.tls.client_ca): every request will be refused");
@@ -356,7 +390,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else if auth.anonymous_ok() {
         eprintln!("portcullis: unauthenticated access allowed on loopback (--allow-anonymous-loopback); for development only");
     }
-    portcullis_gateway::listener::serve(listener, tls_config, app, shutdown_signal()).await;
+    let limits = portcullis_gateway::listener::ConnLimits::from(&gw.cfg.limits);
+    portcullis_gateway::listener::serve(listener, tls_config, app, limits, shutdown_signal()).await;
     gw.shutdown();
     monitor.shutdown();
     // Give stdio children their grace period.

@@ -32,6 +32,9 @@ pub enum UpstreamError {
     /// The upstream no longer knows the session the gateway held.
     #[error("upstream {0} ended the session")]
     SessionGone(String),
+    /// The upstream's circuit breaker is open: not tried at all.
+    #[error("upstream {0} is failing and its circuit is open; retry in {1} s")]
+    CircuitOpen(String, u64),
 }
 
 impl UpstreamError {
@@ -43,6 +46,14 @@ impl UpstreamError {
             }
             UpstreamError::Timeout(..) => codes::UPSTREAM_TIMEOUT,
             UpstreamError::Protocol(..) => codes::UPSTREAM_PROTOCOL,
+            UpstreamError::CircuitOpen(_, secs) => {
+                return Message::error(
+                    id,
+                    codes::CIRCUIT_OPEN,
+                    &self.to_string(),
+                    Some(serde_json::json!({"retryAfterSeconds": secs})),
+                )
+            }
         };
         Message::error(id, code, &self.to_string(), None)
     }

@@ -1,0 +1,362 @@
+//! The containment stage: before policy, every request meets the kill
+//! switch, the caller's quarantines, its concurrency cap and its rate
+//! limits; after policy, denials and findings feed the rules that
+//! quarantine automatically. The state itself lives in
+//! `portcullis-contain`; this module maps a session onto it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_contain::breaker::BreakerConfig;
+use portcullis_contain::concurrency::{InFlight, Slot};
+use portcullis_contain::rate::{Limiter, Rate};
+use portcullis_contain::rules::{AutoRule, AutoRules, Severity, Trigger};
+use portcullis_contain::{Containment, Mode, Quarantine, Subject, Target, TargetKind, Verdict};
+use portcullis_policy::{Action, ResourceFacts, ResourceKind};
+use serde::Deserialize;
+
+use crate::session::Client;
+
+/// `[containment]`: limits and automatic responses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainCfg {
+    /// Labels a tool (or resource, prompt) needs to stay usable in
+    /// read-only mode, besides a `readOnlyHint` annotation for tools.
+    /// Empty: the annotation alone suffices.
+    #[serde(default = "default_safe")]
+    pub read_only_labels: Vec<String>,
+    /// Requests one identity may have in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_per_identity: usize,
+    /// Rate limits (GCRA).
+    #[serde(default)]
+    pub rate: RateCfg,
+    /// Upstream circuit breakers.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Rules that quarantine automatically.
+    #[serde(default)]
+    pub auto: Vec<AutoRule>,
+}
+
+fn default_safe() -> Vec<String> {
+    vec!["safe".into()]
+}
+fn default_concurrency() -> usize {
+    64
+}
+
+impl Default for ContainCfg {
+    fn default() -> Self {
+        ContainCfg {
+            read_only_labels: default_safe(),
+            max_concurrent_per_identity: default_concurrency(),
+            rate: RateCfg::default(),
+            breaker: BreakerConfig::default(),
+            auto: Vec::new(),
+        }
+    }
+}
+
+/// `[containment.rate]`: every limit applies per calling identity.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateCfg {
+    /// All of an identity's requests.
+    #[serde(default)]
+    pub identity: Option<Rate>,
+    /// An identity's calls of one tool, by client-facing tool name.
+    #[serde(default)]
+    pub tools: BTreeMap<String, Rate>,
+    /// An identity's requests into one segment, by segment name.
+    #[serde(default)]
+    pub segments: BTreeMap<String, Rate>,
+}
+
+/// `[store]`: where containment state (and later pins, baselines) persists.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreCfg {
+    /// `file` (default: embedded journal under `path`) or `memory`.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// Folder of the file store (default: `<state_dir>/store`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+/// Which store implementation.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded, persistent journal.
+    #[default]
+    File,
+    /// In memory: lost at exit.
+    Memory,
+}
+
+impl ContainCfg {
+    /// Checks values a typo could make dangerous; the error names the key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.max_concurrent_per_identity == 0 {
+            return Err((
+                "containment.max_concurrent_per_identity".into(),
+                "must be positive".into(),
+            ));
+        }
+        let rates = self
+            .rate
+            .identity
+            .iter()
+            .map(|r| ("containment.rate.identity".to_owned(), r))
+            .chain(
+                self.rate
+                    .tools
+                    .iter()
+                    .map(|(k, r)| (format!("containment.rate.tools.{k}"), r)),
+            )
+            .chain(
+                self.rate
+                    .segments
+                    .iter()
+                    .map(|(k, r)| (format!("containment.rate.segments.{k}"), r)),
+            );
+        for (k, r) in rates {
+            if r.per_minute == 0 {
+                return Err((format!("{k}.per_minute"), "must be positive".into()));
+            }
+        }
+        if self.breaker.failures == 0 || self.breaker.open_secs == 0 {
+            return Err((
+                "containment.breaker".into(),
+                "failures and open_secs must be positive".into(),
+            ));
+        }
+        for (i, r) in self.auto.iter().enumerate() {
+            r.validate()
+                .map_err(|e| (format!("containment.auto[{i}]"), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Why containment stopped a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    /// Quarantined or kill switch: the client gets `QUARANTINED`.
+    Restricted {
+        /// Deny-all or read-only.
+        mode: Mode,
+        /// `killswitch` or the quarantine's target.
+        source: String,
+        /// For operators (audit), never for the caller.
+        reason: String,
+    },
+    /// Over a rate limit: retry after this long.
+    Rate {
+        /// Which limit (`identity`, `tool:<name>`, `segment:<name>`, `class:<name>`).
+        limit: String,
+        /// Wait before retrying.
+        wait: Duration,
+    },
+}
+
+/// The containment stage shared by every request.
+pub struct Guard {
+    /// Quarantines, kill switch, revocations (persisted).
+    pub state: Arc<Containment>,
+    cfg: ContainCfg,
+    rules: AutoRules,
+    rates: Limiter,
+    inflight: InFlight,
+}
+
+impl Guard {
+    /// The stage over `state` with `cfg`.
+    pub fn new(state: Arc<Containment>, cfg: ContainCfg) -> Guard {
+        Guard {
+            rules: AutoRules::new(cfg.auto.clone()),
+            state,
+            cfg,
+            rates: Limiter::default(),
+            inflight: InFlight::default(),
+        }
+    }
+
+    /// Config of this stage.
+    pub fn cfg(&self) -> &ContainCfg {
+        &self.cfg
+    }
+
+    /// What containment says about this client now.
+    pub fn verdict(&self, client: &Client) -> Verdict {
+        let p = &client.principal;
+        let agent = p.workload.as_ref().map(|w| w.to_string());
+        let user = p.user_id();
+        let device = p.device.verified().map(|d| d.device_id.as_str());
+        let s = Subject {
+            identity: &client.owner,
+            agent: agent.as_deref(),
+            user: user.as_deref(),
+            device,
+            session: (!client.id.is_empty()).then_some(client.id.as_str()),
+        };
+        self.state.verdict(&s, portcullis_contain::now_unix())
+    }
+
+    /// Whether a restricted caller may still do `action` on `res`:
+    /// deny-all allows nothing; read-only allows listings and pings, tools
+    /// annotated read-only (and not destructive) that carry a safe label,
+    /// and reads of items that carry one.
+    pub fn permits(&self, mode: Mode, action: &Action, res: &ResourceFacts) -> bool {
+        if mode == Mode::DenyAll {
+            return false;
+        }
+        let safe = self.cfg.read_only_labels.is_empty()
+            || res
+                .labels
+                .iter()
+                .any(|l| self.cfg.read_only_labels.contains(l));
+        match action {
+            Action::ListTools
+            | Action::ListResources
+            | Action::ListResourceTemplates
+            | Action::ListPrompts
+            | Action::Ping
+            | Action::Discover
+            | Action::SetLogLevel => true,
+            Action::CallTool => {
+                res.kind == ResourceKind::Tool
+                    && res.annotations.read_only == Some(true)
+                    && res.annotations.destructive != Some(true)
+                    && safe
+            }
+            Action::ReadResource | Action::GetPrompt | Action::Subscribe | Action::Complete => safe,
+            _ => false,
+        }
+    }
+
+    /// Takes one of the identity's concurrent-request slots.
+    pub fn slot(&self, client: &Client) -> Option<Slot> {
+        self.inflight
+            .acquire(&client.owner, self.cfg.max_concurrent_per_identity)
+    }
+
+    /// The configured rate limits that apply to one allowed request,
+    /// plus the policy's rate class; the first one exceeded stops it.
+    pub fn rate(
+        &self,
+        client: &Client,
+        tool: Option<&str>,
+        segments: &[String],
+        class: Option<(&str, Rate)>,
+    ) -> Result<(), Stop> {
+        let now = Instant::now();
+        let who = &client.owner;
+        let check = |limit: String, rate: Rate| {
+            self.rates
+                .check(&format!("{who}\u{0}{limit}"), rate, now)
+                .map_err(|wait| Stop::Rate { limit, wait })
+        };
+        if let Some(r) = self.cfg.rate.identity {
+            check("identity".into(), r)?;
+        }
+        if let Some(r) = tool.and_then(|t| self.cfg.rate.tools.get(t)) {
+            check(format!("tool:{}", tool.unwrap_or_default()), *r)?;
+        }
+        for s in segments {
+            if let Some(r) = self.cfg.rate.segments.get(s) {
+                check(format!("segment:{s}"), *r)?;
+            }
+        }
+        if let Some((name, r)) = class {
+            check(format!("class:{name}"), r)?;
+        }
+        Ok(())
+    }
+
+    /// Rules fired by a risk score.
+    pub fn on_risk(&self, score: u8) -> Vec<Trigger> {
+        if self.rules.is_empty() {
+            return Vec::new();
+        }
+        self.rules.on_risk(score)
+    }
+
+    /// Rules fired by a finding.
+    pub fn on_finding(&self, severity: Severity, rule: &str) -> Vec<Trigger> {
+        if self.rules.is_empty() {
+            return Vec::new();
+        }
+        self.rules.on_finding(severity, rule)
+    }
+
+    /// Rules fired by a denial of this client.
+    pub fn on_denial(&self, client: &Client) -> Vec<Trigger> {
+        if self.rules.is_empty() {
+            return Vec::new();
+        }
+        self.rules.on_denial(&client.owner, Instant::now())
+    }
+
+    /// The quarantine a fired rule asks for, if the client has the part it
+    /// names (a rule on `agent` does nothing to a caller without a workload).
+    pub fn quarantine_for(&self, client: &Client, t: &Trigger) -> Option<Quarantine> {
+        let p = &client.principal;
+        let value = match t.target {
+            TargetKind::Identity => Some(client.owner.clone()),
+            TargetKind::Agent => p.workload.as_ref().map(|w| w.to_string()),
+            TargetKind::User => p.user_id(),
+            TargetKind::Device => p.device.verified().map(|d| d.device_id.clone()),
+            TargetKind::Session => (!client.id.is_empty()).then(|| client.id.clone()),
+        }?;
+        let now = portcullis_contain::now_unix();
+        Some(Quarantine {
+            target: Target::new(t.target, value),
+            mode: t.mode,
+            reason: t.reason.clone(),
+            by: format!("auto:{}", t.rule),
+            created_at: now,
+            expires_at: t.ttl_secs.map(|s| now + s),
+        })
+    }
+}
+
+/// Opens the configured state store and loads containment from it: the
+/// embedded file store under `[store] path`, else `<state_dir>/store`
+/// (config `state_dir`, or `default_state` — the no-config default's
+/// folder); in memory when no folder is known or `kind = "memory"`.
+pub async fn open_state(
+    cfg: &crate::Config,
+    default_state: Option<&std::path::Path>,
+) -> Result<Arc<Containment>, String> {
+    let dir = match (&cfg.store.kind, &cfg.store.path) {
+        (StoreKind::Memory, _) => None,
+        (StoreKind::File, Some(p)) => Some(p.clone()),
+        (StoreKind::File, None) => cfg
+            .state_dir
+            .as_deref()
+            .or(default_state)
+            .map(|d| d.join("store")),
+    };
+    let store: Arc<dyn portcullis_contain::StateStore> = match &dir {
+        Some(d) => {
+            Arc::new(portcullis_contain::FileStore::open(d).map_err(|e| format!("store: {e}"))?)
+        }
+        None => {
+            if cfg.store.kind == StoreKind::File {
+                tracing::warn!("no state folder (state_dir or [store] path): quarantines and revocations are kept in memory only and end with the process");
+            }
+            Arc::new(portcullis_contain::MemoryStore::default())
+        }
+    };
+    tracing::info!(store = %store.describe(), "containment state store");
+    let state = Containment::open(store)
+        .await
+        .map_err(|e| format!("store: {e}"))?;
+    Ok(Arc::new(state))
+}
