@@ -170,7 +170,7 @@ fn err(id: Option<Box<RawValue>>, code: i64, msg: &str) -> Message {
 
 /// The answer to a contained caller: that it is contained and how, not why
 /// (the reason is for operators and the audit log).
-fn quarantined(id: Option<Box<RawValue>>, mode: portcullis_contain::Mode) -> Message {
+pub(crate) fn quarantined(id: Option<Box<RawValue>>, mode: portcullis_contain::Mode) -> Message {
     Message::error(
         id,
         codes::QUARANTINED,

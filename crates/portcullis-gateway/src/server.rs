@@ -486,6 +486,15 @@ async fn initialize(st: AppState, caller: Caller, m: Message) -> Response {
         caller.principal,
         caller.route,
     );
+    let res = portcullis_policy::ResourceFacts::server(crate::gateway::GATEWAY_SERVER);
+    let discover = portcullis_policy::Action::Discover;
+    if let Some((mode, _)) = st.gw.pep.contained(&client, &discover, "initialize", &res) {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &crate::gateway::quarantined(m.id_owned(), mode),
+            &[],
+        );
+    }
     if !st
         .gw
         .sessions
@@ -733,15 +742,7 @@ async fn get(st: AppState, caller: Caller, headers: HeaderMap) -> Response {
     if let Some((mode, _)) = st.gw.pep.contained(&client, &listen, "GET", &res) {
         return json_response(
             StatusCode::FORBIDDEN,
-            &Message::error(
-                None,
-                codes::QUARANTINED,
-                &format!(
-                    "Forbidden: this identity is quarantined ({})",
-                    mode.as_str()
-                ),
-                Some(json!({"mode": mode.as_str()})),
-            ),
+            &crate::gateway::quarantined(None, mode),
             &[],
         );
     }

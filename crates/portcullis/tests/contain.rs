@@ -1,0 +1,370 @@
+//! Breach containment through the gateway binary, with two real token
+//! identities (alice and bob, bearer tokens from a development issuer):
+//! automatic quarantine when risk crosses a threshold mid-session (bob
+//! unaffected, and the quarantine survives a restart), rate limits with
+//! retry-after, the per-identity concurrency cap, and a circuit breaker
+//! that opens on a hanging upstream and closes again. Every refused call is
+//! checked against the upstream's own log: it never arrived.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // test code
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use portcullis_identity::dev_issuer::DevIssuer;
+use serde_json::{json, Value};
+
+const RESOURCE: &str = "http://gateway.test/mcp";
+
+struct Env {
+    dir: PathBuf,
+    cfg: PathBuf,
+    alice: String,
+    bob: String,
+}
+
+impl Env {
+    fn new(tag: &str, extra: &str) -> Env {
+        let dir = tempdir(tag);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let issuer = rt
+            .block_on(DevIssuer::load_or_create(&dir.join("issuer")))
+            .unwrap();
+        let cfg = dir.join("gw.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+state_dir = {state:?}
+
+[audit]
+path = {audit:?}
+
+[auth]
+resource = {RESOURCE:?}
+
+[auth.oauth]
+issuer = "urn:portcullis:dev"
+jwks = {jwks:?}
+
+[[upstream]]
+name = "demo"
+command = [{BIN:?}, "demo-server"]
+env = {{ PORTCULLIS_DEMO_LOG = {log:?} }}
+
+{extra}
+"#,
+                state = dir.join("state").display().to_string(),
+                audit = dir.join("audit.jsonl").display().to_string(),
+                jwks = issuer.jwks_path().display().to_string(),
+                log = dir.join("upstream.log").display().to_string(),
+            ),
+        )
+        .unwrap();
+        let ttl = Duration::from_secs(3600);
+        Env {
+            alice: issuer.mint("alice", RESOURCE, &["mcp"], ttl),
+            bob: issuer.mint("bob", RESOURCE, &["mcp"], ttl),
+            dir,
+            cfg,
+        }
+    }
+
+    fn start(&self) -> Gateway {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&self.cfg);
+        spawn_gateway(cmd)
+    }
+
+    /// Lines the upstream received that contain `marker`.
+    fn upstream_saw(&self, marker: &str) -> usize {
+        std::fs::read_to_string(self.dir.join("upstream.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(marker))
+            .count()
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        records(&self.dir.join("audit.jsonl"))
+    }
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Opens a session as the token's identity.
+fn session(gw: &Gateway, token: &str) -> Result<String, Resp> {
+    let auth = bearer(token);
+    let r = gw.post(
+        &[("authorization", &auth)],
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    if r.status != 200 {
+        return Err(r);
+    }
+    let sid = r.header("mcp-session-id").unwrap().to_owned();
+    let n = gw.post(
+        &[("authorization", &auth), ("mcp-session-id", &sid)],
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(n.status, 202);
+    Ok(sid)
+}
+
+/// Calls a tool in a session as the token's identity.
+fn call(gw: &Gateway, token: &str, sid: &str, id: u64, tool: &str, args: Value) -> Value {
+    let auth = bearer(token);
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}});
+    gw.post(
+        &[
+            ("authorization", &auth),
+            ("mcp-session-id", sid),
+            ("mcp-protocol-version", "2025-06-18"),
+        ],
+        &body.to_string(),
+    )
+    .json()
+}
+
+fn code(v: &Value) -> i64 {
+    v["error"]["code"].as_i64().unwrap_or(0)
+}
+
+fn echo(msg: &str) -> Value {
+    json!({"message": msg})
+}
+
+#[test]
+fn risk_crossing_the_threshold_quarantines_mid_session_spares_others_and_survives_restart() {
+    let env = Env::new(
+        "contain-risk",
+        r#"
+[[containment.auto]]
+name = "risky-agent"
+when = "risk"
+above = 30
+mode = "deny-all"
+"#,
+    );
+    let gw = env.start();
+    let a = session(&gw, &env.alice).unwrap();
+    let b = session(&gw, &env.bob).unwrap();
+    assert!(call(&gw, &env.alice, &a, 1, "demo__echo", echo("alice-ok"))["result"].is_object());
+    // Suspicious arguments, again and again, until the rule fires.
+    let mut stopped = None;
+    for i in 0..25 {
+        let r = call(
+            &gw,
+            &env.alice,
+            &a,
+            10 + i,
+            "demo__echo",
+            echo("alice-bad ../../../../etc/passwd http://169.254.169.254/latest/meta-data/"),
+        );
+        if r["error"].is_object() {
+            stopped = Some(r);
+            break;
+        }
+    }
+    let stopped = stopped.expect("the risk rule fired within 25 calls");
+    assert!(
+        stopped["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("quarantine"),
+        "{stopped}"
+    );
+    let before = env.upstream_saw("alice-after");
+    // The very next message of that session is refused as quarantined…
+    let r = call(&gw, &env.alice, &a, 100, "demo__echo", echo("alice-after"));
+    assert_eq!(code(&r), -32032, "{r}");
+    assert_eq!(r["error"]["data"]["mode"], "deny-all", "{r}");
+    // …a new session of the same identity is refused at initialize…
+    let refused = session(&gw, &env.alice).unwrap_err();
+    assert_eq!(refused.status, 403);
+    assert_eq!(code(&refused.json()), -32032);
+    // …and bob, in his own session, is unaffected.
+    let ok = call(&gw, &env.bob, &b, 101, "demo__echo", echo("bob-ok"));
+    assert!(ok["result"].is_object(), "{ok}");
+    assert_eq!(
+        env.upstream_saw("alice-after"),
+        before,
+        "never reached the upstream"
+    );
+    assert_eq!(env.upstream_saw("bob-ok"), 1);
+    // Audited: the automatic quarantine names its rule.
+    assert!(
+        eventually(5, || env.audit().iter().any(|r| r["kind"] == "containment"
+            && r["by"] == "auto:risky-agent"
+            && r["target"]
+                .as_str()
+                .unwrap_or("")
+                .contains("urn:portcullis:dev#alice"))),
+        "containment record"
+    );
+    // Restart on the same state folder: the quarantine holds.
+    drop(gw);
+    let gw = env.start();
+    let refused = session(&gw, &env.alice).unwrap_err();
+    assert_eq!(code(&refused.json()), -32032, "after restart");
+    let b = session(&gw, &env.bob).unwrap();
+    assert!(call(&gw, &env.bob, &b, 1, "demo__echo", echo("bob-again"))["result"].is_object());
+}
+
+#[test]
+fn rate_limits_answer_retry_after_per_identity_and_nothing_reaches_the_upstream() {
+    let env = Env::new(
+        "contain-rate",
+        r#"
+[containment.rate.tools.demo__echo]
+per_minute = 60
+burst = 2
+"#,
+    );
+    let gw = env.start();
+    let a = session(&gw, &env.alice).unwrap();
+    let b = session(&gw, &env.bob).unwrap();
+    for i in 0..2 {
+        let r = call(&gw, &env.alice, &a, i, "demo__echo", echo("alice-burst"));
+        assert!(r["result"].is_object(), "within the burst: {r}");
+    }
+    let limited = call(&gw, &env.alice, &a, 9, "demo__echo", echo("alice-over"));
+    assert_eq!(code(&limited), -32029, "{limited}");
+    let retry = limited["error"]["data"]["retryAfterSeconds"]
+        .as_f64()
+        .unwrap();
+    assert!((1.0..=2.0).contains(&retry), "{limited}");
+    assert_eq!(limited["error"]["data"]["limit"], "tool:demo__echo");
+    assert_eq!(
+        env.upstream_saw("alice-over"),
+        0,
+        "never reached the upstream"
+    );
+    // The limit is alice's: bob has his own burst.
+    assert!(call(&gw, &env.bob, &b, 1, "demo__echo", echo("bob"))["result"].is_object());
+    // Another tool is not under the echo limit.
+    let doc = call(
+        &gw,
+        &env.alice,
+        &a,
+        10,
+        "demo__read_document",
+        json!({"name": "welcome"}),
+    );
+    assert!(doc["result"].is_object(), "{doc}");
+    // After the advertised wait, alice may call again.
+    std::thread::sleep(Duration::from_secs_f64(retry));
+    let again = call(&gw, &env.alice, &a, 11, "demo__echo", echo("alice-later"));
+    assert!(again["result"].is_object(), "{again}");
+}
+
+#[test]
+fn concurrent_requests_per_identity_are_capped() {
+    let env = Env::new(
+        "contain-conc",
+        "[containment]\nmax_concurrent_per_identity = 1\n",
+    );
+    let gw = std::sync::Arc::new(env.start());
+    let a = session(&gw, &env.alice).unwrap();
+    let b = session(&gw, &env.bob).unwrap();
+    let slow = {
+        let gw = gw.clone();
+        let (tok, sid) = (env.alice.clone(), a.clone());
+        std::thread::spawn(move || {
+            call(
+                &gw,
+                &tok,
+                &sid,
+                1,
+                "demo__count",
+                json!({"steps": 10, "delay_ms": 100}),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let second = call(&gw, &env.alice, &a, 2, "demo__echo", echo("alice-second"));
+    assert_eq!(code(&second), -32029, "{second}");
+    assert_eq!(second["error"]["data"]["limit"], "concurrency");
+    assert_eq!(env.upstream_saw("alice-second"), 0);
+    // Bob is not held by alice's slot.
+    assert!(call(&gw, &env.bob, &b, 3, "demo__echo", echo("bob"))["result"].is_object());
+    let first = slow.join().unwrap();
+    assert!(first["result"].is_object(), "{first}");
+    // The slot came back.
+    assert!(call(&gw, &env.alice, &a, 4, "demo__echo", echo("alice-third"))["result"].is_object());
+}
+
+#[test]
+fn a_hanging_upstream_trips_the_breaker_which_fails_fast_then_recovers() {
+    let env = Env::new(
+        "contain-breaker",
+        r#"
+[limits]
+call_timeout_ms = 300
+
+[containment.breaker]
+failures = 2
+open_secs = 1
+"#,
+    );
+    let gw = env.start();
+    let a = session(&gw, &env.alice).unwrap();
+    for i in 0..2 {
+        let r = call(
+            &gw,
+            &env.alice,
+            &a,
+            i,
+            "demo__count",
+            json!({"steps": 1, "delay_ms": 3000}),
+        );
+        assert_eq!(code(&r), -32011, "timeout {i}: {r}");
+    }
+    let began = Instant::now();
+    let fast = call(&gw, &env.alice, &a, 5, "demo__echo", echo("while-open"));
+    let took = began.elapsed();
+    assert_eq!(code(&fast), -32013, "{fast}");
+    assert!(fast["error"]["data"]["retryAfterSeconds"].as_u64().unwrap() >= 1);
+    assert!(took < Duration::from_millis(250), "failed fast: {took:?}");
+    assert_eq!(
+        env.upstream_saw("while-open"),
+        0,
+        "an open breaker sends nothing"
+    );
+    // After the cool-down a probe goes through and closes it.
+    std::thread::sleep(Duration::from_millis(1100));
+    let probe = call(&gw, &env.alice, &a, 6, "demo__echo", echo("probe"));
+    assert!(probe["result"].is_object(), "{probe}");
+    let after = call(&gw, &env.alice, &a, 7, "demo__echo", echo("closed"));
+    assert!(after["result"].is_object(), "{after}");
+    let recs = env.audit();
+    for action in ["breaker-open", "breaker-closed"] {
+        assert!(
+            recs.iter()
+                .any(|r| r["kind"] == "containment" && r["action"] == action),
+            "{action} audited"
+        );
+    }
+}
