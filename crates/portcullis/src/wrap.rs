@@ -39,9 +39,14 @@ pub async fn run(
     let max_line = cfg.limits.max_body_bytes;
     let max_depth = cfg.limits.max_json_depth;
     let single = cfg.upstreams.len() == 1;
+    // Containment state persists when the config names a state folder.
+    let contain = portcullis_gateway::contain::open_state(&cfg, None)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let pep = std::sync::Arc::new(
         portcullis_gateway::pep::Pep::from_config(&cfg)
-            .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("policy: {e}"))?
+            .with_containment(contain),
     );
     pep.watch();
     let gw = Gateway::new(cfg, &[], !single, pep);
