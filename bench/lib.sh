@@ -19,3 +19,36 @@ wait_url() {
     echo "timed out waiting for $log" >&2
     return 1
 }
+
+# The p50 (µs) of target LABEL in a portcullis-load human report FILE.
+p50_of() { # FILE LABEL
+    awk -v l="== $2:" 'index($0, l) == 1 { f = 1; next } f && /latency/ { for (i = 1; i <= NF; i++) if ($i == "p50") { print $(i + 1); exit } }' "$1"
+}
+
+# Added p50 of OTHER over BASE at LAT_SESSIONS, in ROUNDS short rounds of
+# ROUND_SECS that alternate which target goes first (the driver measures
+# its targets one after the other, and an A/A comparison differs by up to
+# ~20 µs by order alone); prints each round and the median difference, the
+# figure to quote. Needs BIN, LOAD_LIMIT, WORK, LAT_SESSIONS; ARGS and TOOL
+# (default '{"message":"hi"}' and demo__echo) and EXTRA_LOAD_FLAGS (array).
+ab_rounds() { # BASE_URL BASE_LABEL OTHER_URL OTHER_LABEL
+    local base_url=$1 base_label=$2 other_url=$3 other_label=$4
+    local tool=${TOOL:-demo__echo} args=${ARGS:-'{"message":"hi"}'}
+    local r first second a b diffs=() base other
+    for r in $(seq 1 "${ROUNDS:-6}"); do
+        if (( r % 2 )); then
+            first=$base_url; second=$other_url; a=$base_label; b=$other_label
+        else
+            first=$other_url; second=$base_url; a=$other_label; b=$base_label
+        fi
+        timeout "$LOAD_LIMIT" "$BIN/portcullis-load" --url "$first#$tool" --label "$a" \
+            --compare "$second#$tool" --label "$b" --args "$args" \
+            ${EXTRA_LOAD_FLAGS[@]+"${EXTRA_LOAD_FLAGS[@]}"} \
+            --sessions "$LAT_SESSIONS" --duration "${ROUND_SECS:-5}" --warmup 1 >"$WORK/round.txt" 2>&1
+        base=$(p50_of "$WORK/round.txt" "$base_label")
+        other=$(p50_of "$WORK/round.txt" "$other_label")
+        diffs+=("$((other - base))")
+        echo "round $r ($a first): $base_label p50 ${base} µs, $other_label p50 ${other} µs, added $((other - base)) µs"
+    done
+    printf '%s\n' "${diffs[@]}" | sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "median added p50 over %d rounds: %+g µs\n", NR, m }'
+}

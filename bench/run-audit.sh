@@ -88,29 +88,10 @@ compare() { # BASE OTHER SESSIONS OUTFILE
         --json >"$4"
 }
 
-# Added p50 at LAT_SESSIONS, in ROUNDS short rounds that alternate which
-# gateway goes first (the driver measures its targets one after the other,
-# and an A/A comparison here differs by up to ~20 µs by order alone); the
-# median of the per-round differences is the figure to quote.
 ROUNDS=${ROUNDS:-6}
 ROUND_SECS=${ROUND_SECS:-5}
-p50_of() { # FILE LABEL
-    awk -v l="== $2:" 'index($0, l) == 1 { f = 1; next } f && /latency/ { for (i = 1; i <= NF; i++) if ($i == "p50") { print $(i + 1); exit } }' "$1"
-}
 rounds() { # OTHER_URL NAME
-    local r a b first second diffs=()
-    for r in $(seq 1 "$ROUNDS"); do
-        if (( r % 2 )); then first=$PLAIN; second=$1; a=no-audit; b=$2; else first=$1; second=$PLAIN; a=$2; b=no-audit; fi
-        timeout "$LOAD_LIMIT" "$BIN/portcullis-load" --url "$first#demo__echo" --label "$a" \
-            --compare "$second#demo__echo" --label "$b" --args '{"message":"hi"}' \
-            --sessions "$LAT_SESSIONS" --duration "$ROUND_SECS" --warmup 1 >"$WORK/round.txt" 2>&1
-        local base other
-        base=$(p50_of "$WORK/round.txt" no-audit)
-        other=$(p50_of "$WORK/round.txt" "$2")
-        diffs+=("$((other - base))")
-        echo "round $r ($a first): no-audit p50 ${base} µs, $2 p50 ${other} µs, added $((other - base)) µs"
-    done
-    printf '%s\n' "${diffs[@]}" | sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "median added p50 over %d rounds: %+g µs\n", NR, m }'
+    ab_rounds "$PLAIN" no-audit "$1" "$2"
 }
 
 echo "## unloaded latency: $LAT_SESSIONS session(s), group commit vs no audit, $ROUNDS alternating rounds"
