@@ -523,6 +523,18 @@ async fn handshake_message(
     m: Message,
     trace: Option<String>,
 ) -> Response {
+    if m.kind() != Kind::Request
+        && st.gw.pep.contain.verdict(&client).mode() == Some(portcullis_contain::Mode::DenyAll)
+    {
+        // Deny-all: nothing from this client moves on, answers to server
+        // requests included (they can carry data upstream).
+        tracing::info!(session = %client.id, identity = %client.owner, "message from a quarantined client dropped");
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &crate::gateway::quarantined(None, portcullis_contain::Mode::DenyAll),
+            &[],
+        );
+    }
     match m.kind() {
         Kind::Notification => {
             st.gw.client_notification(&client, m).await;
