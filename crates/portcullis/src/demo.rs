@@ -454,8 +454,14 @@ pub async fn run_http(opts: HttpOptions) -> anyhow::Result<()> {
     eprintln!("listening on {scheme}://{}/mcp", listener.local_addr()?);
     match tls {
         Some(tls) => {
-            portcullis_gateway::listener::serve(listener, Some(tls), app, std::future::pending())
-                .await
+            portcullis_gateway::listener::serve(
+                listener,
+                Some(tls),
+                app,
+                Default::default(),
+                std::future::pending(),
+            )
+            .await
         }
         None => axum::serve(listener, app).await?,
     }
