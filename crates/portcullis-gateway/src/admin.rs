@@ -1,35 +1,115 @@
-//! The admin listener: health, session listing and revocation, certificate
-//! revocation. Separate from the agents' listener and bound to loopback
-//! unless TLS is configured for it in a later stage; every `/admin` call
-//! needs the admin bearer token (compared in constant time).
+//! The admin listener: health and readiness, `/metrics`, session listing
+//! and kill, policy reload, and (from `admin_contain`) containment. Separate
+//! from the agents' listener and always TLS with client certificates
+//! required; every route but `/healthz` and `/readyz` needs a client
+//! certificate whose SPIFFE ID is one of the configured admin identities.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::{Extension, Router};
+use http::{header, HeaderValue, StatusCode};
+use portcullis_identity::spiffe::SpiffeId;
 use portcullis_identity::tls::DenyList;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::config::AdminCfg;
 use crate::gateway::Gateway;
+use crate::listener::ConnInfo;
 
 /// What every admin handler shares.
 #[derive(Clone)]
 pub(crate) struct Admin {
     pub(crate) gw: Arc<Gateway>,
     pub(crate) deny: Arc<DenyList>,
-    token: Arc<str>,
+    admins: Arc<AdminIdentities>,
 }
 
-/// Who made an admin request (set by the admin authentication layer for
-/// every route it guards); recorded as the actor of every admin action.
+/// Who made an admin request: the SPIFFE ID of the admin client
+/// certificate (set by the admin guard for every route it guards);
+/// recorded as the actor of every admin action.
 #[derive(Clone, Debug)]
 pub(crate) struct AdminIdentity(pub(crate) String);
+
+/// The SPIFFE IDs allowed to administer: exact IDs, and prefixes written
+/// with a trailing `/*` (`spiffe://example.org/admin/*` admits every ID
+/// under `spiffe://example.org/admin/`).
+#[derive(Debug, Clone, Default)]
+pub struct AdminIdentities {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl AdminIdentities {
+    /// Parses the `[admin] identities` patterns; `Err` names the bad one.
+    pub fn parse(patterns: &[String]) -> Result<AdminIdentities, String> {
+        let mut out = AdminIdentities::default();
+        for p in patterns {
+            let p = p.trim();
+            let (base, wildcard) = match p.strip_suffix("/*") {
+                Some(b) => (b, true),
+                None => (p, false),
+            };
+            let id = SpiffeId::parse(base).map_err(|e| format!("{p:?}: {e}"))?;
+            if wildcard {
+                out.prefixes.push(format!("{id}/"));
+            } else if id.is_trust_domain_id() {
+                return Err(format!(
+                    "{p:?}: a trust domain is not an identity (write {p}/* for every ID in it)"
+                ));
+            } else {
+                out.exact.push(id.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `id` may administer.
+    pub fn allows(&self, id: &str) -> bool {
+        self.exact.iter().any(|e| e == id)
+            || self
+                .prefixes
+                .iter()
+                .any(|p| id.len() > p.len() && id.starts_with(p.as_str()))
+    }
+
+    /// Whether no identity at all is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+}
+
+/// Checks an `[admin]` section: the certificate files come together (or
+/// not at all, for the development CA), and every identity parses.
+/// `Err` is (key, why).
+pub fn check_cfg(a: &AdminCfg) -> Result<(), (&'static str, String)> {
+    let given = [a.cert.is_some(), a.key.is_some(), !a.client_ca.is_empty()];
+    if given.iter().any(|g| *g) && !given.iter().all(|g| *g) {
+        let missing = if a.cert.is_none() {
+            "admin.cert"
+        } else if a.key.is_none() {
+            "admin.key"
+        } else {
+            "admin.client_ca"
+        };
+        return Err((
+            missing,
+            "set admin.cert, admin.key and admin.client_ca together (or none of them: serve then uses its development CA)".into(),
+        ));
+    }
+    let ids = AdminIdentities::parse(&a.identities).map_err(|e| ("admin.identities", e))?;
+    if !a.client_ca.is_empty() && ids.is_empty() {
+        return Err((
+            "admin.identities",
+            "name at least one admin SPIFFE ID (e.g. \"spiffe://example.org/admin/alice\")".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// A JSON answer with a status.
 pub(crate) fn reply(status: StatusCode, v: Value) -> Response {
@@ -40,33 +120,6 @@ pub(crate) fn reply(status: StatusCode, v: Value) -> Response {
         HeaderValue::from_static("application/json"),
     );
     r
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-impl Admin {
-    #[expect(
-        clippy::result_large_err,
-        reason = "the error is the HTTP answer itself, on a cold path"
-    )]
-    fn authorized(&self, h: &HeaderMap) -> Result<(), Response> {
-        let presented = h
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(presented.as_bytes(), self.token.as_bytes()) {
-            Ok(())
-        } else {
-            tracing::warn!("admin API: refused a request without the admin token");
-            Err(reply(
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "admin token required"}),
-            ))
-        }
-    }
 }
 
 #[expect(
@@ -82,44 +135,82 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Re
     })
 }
 
-/// The admin router.
-pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, token: String) -> Router {
+/// The admin router. `admins` are the identities allowed through the guard;
+/// `deny` is the certificate deny list shared with the agents' listener.
+pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, admins: AdminIdentities) -> Router {
     let st = Admin {
         gw,
         deny,
-        token: token.into(),
+        admins: Arc::new(admins),
     };
     let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/admin/sessions", get(list_sessions))
+        .route("/admin/sessions/kill", post(kill_sessions))
+        // The earlier name of the same call.
+        .route("/admin/sessions/revoke", post(kill_sessions))
+        .route("/admin/policy/reload", post(reload_policy))
         .merge(crate::admin_contain::routes())
         .layer(axum::middleware::from_fn_with_state(st.clone(), guard));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .route("/admin/sessions", get(list_sessions))
-        .route("/admin/sessions/revoke", post(revoke_sessions))
-        .route("/admin/policy/reload", post(reload_policy))
+        // The router exists only once the gateway is built.
+        .route("/readyz", get(|| async { "ready" }))
         .merge(guarded)
         .with_state(st)
 }
 
-/// Authenticates an admin request and names its actor for the handlers.
+/// Admits a request whose client certificate names an admin identity, and
+/// names that identity for the handlers; refuses (403, audited) any other.
 async fn guard(
     State(st): State<Admin>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Err(r) = st.authorized(req.headers()) {
-        return r;
-    }
-    req.extensions_mut()
-        .insert(AdminIdentity("admin-token".into()));
+    let conn = req.extensions().get::<ConnInfo>();
+    let remote = conn.map(|c| c.remote.to_string()).unwrap_or_default();
+    let peer = conn.and_then(|c| c.peer.clone());
+    let refused = match &peer {
+        None => Some("no client certificate".to_owned()),
+        Some(p) if st.deny.denies(&p.fingerprint, &p.serial) => {
+            Some(format!("certificate {} is revoked", p.fingerprint))
+        }
+        Some(p) if p.expired_at(portcullis_identity::tls::now_unix()) => {
+            Some(format!("certificate {} has expired", p.fingerprint))
+        }
+        Some(p) => match &p.spiffe_id {
+            None => Some("certificate carries no SPIFFE ID".to_owned()),
+            Some(id) if !st.admins.allows(&id.to_string()) => {
+                Some(format!("{id} is not an admin identity"))
+            }
+            Some(_) => None,
+        },
+    };
+    let id = match (refused, peer.as_ref().and_then(|p| p.spiffe_id.as_ref())) {
+        (None, Some(id)) => id.to_string(),
+        (why, _) => {
+            let why = why.unwrap_or_else(|| "not an admin identity".into());
+            tracing::warn!(%remote, path = %req.uri().path(), reason = %why, "admin API: refused");
+            st.gw
+                .pep
+                .monitor
+                .auth_failure(&format!("admin API: {why}"), "not_admin", &remote, 403);
+            return reply(
+                StatusCode::FORBIDDEN,
+                json!({"error": "not an admin identity"}),
+            );
+        }
+    };
+    req.extensions_mut().insert(AdminIdentity(id));
     next.run(req).await
 }
 
-async fn list_sessions(State(st): State<Admin>, h: HeaderMap) -> Response {
-    if let Err(r) = st.authorized(&h) {
-        return r;
-    }
+/// `admin:<spiffe id>`: the actor named in audit records and stored state.
+fn actor(who: &AdminIdentity) -> String {
+    format!("admin:{}", who.0)
+}
+
+async fn list_sessions(State(st): State<Admin>) -> Response {
     let sessions: Vec<Value> = st
         .gw
         .sessions
@@ -143,27 +234,27 @@ async fn list_sessions(State(st): State<Admin>, h: HeaderMap) -> Response {
 /// Which sessions to end.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RevokeSessions {
+struct KillSessions {
     identity: Option<String>,
     session: Option<String>,
     reason: Option<String>,
 }
 
-async fn revoke_sessions(
+async fn kill_sessions(
     State(st): State<Admin>,
-    h: HeaderMap,
+    Extension(who): Extension<AdminIdentity>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = st.authorized(&h) {
-        return r;
-    }
-    let req: RevokeSessions = match parse(&body) {
+    let req: KillSessions = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let ended = match (&req.identity, &req.session) {
-        (Some(who), None) => st.gw.sessions.revoke_owner(who),
-        (None, Some(id)) => st.gw.sessions.remove(id).into_iter().collect(),
+    let (ended, target) = match (&req.identity, &req.session) {
+        (Some(key), None) => (st.gw.sessions.revoke_owner(key), format!("identity:{key}")),
+        (None, Some(id)) => (
+            st.gw.sessions.remove(id).into_iter().collect(),
+            format!("session:{id}"),
+        ),
         _ => {
             return reply(
                 StatusCode::BAD_REQUEST,
@@ -171,27 +262,21 @@ async fn revoke_sessions(
             )
         }
     };
-    let target = match (&req.identity, &req.session) {
-        (Some(who), _) => format!("identity:{who}"),
-        (_, Some(id)) => format!("session:{id}"),
-        _ => String::new(),
-    };
+    let by = actor(&who);
     st.gw
         .pep
         .monitor
-        .containment("revoke-sessions", &target, req.reason.as_deref(), "admin");
+        .containment("kill-sessions", &target, req.reason.as_deref(), &by);
     for c in &ended {
-        tracing::warn!(session = %c.id, identity = %c.owner, reason = ?req.reason, "session revoked by admin");
-        st.gw.end_session(c, "revoked by admin").await;
+        tracing::warn!(session = %c.id, identity = %c.owner, by = %by, reason = ?req.reason, "session killed by admin");
+        crate::gateway::close_streams(c);
+        st.gw.end_session(c, "killed by admin").await;
     }
     reply(StatusCode::OK, json!({"ended": ended.len()}))
 }
 
-/// Prometheus text exposition; needs the admin token like every admin call.
-async fn metrics(State(st): State<Admin>, h: HeaderMap) -> Response {
-    if let Err(r) = st.authorized(&h) {
-        return r;
-    }
+/// Prometheus / OpenMetrics text exposition.
+async fn metrics(State(st): State<Admin>) -> Response {
     st.gw.pep.monitor.metrics.set_sessions(st.gw.sessions.len());
     let mut r = Response::new(Body::from(st.gw.pep.monitor.render_metrics()));
     r.headers_mut().insert(
@@ -201,49 +286,102 @@ async fn metrics(State(st): State<Admin>, h: HeaderMap) -> Response {
     r
 }
 
-async fn reload_policy(State(st): State<Admin>, h: HeaderMap) -> Response {
-    if let Err(r) = st.authorized(&h) {
-        return r;
-    }
-    match st.gw.pep.reload() {
+async fn reload_policy(
+    State(st): State<Admin>,
+    Extension(who): Extension<AdminIdentity>,
+) -> Response {
+    let result = st.gw.pep.reload();
+    let hash = match &result {
+        Ok(h) => h.clone(),
+        Err(_) => st.gw.pep.engine().hash().to_owned(),
+    };
+    st.gw.pep.monitor.containment(
+        "policy-reload",
+        &format!("policy:{hash}"),
+        Some(if result.is_ok() {
+            "reloaded"
+        } else {
+            "rejected"
+        }),
+        &actor(&who),
+    );
+    match result {
         Ok(hash) => reply(
             StatusCode::OK,
             json!({"reloaded": true, "policy_hash": hash}),
         ),
         Err(e) => reply(
             StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"reloaded": false, "errors": e, "policy_hash": st.gw.pep.engine().hash()}),
+            json!({"reloaded": false, "errors": e, "policy_hash": hash}),
         ),
     }
 }
 
-/// Serves the admin router on `addr` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
+/// Serves the admin router over TLS (client certificates required) until
+/// the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
     let never = std::future::pending::<()>();
-    crate::listener::serve(listener, None, app, Default::default(), never).await;
-}
-
-/// Whether an admin address is acceptable without TLS (loopback only).
-pub fn check_addr(addr: &SocketAddr) -> Result<(), String> {
-    if addr.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(format!(
-            "admin.addr {addr}: the admin listener is plain HTTP and must be on loopback"
-        ))
-    }
+    crate::listener::serve(listener, Some(tls), app, Default::default(), never).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn cfg(toml_tail: &str) -> AdminCfg {
+        toml::from_str(&format!("addr = \"0.0.0.0:8788\"\n{toml_tail}")).unwrap()
+    }
+
     #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(check_addr(&"127.0.0.1:1".parse().unwrap()).is_ok());
-        assert!(check_addr(&"0.0.0.0:1".parse().unwrap()).is_err());
+    fn identities_match_exactly_or_by_prefix() {
+        let ids = AdminIdentities::parse(&[
+            "spiffe://example.org/admin/alice".into(),
+            "spiffe://ops.example/team/*".into(),
+        ])
+        .unwrap();
+        assert!(ids.allows("spiffe://example.org/admin/alice"));
+        assert!(!ids.allows("spiffe://example.org/admin/alice2"));
+        assert!(!ids.allows("spiffe://example.org/admin"));
+        assert!(ids.allows("spiffe://ops.example/team/bob"));
+        assert!(ids.allows("spiffe://ops.example/team/a/b"));
+        assert!(!ids.allows("spiffe://ops.example/team/"));
+        assert!(!ids.allows("spiffe://ops.example/team"));
+        assert!(!ids.allows("spiffe://ops.example/teamster"));
+        assert!(!ids.allows("spiffe://example.org/agent/dev"));
+        assert!(AdminIdentities::parse(&["not a spiffe id".into()]).is_err());
+        assert!(AdminIdentities::parse(&["spiffe://example.org".into()]).is_err());
+        assert!(AdminIdentities::parse(&["spiffe://example.org/*".into()]).is_ok());
+    }
+
+    #[test]
+    fn admin_section_checks() {
+        // Any address: the listener is always mTLS.
+        assert!(check_cfg(&cfg("")).is_ok());
+        assert_eq!(
+            check_cfg(&cfg("cert = \"c.pem\"")).unwrap_err().0,
+            "admin.key"
+        );
+        assert_eq!(
+            check_cfg(&cfg("cert = \"c.pem\"\nkey = \"k.pem\""))
+                .unwrap_err()
+                .0,
+            "admin.client_ca"
+        );
+        assert_eq!(
+            check_cfg(&cfg(
+                "cert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = [\"ca.pem\"]"
+            ))
+            .unwrap_err()
+            .0,
+            "admin.identities"
+        );
+        assert!(check_cfg(&cfg(
+            "cert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = [\"ca.pem\"]\nidentities = [\"spiffe://example.org/admin/*\"]"
+        ))
+        .is_ok());
+        assert_eq!(
+            check_cfg(&cfg("identities = [\"nope\"]")).unwrap_err().0,
+            "admin.identities"
+        );
     }
 }

@@ -117,16 +117,27 @@ fn default_burst() -> u32 {
     1
 }
 
-/// The admin listener.
+/// The admin listener: always TLS, with client certificates required and
+/// only the `identities` admitted. Without `cert`, `key` and `client_ca`,
+/// `serve` uses its development CA under the state folder.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminCfg {
-    /// Loopback address, e.g. `127.0.0.1:8788`.
+    /// Address, e.g. `127.0.0.1:8788` (any address: the listener is mTLS).
     pub addr: String,
-    /// File holding the admin bearer token; if absent, a random token is
-    /// written to `<state_dir>/admin-token` (mode 0600).
+    /// The admin listener's certificate chain (PEM).
     #[serde(default)]
-    pub token_file: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Trust bundles for admin client certificates.
+    #[serde(default)]
+    pub client_ca: Vec<PathBuf>,
+    /// SPIFFE IDs allowed to administer; a trailing `/*` admits every ID
+    /// under that path (`spiffe://example.org/admin/*`).
+    #[serde(default)]
+    pub identities: Vec<String>,
 }
 
 /// TLS on the client-facing listener.
@@ -624,13 +635,13 @@ impl Config {
         })?;
         let loopback = addr.ip().is_loopback();
         if let Some(a) = &self.admin {
-            let aa: SocketAddr = a.addr.parse().map_err(|e| {
+            a.addr.parse::<SocketAddr>().map_err(|e| {
                 invalid(
                     "admin.addr",
                     format!("{:?} is not a socket address: {e}", a.addr),
                 )
             })?;
-            crate::admin::check_addr(&aa).map_err(|e| invalid("admin.addr", e))?;
+            crate::admin::check_cfg(a).map_err(|(k, e)| invalid(k, e))?;
         }
         if self.audit.path.is_some() {
             self.audit

@@ -1,6 +1,7 @@
 //! `portcullis`: the command-line front of the gateway.
 #![forbid(unsafe_code)]
 
+mod admin_cmd;
 mod audit_cmd;
 mod ca_cmd;
 mod demo;
@@ -49,7 +50,9 @@ enum Cmd {
         /// Write the tamper-evident audit log to FILE (overrides `[audit] path`).
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
-        /// Serve the admin API and /metrics on ADDR (loopback), e.g. 127.0.0.1:8788.
+        /// Serve the admin API and /metrics on ADDR over mTLS, e.g. 127.0.0.1:8788
+        /// (admin client certificate from the development CA unless `[admin]`
+        /// names cert, key and client_ca).
         #[arg(long, value_name = "ADDR")]
         admin: Option<String>,
     },
@@ -110,11 +113,28 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ca_cmd::CertCmd,
     },
-    /// Policy commands: validate, test and explain Cedar policies offline.
+    /// Policy commands: validate, test and explain Cedar policies offline;
+    /// reload the running gateway's set (admin API).
     Policy {
         #[command(subcommand)]
         cmd: policy_cmd::PolicyCmd,
     },
+    /// Admin: list the gateway's client sessions, or kill them.
+    Sessions(admin_cmd::SessionsArgs),
+    /// Admin: revoke a client certificate, token or session; list revocations.
+    Revoke(admin_cmd::RevokeArgs),
+    /// Admin: quarantine an identity, agent, user, device or session.
+    Quarantine {
+        #[command(subcommand)]
+        cmd: admin_cmd::QuarantineCmd,
+    },
+    /// Admin: the kill switch (stop every call, or every call but read-only tools).
+    Killswitch {
+        #[command(subcommand)]
+        cmd: admin_cmd::KillswitchCmd,
+    },
+    /// Admin: the upstream circuit breakers; reset one.
+    Breakers(admin_cmd::BreakersArgs),
 }
 
 #[derive(Subcommand)]
@@ -218,6 +238,11 @@ fn main() -> ExitCode {
         Cmd::Cert { cmd } => ca_cmd::run_cert(cmd),
         Cmd::Policy { cmd } => return policy_cmd::run(cmd),
         Cmd::Audit { cmd } => return audit_cmd::run(cmd),
+        Cmd::Sessions(a) => return admin_cmd::sessions(a),
+        Cmd::Revoke(a) => return admin_cmd::revoke(a),
+        Cmd::Quarantine { cmd } => return admin_cmd::quarantine(cmd),
+        Cmd::Killswitch { cmd } => return admin_cmd::killswitch(cmd),
+        Cmd::Breakers(a) => return admin_cmd::breakers(a),
         other => {
             let _telemetry = init_logging();
             let rt = match runtime() {
@@ -277,7 +302,12 @@ fn main() -> ExitCode {
                     | Cmd::Ca { .. }
                     | Cmd::Cert { .. }
                     | Cmd::Policy { .. }
-                    | Cmd::Audit { .. } => Ok(()),
+                    | Cmd::Audit { .. }
+                    | Cmd::Sessions(_)
+                    | Cmd::Revoke(_)
+                    | Cmd::Quarantine { .. }
+                    | Cmd::Killswitch { .. }
+                    | Cmd::Breakers(_) => Ok(()),
                 }
             })
         }

@@ -1,5 +1,6 @@
 //! `portcullis policy validate|test|explain`: policies checked, tested and
-//! explained offline, with the same engine the gateway runs.
+//! explained offline, with the same engine the gateway runs; `policy
+//! reload` asks a running gateway to re-read its set (admin API).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,13 @@ pub enum PolicyCmd {
         /// The request as JSON, or `@FILE` to read it from a file.
         #[arg(long, value_name = "JSON")]
         request: String,
+    },
+    /// Make the running gateway re-read its policy files (admin API). Exit 1
+    /// when the new set is rejected (the running set is kept; errors on
+    /// stderr).
+    Reload {
+        #[command(flatten)]
+        opts: crate::admin_cmd::Opts,
     },
 }
 
@@ -81,6 +89,7 @@ pub fn run(cmd: PolicyCmd) -> ExitCode {
             policies,
             request,
         } => explain(schema, &policies, &request),
+        PolicyCmd::Reload { opts } => crate::admin_cmd::policy_reload(opts),
     }
 }
 

@@ -106,14 +106,8 @@ fn ensure_cert(
     Ok(())
 }
 
-/// The safe default with no config: TLS with a development CA under the
-/// state folder, client certificates optional, bearer tokens from the
-/// gateway's own development issuer, authentication required.
-async fn dev_setup(cfg: &mut Config) -> anyhow::Result<Dev> {
-    let state = match &cfg.state_dir {
-        Some(s) => s.clone(),
-        None => portcullis_identity::paths::state_dir()?,
-    };
+/// The development CA under the state folder (`STATE/ca`), created if absent.
+fn ensure_dev_ca(state: &Path) -> anyhow::Result<PathBuf> {
     let ca_dir = state.join("ca");
     if !ca_dir.join("ca.pem").exists() {
         ca::init(&ca_dir, false)
@@ -123,6 +117,18 @@ async fn dev_setup(cfg: &mut Config) -> anyhow::Result<Dev> {
             ca_dir.display()
         );
     }
+    Ok(ca_dir)
+}
+
+/// The safe default with no config: TLS with a development CA under the
+/// state folder, client certificates optional, bearer tokens from the
+/// gateway's own development issuer, authentication required.
+async fn dev_setup(cfg: &mut Config) -> anyhow::Result<Dev> {
+    let state = match &cfg.state_dir {
+        Some(s) => s.clone(),
+        None => portcullis_identity::paths::state_dir()?,
+    };
+    let ca_dir = ensure_dev_ca(&state)?;
     let gw_dir = state.join("gateway");
     ensure_cert(
         &ca_dir,
@@ -270,12 +276,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(p) = args.audit_log {
         cfg.audit.path = Some(p);
     }
-    if let Some(a) = args.admin {
-        let token_file = cfg.admin.take().and_then(|a| a.token_file);
-        cfg.admin = Some(portcullis_gateway::config::AdminCfg {
-            addr: a,
-            token_file,
-        });
+    if let Some(addr) = args.admin {
+        match &mut cfg.admin {
+            Some(a) => a.addr = addr,
+            None => {
+                cfg.admin = Some(portcullis_gateway::config::AdminCfg {
+                    addr,
+                    cert: None,
+                    key: None,
+                    client_ca: Vec::new(),
+                    identities: Vec::new(),
+                })
+            }
+        }
     }
     let dev = if args.config.is_none() && !cfg.auth.allow_anonymous_loopback {
         Some(dev_setup(&mut cfg).await?)
@@ -366,20 +379,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no way to authenticate is configured (no [auth.oauth], no listen.tls.client_ca): every request will be refused");
     }
     let admin = match cfg.admin.clone() {
-        Some(a) => Some(admin_listener(&a, cfg.state_dir.as_deref()).await?),
+        Some(a) => Some(admin_listener(a, cfg.state_dir.as_deref(), deny_for_admin.clone()).await?),
         None => None,
     };
     let gw = Gateway::new(cfg, &[], true, pep);
-    if let Some((listener, token, token_path)) = admin {
-        let addr = listener.local_addr()?;
+    if let Some(a) = admin {
+        let addr = a.listener.local_addr()?;
         tokio::spawn(portcullis_gateway::admin::serve(
-            listener,
-            portcullis_gateway::admin::router(gw.clone(), deny_for_admin.clone(), token),
+            a.listener,
+            a.tls,
+            portcullis_gateway::admin::router(gw.clone(), deny_for_admin.clone(), a.identities),
         ));
-        eprintln!(
-            "portcullis: admin API on http://{addr} (bearer token in {})",
-            token_path.display()
-        );
+        eprintln!("portcullis: admin API on https://{addr} (mTLS; {})", a.note);
     }
     server::spawn_sweeper(gw.clone());
     let app = server::router(gw.clone(), auth.clone(), bound);
@@ -399,50 +410,86 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the admin listener and loads (or creates) its bearer token.
+/// The admin listener, ready to serve.
+struct AdminListener {
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    identities: portcullis_gateway::admin::AdminIdentities,
+    /// For the start-up line: where the admin credential is, or who may in.
+    note: String,
+}
+
+/// The admin client identity of the development default.
+const DEV_ADMIN_ID: &str = "spiffe://portcullis.local/admin/cli";
+
+/// Binds the admin listener and builds its TLS (client certificates
+/// required). Without `cert`, `key` and `client_ca` in `[admin]`, the
+/// development CA under the state folder issues the listener's certificate
+/// (`STATE/admin`) and an admin client certificate (`STATE/admin-client`,
+/// SPIFFE ID `spiffe://portcullis.local/admin/cli`), admitted by default.
 async fn admin_listener(
-    a: &portcullis_gateway::config::AdminCfg,
+    mut a: portcullis_gateway::config::AdminCfg,
     state_dir: Option<&Path>,
-) -> anyhow::Result<(tokio::net::TcpListener, String, PathBuf)> {
+    deny: Arc<DenyList>,
+) -> anyhow::Result<AdminListener> {
     let addr: SocketAddr = a.addr.parse().context("admin.addr")?;
+    let note = match (&a.cert, &a.key, a.client_ca.is_empty()) {
+        (Some(_), Some(_), false) => format!("admin identities: {}", a.identities.join(", ")),
+        _ => {
+            let state = match state_dir {
+                Some(s) => s.to_owned(),
+                None => portcullis_identity::paths::state_dir()?,
+            };
+            let ca_dir = ensure_dev_ca(&state)?;
+            let server_dir = state.join("admin");
+            ensure_cert(
+                &ca_dir,
+                &server_dir,
+                &format!("spiffe://{DEV_TRUST_DOMAIN}/gateway/admin"),
+                &["localhost"],
+                &["127.0.0.1", "::1"],
+            )?;
+            let client_dir = state.join("admin-client");
+            ensure_cert(&ca_dir, &client_dir, DEV_ADMIN_ID, &[], &[])?;
+            a.cert = Some(server_dir.join("cert.pem"));
+            a.key = Some(server_dir.join("key.pem"));
+            a.client_ca = vec![ca_dir.join("ca.pem")];
+            if a.identities.is_empty() {
+                a.identities = vec![DEV_ADMIN_ID.to_owned()];
+            }
+            format!("admin client certificate in {}", client_dir.display())
+        }
+    };
+    let identities = portcullis_gateway::admin::AdminIdentities::parse(&a.identities)
+        .map_err(|e| anyhow::anyhow!("admin.identities: {e}"))?;
+    let (Some(cert), Some(key)) = (a.cert, a.key) else {
+        bail!("admin.cert: the admin listener needs both cert and key");
+    };
+    let policy = Arc::new(ClientPolicy {
+        trust_domains: Vec::new(),
+        require_spiffe: true,
+        deny,
+    });
+    let tls = tls::server_config(
+        &ServerTls {
+            mode: TlsMode::Required,
+            cert,
+            key,
+            client_ca: a.client_ca,
+            crl: Vec::new(),
+        },
+        policy,
+    )
+    .context("admin listener TLS")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-    let path = match &a.token_file {
-        Some(p) => p.clone(),
-        None => match state_dir {
-            Some(s) => s.join("admin-token"),
-            None => portcullis_identity::paths::state_dir()?.join("admin-token"),
-        },
-    };
-    let token = match tokio::fs::read_to_string(&path).await {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
-        _ => {
-            let token = portcullis_gateway::session::new_session_id()
-                + &portcullis_gateway::session::new_session_id();
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            write_private(&path, &token)?;
-            token
-        }
-    };
-    Ok((listener, token, path))
-}
-
-/// Writes a secret file readable by its owner only.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+    Ok(AdminListener {
+        listener,
+        tls,
+        identities,
+        note,
+    })
 }
 
 fn banner(d: &Dev, url: &str, resource: &str) {
