@@ -781,6 +781,16 @@ fn no_config_requires_authentication_and_prints_how_to_connect() {
     );
 }
 
+/// Runs the admin CLI: (exit code, stdout, stderr).
+fn admin_cli(args: &[&str], conn: &[String]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).args(conn).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 #[test]
 fn admin_api_revokes_certificates_and_sessions() {
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -788,32 +798,49 @@ fn admin_api_revokes_certificates_and_sessions() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempdir("admin-token");
-    let token_file = dir.join("admin-token");
-    std::fs::write(&token_file, "s3cret-admin-token").unwrap();
+    // The admin listener has its own CA: agents' certificates are not even
+    // trusted there.
+    let admin_dir = tempdir("admin-pki");
+    let admin_pki = Pki::new(&admin_dir);
+    let admin_server = Pki::issue_with(
+        &admin_pki.ca,
+        &admin_dir,
+        "admin-server",
+        Some("spiffe://example.org/gateway/admin"),
+        None,
+        true,
+    );
+    let ops = admin_pki.issue("ops", "spiffe://example.org/admin/ops");
+    let intruder = admin_pki.issue("intruder", "spiffe://example.org/agent/intruder");
     let tail = format!(
-        "[admin]\naddr = \"127.0.0.1:{admin_port}\"\ntoken_file = {:?}\n",
-        token_file.display().to_string()
+        "[admin]\naddr = \"127.0.0.1:{admin_port}\"\ncert = {:?}\nkey = {:?}\nclient_ca = [{:?}]\nidentities = [\"spiffe://example.org/admin/*\"]\n",
+        admin_server.join("cert.pem").display().to_string(),
+        admin_server.join("key.pem").display().to_string(),
+        admin_pki.ca_pem().display().to_string(),
     );
     let s = setup_with("admin", "", &tail);
     let ca = s.pki.ca_pem();
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    let admin_call = |path: &str, token: &str, body: Option<Value>| -> (u16, String) {
-        let mut c = Command::new("curl");
-        c.args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H"])
-            .arg(format!("Authorization: Bearer {token}"));
-        if let Some(b) = body {
-            c.args(["-H", "Content-Type: application/json", "--data-binary"])
-                .arg(b.to_string());
-        }
-        let out = c.arg(format!("{admin}{path}")).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+    let url = format!("https://127.0.0.1:{admin_port}");
+    let conn = |client: &Path| -> Vec<String> {
+        vec![
+            "--admin".into(),
+            url.clone(),
+            "--ca".into(),
+            admin_pki.ca_pem().display().to_string(),
+            "--admin-cert".into(),
+            client.join("cert.pem").display().to_string(),
+            "--admin-key".into(),
+            client.join("key.pem").display().to_string(),
+        ]
     };
-    assert!(eventually(10, || admin_call("/healthz", "", None).0 == 200));
-    // Without the token, nothing.
-    assert_eq!(admin_call("/admin/sessions", "wrong", None).0, 401);
+    let admin = conn(&ops);
+    assert!(eventually(10, || admin_cli(&["sessions", "list"], &admin)
+        .0
+        == 0));
+    // A certificate from the admin CA without an admin identity: refused.
+    let (code, _, err) = admin_cli(&["sessions", "list"], &conn(&intruder));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not an admin identity"), "{err}");
     // A session for Alice.
     let alice = s.pki.issue("alice", "spiffe://example.org/agent/alice");
     let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
@@ -827,20 +854,27 @@ fn admin_api_revokes_certificates_and_sessions() {
                 .map(|v| v.trim().to_owned())
         })
         .unwrap();
-    let (code, body) = admin_call("/admin/sessions", "s3cret-admin-token", None);
-    assert_eq!(code, 200);
+    let (code, body, err) = admin_cli(&["sessions", "list", "--json"], &admin);
+    assert_eq!(code, 0, "{err}");
     assert!(
         body.contains(&sid) && body.contains("spiffe://example.org/agent/alice"),
         "{body}"
     );
-    // Revoke the identity's sessions: the session is gone.
+    // Kill the identity's sessions: the session is gone.
     let identity = "w=spiffe://example.org/agent/alice;u=-";
-    let (code, body) = admin_call(
-        "/admin/sessions/revoke",
-        "s3cret-admin-token",
-        Some(json!({"identity": identity, "reason": "test"})),
+    let (code, body, err) = admin_cli(
+        &[
+            "sessions",
+            "kill",
+            "--identity",
+            identity,
+            "--reason",
+            "test",
+        ],
+        &admin,
     );
-    assert_eq!((code, body.contains("\"ended\":1")), (200, true), "{body}");
+    assert_eq!(code, 0, "{err}");
+    assert!(body.contains("ended 1 session"), "{body}");
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
     assert_eq!(
         curl(
@@ -867,12 +901,12 @@ fn admin_api_revokes_certificates_and_sessions() {
         .0,
         200
     );
-    let (code, _) = admin_call(
-        "/admin/revocations",
-        "s3cret-admin-token",
-        Some(json!({"fingerprint": fp, "reason": "stolen"})),
+    let (code, body, err) = admin_cli(&["revoke", "--cert", &fp, "--reason", "stolen"], &admin);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        body.contains(&format!("revoked certificate:{fp}")),
+        "{body}"
     );
-    assert_eq!(code, 200);
     assert_eq!(
         curl(
             &s.url,
@@ -885,7 +919,11 @@ fn admin_api_revokes_certificates_and_sessions() {
         0
     );
     assert!(!s.upstream_saw("neg-admin-revoked"));
-    assert!(eventually(5, || s
-        .log()
-        .contains("certificate revoked by admin")));
+    assert!(eventually(5, || s.log().contains("revoked by admin")));
+    let (code, body, _) = admin_cli(&["revoke", "--list"], &admin);
+    assert_eq!(code, 0);
+    assert!(
+        body.contains(&fp) && body.contains("admin:spiffe://example.org/admin/ops"),
+        "{body}"
+    );
 }

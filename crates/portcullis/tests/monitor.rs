@@ -72,15 +72,16 @@ fn verify(files: &[&Path], extra: &[&str]) -> (bool, String) {
     )
 }
 
-/// The admin listener's address and token, from the start-up line.
-fn admin(gw: &Gateway) -> (String, String) {
+/// The admin listener's address and the folder of the admin client
+/// certificate (development default), from the start-up line.
+fn admin(gw: &Gateway) -> (String, PathBuf) {
     let mut line = String::new();
     assert!(
         eventually(10, || {
             line = gw
                 .log_text()
                 .lines()
-                .find(|l| l.contains("admin API on http://"))
+                .find(|l| l.contains("admin API on https://"))
                 .unwrap_or_default()
                 .to_owned();
             !line.is_empty()
@@ -88,23 +89,40 @@ fn admin(gw: &Gateway) -> (String, String) {
         "admin line: {}",
         gw.log_text()
     );
-    let rest = line.split("http://").nth(1).unwrap();
+    let rest = line.split("https://").nth(1).unwrap();
     let addr = rest.split_whitespace().next().unwrap().to_owned();
-    let token_path = rest
-        .split("token in ")
+    let dir = rest
+        .split("admin client certificate in ")
         .nth(1)
         .unwrap()
         .trim_end_matches(')');
-    let token = std::fs::read_to_string(token_path.trim()).unwrap();
-    (addr, token.trim().to_owned())
+    (addr, PathBuf::from(dir.trim()))
 }
 
-/// Parses Prometheus text into (series with labels, value).
-fn scrape(addr: &str, token: &str) -> Vec<(String, f64)> {
-    let auth = format!("Bearer {token}");
-    let r = raw(addr, "GET", "/metrics", &[("authorization", &auth)], b"");
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let text = String::from_utf8(r.body).unwrap();
+/// GET over https with curl: (status, body); status 0 when TLS failed.
+/// `client`: the folder with cert.pem and key.pem to present.
+fn admin_get(addr: &str, ca: &Path, client: Option<&Path>, path: &str) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-m", "20", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca);
+    if let Some(d) = client {
+        c.arg("--cert")
+            .arg(d.join("cert.pem"))
+            .arg("--key")
+            .arg(d.join("key.pem"));
+    }
+    let out = c.arg(format!("https://{addr}{path}")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Parses Prometheus text into (series with labels, value); scraped with
+/// the admin client certificate in `client` (its CA is STATE/ca).
+fn scrape(addr: &str, client: &Path) -> Vec<(String, f64)> {
+    let ca = client.parent().unwrap().join("ca").join("ca.pem");
+    let (status, text) = admin_get(addr, &ca, Some(client), "/metrics");
+    assert_eq!(status, 200, "{text}");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with EOF");
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -224,9 +242,10 @@ fn decisions_are_audited_before_the_answer_and_the_chain_verifies() {
         .unwrap()
         .contains("forged.token.value"));
 
-    // Metrics: scraped with the admin token, parsed, and consistent with the calls.
-    let (addr, token) = admin(&gw);
-    let m = scrape(&addr, &token);
+    // Metrics: scraped with the admin client certificate, parsed, and
+    // consistent with the calls.
+    let (addr, client) = admin(&gw);
+    let m = scrape(&addr, &client);
     assert!(
         metric(
             &m,
@@ -261,8 +280,12 @@ fn decisions_are_audited_before_the_answer_and_the_chain_verifies() {
         "{m:?}"
     );
     assert!(metric(&m, "portcullis_risk_score_count") >= 2.0, "{m:?}");
-    let unauth = raw(&addr, "GET", "/metrics", &[], b"");
-    assert_eq!(unauth.status, 401, "metrics need the admin token");
+    let ca = client.parent().unwrap().join("ca").join("ca.pem");
+    assert_eq!(
+        admin_get(&addr, &ca, None, "/metrics").0,
+        0,
+        "metrics need the admin client certificate (refused in the TLS handshake)"
+    );
 
     // The live file verifies; an edited copy does not, and names the line.
     let (ok, out) = verify(&[&audit], &[]);
