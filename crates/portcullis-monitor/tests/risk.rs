@@ -2,7 +2,8 @@
 //! steady agents stay low, bursts of new destructive tools, rate spikes,
 //! denials, errors, labelled bursts and findings raise it with the right
 //! factor names, everything decays, replays are deterministic, identities
-//! are independent and memory is bounded.
+//! are independent and memory is bounded; exported states survive a
+//! restart without forgetting a baseline or laundering an alarm.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_monitor::risk::{
-    FindingSeverity, ManualClock, Outcome, RequestEvent, RiskConfig, RiskEngine, RiskScore,
-    DENIALS, ERRORS, FACTORS, FINDINGS, LABELLED_BURST, NEW_TOOL, RATE, SUSPICIOUS_ARGS,
+    Baseline, Clock, FindingSeverity, ManualClock, Outcome, RequestEvent, RiskConfig, RiskEngine,
+    RiskScore, DENIALS, ERRORS, FACTORS, FINDINGS, LABELLED_BURST, NEW_TOOL, RATE, SUSPICIOUS_ARGS,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -664,4 +665,451 @@ fn scores_serialize_for_the_console() {
     );
     assert_eq!(serde_json::to_value(Outcome::Denied).unwrap(), "denied");
     assert_eq!(serde_json::to_value(FindingSeverity::High).unwrap(), "high");
+}
+
+/// Wall-clock time (Unix seconds) of the exports below.
+const T0: u64 = 1_700_000_000;
+
+/// Five allowed calls a second for `dur` seconds, rotating three tools.
+fn busy(clock: &ManualClock, e: &RiskEngine, id: &str, dur: u32) -> Vec<RiskScore> {
+    let mut out = Vec::new();
+    for i in 0..dur as usize * 5 {
+        out.push(call(e, id, STEADY_TOOLS[i % 3], false));
+        e.on_outcome(id, Outcome::Allowed);
+        clock.advance(secs(0.2));
+    }
+    out
+}
+
+/// A new process: its monotonic clock starts again at 0.
+fn restarted(saved: &[(String, Baseline)], now_unix: u64) -> (Arc<ManualClock>, RiskEngine) {
+    let (clock, e) = engine();
+    assert_eq!(e.import_baselines(saved.to_vec(), now_unix), saved.len());
+    (clock, e)
+}
+
+#[test]
+fn a_baseline_survives_a_restart() {
+    let (clock, e) = engine();
+    clock.set(secs(1000.0));
+    busy(&clock, &e, "batch", 3600);
+    let saved = e.export_baselines(T0);
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].0, "batch");
+    assert_eq!(saved[0].1.at_unix, T0);
+    assert_eq!(saved[0].1.tools.len(), 3);
+
+    // Back 30 s later: the age carries over (plus the gap)...
+    let (clock2, e2) = restarted(&saved, T0 + 30);
+    let b = e2.export_baseline("batch", T0 + 30).unwrap();
+    assert!((b.age_secs - 3630.0).abs() < 1.0, "{b:?}");
+    assert!((b.idle_secs - 30.2).abs() < 0.01, "{b:?}");
+    assert_eq!(e2.export_baseline("nobody", T0 + 30), None);
+    // ...and so does the baseline: five calls a second is still normal, and
+    // the tools it always used are not new.
+    for s in busy(&clock2, &e2, "batch", 120) {
+        check_score(&s);
+        assert_eq!(points(&s, RATE), 0, "{s:?}");
+        assert_eq!(points(&s, NEW_TOOL), 0, "{s:?}");
+        assert!(s.score < 5, "{s:?}");
+    }
+    // A tool it never used still is.
+    assert_eq!(points(&call(&e2, "batch", "drop_db", true), NEW_TOOL), 12);
+
+    // Without the import the same two minutes look like a new identity
+    // flooding with new tools.
+    let (clock3, e3) = engine();
+    let fresh = busy(&clock3, &e3, "batch", 120);
+    let last = fresh.last().unwrap();
+    assert!(points(last, RATE) >= 10, "{last:?}");
+    assert!(fresh.iter().any(|s| points(s, NEW_TOOL) >= 12));
+}
+
+#[test]
+fn a_restart_counts_as_a_quiet_gap() {
+    let (clock, e) = engine();
+    clock.set(secs(500.0));
+    busy(&clock, &e, "batch", 1800);
+    let saved = e.export_baselines(T0);
+
+    // Back after a minute: the baseline holds.
+    let (c1, e1) = restarted(&saved, T0 + 60);
+    let s1 = busy(&c1, &e1, "batch", 60);
+    assert!(s1.iter().all(|s| points(s, RATE) == 0), "{:?}", s1.last());
+    // Back after two hours: the baseline has faded as it would have in two
+    // quiet hours, so the same rate stands out against the floor.
+    let (c2, e2) = restarted(&saved, T0 + 7200);
+    let s2 = busy(&c2, &e2, "batch", 60);
+    let last = s2.last().unwrap();
+    assert!(points(last, RATE) >= 10, "{last:?}");
+
+    // The age (bias correction, warm-up) stays: unlike a new identity, the
+    // faded one is not on its warm-up floor forever, it rebuilds a baseline.
+    let b = e2.export_baseline("batch", T0 + 7260).unwrap();
+    assert!(b.age_secs > 1800.0 + 7200.0, "{b:?}");
+}
+
+#[test]
+fn a_restart_does_not_launder_an_alarm() {
+    let (clock, e) = engine();
+    clock.set(secs(500.0));
+    steady(&clock, &e, "mallory", 600);
+    steady(&clock, &e, "alice", 600);
+    let labels = vec!["pii".to_owned()];
+    for i in 0..6 {
+        e.on_request(
+            "mallory",
+            &RequestEvent {
+                tool: Some(&format!("delete_{i}")),
+                destructive: true,
+                labels: &labels,
+                suspicious: &["path-traversal"],
+            },
+        );
+        e.on_outcome("mallory", Outcome::Denied);
+        e.on_finding("mallory", FindingSeverity::Medium);
+        e.on_request("mallory", &RequestEvent::default());
+        e.on_outcome("mallory", Outcome::Allowed);
+        e.on_outcome("mallory", Outcome::Error);
+        clock.advance(secs(1.0));
+    }
+    // Then a fast burst on labelled data.
+    for _ in 0..100 {
+        e.on_request(
+            "mallory",
+            &RequestEvent {
+                tool: Some("read_file"),
+                labels: &labels,
+                ..RequestEvent::default()
+            },
+        );
+        clock.advance(secs(0.05));
+    }
+    let before = e.score("mallory");
+    assert!(before.score >= 90, "{before:?}");
+    let full = e.explain("mallory").unwrap();
+    assert!(
+        full.iter().all(|f| f.points > 0),
+        "every factor in play: {full:?}"
+    );
+    let saved = e.export_baselines(T0);
+    assert_eq!(
+        saved.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        ["alice", "mallory"]
+    );
+
+    // After a restart of any length the score is what it would have been
+    // had the process stayed up and the identities been quiet that long.
+    let up = clock.now().as_secs_f64();
+    let mut prev = 100;
+    for gap in [0, 1, 10, 60, 600, 1800, 7200, 86_400] {
+        let (_, e2) = restarted(&saved, T0 + gap);
+        clock.set(secs(up + gap as f64));
+        for id in ["mallory", "alice"] {
+            assert_eq!(e2.explain(id), e.explain(id), "{id} after {gap} s");
+            assert_eq!(e2.score(id), e.score(id), "{id} after {gap} s");
+        }
+        let s = e2.score("mallory").score;
+        assert!(s <= prev, "{prev} -> {s} after {gap} s");
+        prev = s;
+    }
+    assert!(prev < before.score);
+
+    // An attacker who keeps going after the restart starts from the carried
+    // score, not from zero.
+    let (_, e2) = restarted(&saved, T0 + 5);
+    let s = e2.on_finding("mallory", FindingSeverity::High);
+    assert_eq!(s.score, 100, "{s:?}");
+}
+
+/// Floats through JSON may differ in the last place; all else exactly.
+fn assert_close(a: &Baseline, b: &Baseline) {
+    let fa = [
+        a.age_secs,
+        a.idle_secs,
+        a.rate_long,
+        a.rate_short,
+        a.new_tool_plain,
+        a.new_tool_destructive,
+        a.denied,
+        a.decisions,
+        a.errors,
+        a.calls,
+        a.labelled,
+        a.suspicious,
+        a.findings,
+    ];
+    let fb = [
+        b.age_secs,
+        b.idle_secs,
+        b.rate_long,
+        b.rate_short,
+        b.new_tool_plain,
+        b.new_tool_destructive,
+        b.denied,
+        b.decisions,
+        b.errors,
+        b.calls,
+        b.labelled,
+        b.suspicious,
+        b.findings,
+    ];
+    for (x, y) in fa.iter().zip(fb) {
+        assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{a:?} vs {b:?}");
+    }
+    assert_eq!(a.at_unix, b.at_unix);
+    assert_eq!(a.tools, b.tools);
+}
+
+#[test]
+fn baselines_round_trip_through_json() {
+    let (clock, e) = engine();
+    steady(&clock, &e, "a", 300);
+    e.on_finding("a", FindingSeverity::High);
+    e.on_outcome("a", Outcome::Denied);
+    call(&e, "b", "x", true);
+    let saved = e.export_baselines(T0);
+    let json = serde_json::to_string(&saved).unwrap();
+    let back: Vec<(String, Baseline)> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.len(), saved.len());
+    for ((ia, a), (ib, b)) in saved.iter().zip(&back) {
+        assert_eq!(ia, ib);
+        assert_close(a, b);
+    }
+    // The store keeps one entry per identity with this shape.
+    let v = serde_json::to_value(&saved[0].1).unwrap();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "age_secs",
+            "at_unix",
+            "calls",
+            "decisions",
+            "denied",
+            "errors",
+            "findings",
+            "idle_secs",
+            "labelled",
+            "new_tool_destructive",
+            "new_tool_plain",
+            "rate_long",
+            "rate_short",
+            "suspicious",
+            "tools",
+        ]
+    );
+    // Tool hashes are u64 and survive JSON exactly.
+    let wide = Baseline {
+        tools: vec![0, 1 << 60, u64::MAX],
+        ..Baseline::default()
+    };
+    let s = serde_json::to_string(&wide).unwrap();
+    assert_eq!(serde_json::from_str::<Baseline>(&s).unwrap(), wide);
+    // Missing fields read as zero and unknown ones are ignored, so the
+    // format can grow.
+    let b: Baseline = serde_json::from_str(r#"{"at_unix": 5, "from_the_future": 1}"#).unwrap();
+    assert_eq!(
+        b,
+        Baseline {
+            at_unix: 5,
+            ..Baseline::default()
+        }
+    );
+    // Importing the JSON copy scores the same as the original.
+    let (_, e1) = restarted(&saved, T0 + 60);
+    let (_, e2) = restarted(&back, T0 + 60);
+    assert_eq!(e1.snapshot(), e2.snapshot());
+    assert_eq!(e1.explain("a"), e2.explain("a"));
+    // The tool hashes are fixed (FNV-1a 64), not whatever this build's std uses.
+    let x = e.export_baseline("b", T0).unwrap();
+    assert_eq!(x.tools, [0xaf63_f54c_8602_1707]);
+}
+
+fn assert_sane(b: &Baseline, max_tools: usize) {
+    for v in [
+        b.age_secs,
+        b.idle_secs,
+        b.rate_long,
+        b.rate_short,
+        b.new_tool_plain,
+        b.new_tool_destructive,
+        b.denied,
+        b.decisions,
+        b.errors,
+        b.calls,
+        b.labelled,
+        b.suspicious,
+        b.findings,
+    ] {
+        assert!((0.0..=1e11).contains(&v), "{b:?}");
+    }
+    assert!(b.idle_secs <= b.age_secs, "{b:?}");
+    assert!(b.denied <= b.decisions && b.errors <= b.calls, "{b:?}");
+    assert!(b.tools.len() <= max_tools);
+    assert!(b.tools.windows(2).all(|w| w[0] < w[1]), "sorted, unique");
+}
+
+#[test]
+fn extreme_baselines_are_clamped_on_import() {
+    let wild = Baseline {
+        at_unix: u64::MAX,
+        age_secs: f64::NAN,
+        idle_secs: -5.0,
+        rate_long: f64::INFINITY,
+        rate_short: f64::NAN,
+        tools: (0..10_000).rev().chain([7, 7, 7]).collect(),
+        new_tool_plain: -1.0,
+        new_tool_destructive: f64::NEG_INFINITY,
+        denied: 1e300,
+        decisions: 2.0,
+        errors: f64::NAN,
+        calls: 1e308,
+        labelled: f64::INFINITY,
+        suspicious: f64::MAX,
+        findings: f64::MIN_POSITIVE,
+    };
+    let ancient = Baseline {
+        at_unix: 0,
+        age_secs: 1e300,
+        idle_secs: 1e300,
+        rate_long: 1e300,
+        rate_short: 1e300,
+        findings: f64::INFINITY,
+        denied: 5.0,
+        decisions: 5.0,
+        ..Baseline::default()
+    };
+    let inverted = Baseline {
+        at_unix: T0,
+        age_secs: 0.5,
+        idle_secs: 1.0,
+        denied: 50.0,
+        decisions: 10.0,
+        errors: 50.0,
+        calls: 10.0,
+        ..Baseline::default()
+    };
+    let items = vec![
+        ("wild".to_owned(), wild),
+        ("ancient".to_owned(), ancient),
+        ("inverted".to_owned(), inverted),
+        ("empty".to_owned(), Baseline::default()),
+        (String::new(), Baseline::default()),
+    ];
+    for now_unix in [T0, 0, u64::MAX] {
+        let (clock, e) = engine();
+        assert_eq!(e.import_baselines(items.clone(), now_unix), items.len());
+        assert_eq!(e.len(), items.len());
+        for (id, _) in &items {
+            let s = e.score(id);
+            check_score(&s);
+            assert_eq!(e.explain(id).unwrap().len(), FACTORS.len());
+        }
+        for (_, b) in e.export_baselines(now_unix) {
+            assert_sane(&b, 256);
+        }
+        // The engine goes on working, and everything fades.
+        check_score(&call(&e, "wild", "x", true));
+        check_score(&e.on_outcome("ancient", Outcome::Error));
+        clock.advance(secs(86_400.0));
+        for (id, _) in &items {
+            assert_eq!(e.score(id).score, 0, "{id}");
+        }
+    }
+
+    let (_, e) = engine();
+    e.import_baselines(items.clone(), T0);
+    // An infinite alarm reads as the largest one, never as none; a broken
+    // baseline or age as no history (the floor and warm-up apply).
+    let s = e.explain("wild").unwrap();
+    let p = |name: &str| s.iter().find(|f| f.name == name).unwrap().points;
+    assert_eq!(p(LABELLED_BURST), 25, "{s:?}");
+    assert_eq!(p(SUSPICIOUS_ARGS), 40, "{s:?}");
+    assert_eq!(p(NEW_TOOL), 0, "{s:?}");
+    // Too little evidence for a share, however large the numerator.
+    assert_eq!(p(DENIALS), 0, "{s:?}");
+    assert_eq!(p(ERRORS), 0, "{s:?}");
+    let b = e.export_baseline("wild", T0).unwrap();
+    assert_eq!(b.rate_long, 0.0);
+    assert_eq!(b.age_secs, 0.0);
+    assert_eq!(b.tools.len(), 256);
+    // Shares never exceed 1; an idle time beyond the age is an age.
+    let b = e.export_baseline("inverted", T0).unwrap();
+    assert_eq!((b.denied, b.errors), (10.0, 10.0));
+    assert_eq!(b.age_secs, 1.0);
+    assert_eq!(points(&e.score("inverted"), DENIALS), 40);
+    // Decades-old state has decayed to nothing.
+    assert_eq!(e.score("ancient").score, 0);
+}
+
+#[test]
+fn an_import_merges_with_what_is_already_there() {
+    let (clock, e) = engine();
+    clock.set(secs(100.0));
+    steady(&clock, &e, "a", 1200);
+    e.on_finding("a", FindingSeverity::High);
+    let saved = e.export_baselines(T0);
+
+    // The identity is back before the store has been read.
+    let (_, e2) = engine();
+    call(&e2, "a", "fresh_tool", false);
+    e2.on_finding("a", FindingSeverity::Low);
+    assert_eq!(e2.import_baselines(saved.clone(), T0 + 10), 1);
+    let b = e2.export_baseline("a", T0 + 10).unwrap();
+    // The older history's age, the union of tools, the larger alarm.
+    assert!((b.age_secs - 1210.0).abs() < 1.0, "{b:?}");
+    assert_eq!(b.tools.len(), 4);
+    let merged = e2.explain("a").unwrap();
+    assert_eq!(merged[6].name, FINDINGS);
+    assert_eq!(merged[6].points, 25, "{merged:?}");
+    // Importing the same again changes nothing: a merge never double counts.
+    e2.import_baselines(saved.clone(), T0 + 10);
+    assert_eq!(e2.explain("a").unwrap(), merged);
+    // Nor does it lower a score: an import older than what is there keeps
+    // the live alarm.
+    let (_, e3) = engine();
+    for _ in 0..3 {
+        e3.on_finding("a", FindingSeverity::High);
+    }
+    let live = e3.score("a");
+    e3.import_baselines(saved, T0 + 10);
+    assert!(e3.score("a").score >= live.score, "{live:?}");
+    assert_eq!(points(&e3.score("a"), FINDINGS), 50);
+}
+
+#[test]
+fn an_import_respects_the_identity_cap() {
+    let items: Vec<(String, Baseline)> = (0..50)
+        .map(|i| {
+            (
+                format!("id-{i}"),
+                Baseline {
+                    at_unix: T0,
+                    age_secs: 1000.0,
+                    idle_secs: f64::from(i),
+                    rate_long: 1.0,
+                    ..Baseline::default()
+                },
+            )
+        })
+        .collect();
+    let (_, e) = engine_with(RiskConfig {
+        max_identities: 10,
+        ..RiskConfig::default()
+    });
+    e.on_request("live", &RequestEvent::default());
+    assert_eq!(e.import_baselines(items, T0 + 5), 50);
+    assert!(e.len() <= 10, "{}", e.len());
+    // The least recently seen went first; the live identity was seen last.
+    assert!(e.contains("live"));
+    assert!(e.contains("id-0"));
+    assert!(!e.contains("id-49"));
+    let kept: Vec<String> = e.snapshot().into_iter().map(|(id, _)| id).collect();
+    assert!(
+        kept.iter()
+            .all(|id| id == "live" || id["id-".len()..].parse::<u32>().unwrap() < 10),
+        "{kept:?}"
+    );
 }

@@ -24,6 +24,21 @@
 //! `max_identities` identities (split across up to 16 shards; a full shard
 //! evicts its least recently seen eighth) and `max_tools_per_identity`
 //! tools each.
+//!
+//! # Restarts
+//!
+//! [`RiskEngine::export_baselines`] and [`RiskEngine::import_baselines`]
+//! carry every identity's state across a restart as [`Baseline`]s (for
+//! the state store). A restart is treated as a quiet gap of the same
+//! wall-clock length: on import every accumulator is decayed by the time
+//! since the export, exactly as if the process had stayed up and the
+//! identity had sent nothing. So a restart neither forgets the standing
+//! facts (the identity's age, its long-rate baseline, the tools it is
+//! known to use) nor launders an alarm (new-tool, denial and error
+//! shares, labelled bursts, suspicious arguments and findings carry over
+//! at their decayed value). The short-lived accumulators are carried too:
+//! after any real restart they have decayed to almost nothing, and
+//! dropping them would only open a window to reset them on purpose.
 
 mod clock;
 mod config;
@@ -32,7 +47,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{RiskConfig, RiskConfigError};
@@ -66,6 +81,10 @@ pub const FACTORS: [&str; 7] = [
 const MAX_SHARDS: usize = 16;
 /// Identities per shard below which sharding is not worth it.
 const MIN_PER_SHARD: usize = 256;
+/// Longest span (s, about 317 years) an imported age, idle time or gap can have.
+const MAX_SECS: f64 = 1e10;
+/// Largest imported rate (requests/s) or accumulator (points, outcomes).
+const MAX_LEVEL: f64 = 1e6;
 
 /// One request as the risk engine sees it, so the gateway can describe it
 /// without the engine knowing the gateway's types.
@@ -121,6 +140,48 @@ pub struct Factor {
     pub name: &'static str,
     /// Points it adds (rounded).
     pub points: u8,
+}
+
+/// One identity's risk state as the state store keeps it, so a restart
+/// neither forgets its baseline nor launders an alarm (see the module doc).
+///
+/// Accumulators are as of the identity's last event, `idle_secs` before
+/// `at_unix`; [`RiskEngine::import_baselines`] decays them from there.
+/// Missing fields read as zero, unknown ones are ignored, and out-of-range
+/// values are clamped on import (never trusted to be well formed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Baseline {
+    /// Wall-clock time of the export (Unix seconds).
+    pub at_unix: u64,
+    /// Seconds from the identity's first sighting to the export.
+    pub age_secs: f64,
+    /// Seconds from the identity's last event to the export.
+    pub idle_secs: f64,
+    /// Long request-rate EWMA (requests/s, not bias-corrected): the baseline.
+    pub rate_long: f64,
+    /// Short request-rate EWMA (requests/s).
+    pub rate_short: f64,
+    /// Sorted FNV-1a 64 hashes of the tools seen (stable across builds).
+    pub tools: Vec<u64>,
+    /// Decaying `new-tool` points from plain tools.
+    pub new_tool_plain: f64,
+    /// Decaying `new-tool` points from destructive tools.
+    pub new_tool_destructive: f64,
+    /// Denial share: EWMA numerator.
+    pub denied: f64,
+    /// Denial share: EWMA denominator (decisions).
+    pub decisions: f64,
+    /// Error share: EWMA numerator.
+    pub errors: f64,
+    /// Error share: EWMA denominator (forwarded calls).
+    pub calls: f64,
+    /// Decaying count of requests touching labelled data.
+    pub labelled: f64,
+    /// Decaying `suspicious-args` points.
+    pub suspicious: f64,
+    /// Decaying `findings` points.
+    pub findings: f64,
 }
 
 /// Per-identity behavioural risk, so policy can tighten as behaviour drifts.
@@ -224,6 +285,35 @@ fn stable_hash(s: &str) -> u64 {
     h.finish()
 }
 
+/// FNV-1a 64 of a tool name: unlike `DefaultHasher`, whose algorithm may
+/// change between Rust releases, it is fixed, so stored tool sets stay
+/// valid across builds.
+fn tool_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// An imported rate or accumulator: NaN and negatives read as 0, +inf and
+/// huge values as `MAX_LEVEL` (an alarm is never read as smaller than stored).
+fn level(v: f64) -> f64 {
+    if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(0.0, MAX_LEVEL)
+    }
+}
+
+/// An imported standing fact (age, baseline rate): anything not finite
+/// reads as "no history", the stricter reading.
+fn standing(v: f64, max: f64) -> f64 {
+    if v.is_finite() {
+        v.clamp(0.0, max)
+    } else {
+        0.0
+    }
+}
+
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // A panic while holding the lock cannot leave a shard inconsistent in a
     // way that matters for a heuristic score; keep going.
@@ -259,6 +349,61 @@ impl State {
         self.suspicious *= decay(k.suspicious, dt);
         self.findings *= decay(k.findings, dt);
         self.last = now;
+    }
+
+    /// The stored form, as of `last`, with times relative to `now`.
+    fn to_baseline(&self, now: f64, now_unix: u64) -> Baseline {
+        let idle = (now - self.last).max(0.0);
+        Baseline {
+            at_unix: now_unix,
+            age_secs: (now - self.first).max(idle),
+            idle_secs: idle,
+            rate_long: self.long,
+            rate_short: self.short,
+            tools: self.tools.clone(),
+            new_tool_plain: self.new_plain,
+            new_tool_destructive: self.new_destructive,
+            denied: self.denied,
+            decisions: self.decisions,
+            errors: self.errors,
+            calls: self.calls,
+            labelled: self.labelled,
+            suspicious: self.suspicious,
+            findings: self.findings,
+        }
+    }
+
+    /// A stored baseline back on this process's clock: its export happened
+    /// `now_unix - at_unix` wall-clock seconds before `now`; every value is
+    /// clamped to a sane range.
+    fn from_baseline(b: &Baseline, now: f64, now_unix: u64, max_tools: usize) -> Self {
+        // Precision loss above 2^53 s is irrelevant: the gap is capped far below.
+        let gap = (now_unix.saturating_sub(b.at_unix) as f64).min(MAX_SECS);
+        let exported = now - gap;
+        let idle = standing(b.idle_secs, MAX_SECS);
+        let age = standing(b.age_secs, MAX_SECS).max(idle);
+        let mut tools = b.tools.clone();
+        tools.sort_unstable();
+        tools.dedup();
+        tools.truncate(max_tools);
+        let decisions = level(b.decisions);
+        let calls = level(b.calls);
+        Self {
+            first: exported - age,
+            last: exported - idle,
+            short: level(b.rate_short),
+            long: standing(b.rate_long, MAX_LEVEL),
+            new_plain: level(b.new_tool_plain),
+            new_destructive: level(b.new_tool_destructive),
+            denied: level(b.denied).min(decisions),
+            decisions,
+            errors: level(b.errors).min(calls),
+            calls,
+            labelled: level(b.labelled),
+            suspicious: level(b.suspicious),
+            findings: level(b.findings),
+            tools,
+        }
     }
 }
 
@@ -343,7 +488,7 @@ impl RiskEngine {
             st.short += k.short;
             st.long += k.long;
             if let Some(tool) = ev.tool {
-                let h = stable_hash(tool);
+                let h = tool_hash(tool);
                 if let Err(pos) = st.tools.binary_search(&h) {
                     if ev.destructive {
                         st.new_destructive += c.new_destructive_tool_points;
@@ -475,6 +620,123 @@ impl RiskEngine {
         lock(self.shard(identity)).map.remove(identity).is_some()
     }
 
+    /// Every identity's state for the state store, sorted by identity, so
+    /// a restart can pick up where this process left off; `now_unix` is the
+    /// wall-clock time of the export (Unix seconds).
+    pub fn export_baselines(&self, now_unix: u64) -> Vec<(String, Baseline)> {
+        let now = self.now();
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let shard = lock(s);
+            out.reserve(shard.map.len());
+            for (id, st) in &shard.map {
+                out.push((id.to_string(), st.to_baseline(now, now_unix)));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// One identity's state for the state store (see
+    /// [`export_baselines`](Self::export_baselines)), so a single entry can
+    /// be written through; `None` if the identity is not tracked.
+    pub fn export_baseline(&self, identity: &str, now_unix: u64) -> Option<Baseline> {
+        let now = self.now();
+        let shard = lock(self.shard(identity));
+        shard
+            .map
+            .get(identity)
+            .map(|st| st.to_baseline(now, now_unix))
+    }
+
+    /// Restores exported states after a restart, so baselines and alarms
+    /// survive it; `now_unix` is the wall-clock time now (Unix seconds).
+    ///
+    /// Each baseline is decayed by the wall-clock time since its export
+    /// (a wall clock behind `at_unix` counts as no time), keeps the
+    /// identity's age, and has every value clamped to a sane range. An
+    /// identity already tracked (events since the restart, or a second
+    /// import) is merged: the age and long-rate baseline of whichever has
+    /// more history, the union of known tools (up to the per-identity cap),
+    /// and for every alarm the larger of the two (the denial and error
+    /// shares as whole pairs), so a merge never lowers a score. New
+    /// identities are inserted least recently seen first and the identity
+    /// cap evicts as usual. Returns how many baselines were taken in
+    /// (inserted or merged).
+    pub fn import_baselines(
+        &self,
+        items: impl IntoIterator<Item = (String, Baseline)>,
+        now_unix: u64,
+    ) -> usize {
+        let now = self.now();
+        let max_tools = self.cfg.max_tools_per_identity;
+        let mut states: Vec<(String, State)> = items
+            .into_iter()
+            .map(|(id, b)| {
+                let st = State::from_baseline(&b, now, now_unix, max_tools);
+                (id, st)
+            })
+            .collect();
+        states.sort_by(|a, b| a.1.last.total_cmp(&b.1.last).then_with(|| a.0.cmp(&b.0)));
+        let n = states.len();
+        for (id, mut st) in states {
+            let mut shard = lock(self.shard(&id));
+            match shard.map.remove(id.as_str()) {
+                Some(mut cur) => {
+                    cur.advance(&self.k, now);
+                    st.advance(&self.k, now);
+                    let merged = self.merge(cur, st);
+                    shard.map.insert(id.into_boxed_str(), merged);
+                }
+                None => {
+                    self.make_room(&mut shard);
+                    shard.map.insert(id.into_boxed_str(), st);
+                }
+            }
+        }
+        n
+    }
+
+    /// Two states of one identity, both as of the same time, as one that
+    /// scores no lower than either.
+    fn merge(&self, a: State, b: State) -> State {
+        let (mut old, young) = if a.first <= b.first { (a, b) } else { (b, a) };
+        for h in young.tools {
+            if old.tools.len() >= self.cfg.max_tools_per_identity {
+                break;
+            }
+            if let Err(pos) = old.tools.binary_search(&h) {
+                old.tools.insert(pos, h);
+            }
+        }
+        old.last = old.last.max(young.last);
+        old.short = old.short.max(young.short);
+        old.new_plain = old.new_plain.max(young.new_plain);
+        old.new_destructive = old.new_destructive.max(young.new_destructive);
+        old.labelled = old.labelled.max(young.labelled);
+        old.suspicious = old.suspicious.max(young.suspicious);
+        old.findings = old.findings.max(young.findings);
+        // A share's numerator and denominator only make sense together:
+        // keep the pair that scores more (on a tie, the one with more evidence).
+        let (po, py) = (
+            self.denial_points(old.denied, old.decisions),
+            self.denial_points(young.denied, young.decisions),
+        );
+        if py > po || (py == po && young.decisions > old.decisions) {
+            old.denied = young.denied;
+            old.decisions = young.decisions;
+        }
+        let (po, py) = (
+            self.error_points(old.errors, old.calls),
+            self.error_points(young.errors, young.calls),
+        );
+        if py > po || (py == po && young.calls > old.calls) {
+            old.errors = young.errors;
+            old.calls = young.calls;
+        }
+        old
+    }
+
     /// Raw factor points in [`FACTORS`] order, each within its weight.
     fn points(&self, st: &State, now: f64) -> [f64; 7] {
         let c = &self.cfg;
@@ -496,37 +758,51 @@ impl RiskEngine {
         let new_tool =
             (st.new_plain.min(c.new_tool_plain_cap) + st.new_destructive).min(c.new_tool_weight);
 
-        let share = |num: f64, den: f64, w: f64, lo: f64, hi: f64| {
-            if den < c.outcome_min || den <= 0.0 {
-                return 0.0;
-            }
-            let confidence = if c.outcome_min > 0.0 {
-                ((den - c.outcome_min) / c.outcome_min).clamp(0.0, 1.0)
-            } else {
-                1.0
-            };
-            w * ramp(num / den, lo, hi) * confidence
-        };
-        let denials = share(
-            st.denied,
-            st.decisions,
-            c.denial_weight,
-            c.denial_ratio_low,
-            c.denial_ratio_high,
-        );
-        let errors = share(
-            st.errors,
-            st.calls,
-            c.error_weight,
-            c.error_ratio_low,
-            c.error_ratio_high,
-        );
+        let denials = self.denial_points(st.denied, st.decisions);
+        let errors = self.error_points(st.errors, st.calls);
         let labelled = c.labelled_weight * ramp(st.labelled, c.labelled_low, c.labelled_high);
         let suspicious = st.suspicious.min(c.suspicious_weight);
         let findings = st.findings.min(c.findings_weight);
         [
             rate, new_tool, denials, errors, labelled, suspicious, findings,
         ]
+    }
+
+    fn denial_points(&self, denied: f64, decisions: f64) -> f64 {
+        let c = &self.cfg;
+        self.share(
+            denied,
+            decisions,
+            c.denial_weight,
+            c.denial_ratio_low,
+            c.denial_ratio_high,
+        )
+    }
+
+    fn error_points(&self, errors: f64, calls: f64) -> f64 {
+        let c = &self.cfg;
+        self.share(
+            errors,
+            calls,
+            c.error_weight,
+            c.error_ratio_low,
+            c.error_ratio_high,
+        )
+    }
+
+    /// Points for a share `num / den` of outcomes, scaled by how much
+    /// evidence `den` there is.
+    fn share(&self, num: f64, den: f64, w: f64, lo: f64, hi: f64) -> f64 {
+        let c = &self.cfg;
+        if den < c.outcome_min || den <= 0.0 {
+            return 0.0;
+        }
+        let confidence = if c.outcome_min > 0.0 {
+            ((den - c.outcome_min) / c.outcome_min).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        w * ramp(num / den, lo, hi) * confidence
     }
 
     fn render(&self, st: &State, now: f64) -> RiskScore {
