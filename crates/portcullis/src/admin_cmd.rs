@@ -893,9 +893,10 @@ pub fn breakers(a: BreakersArgs) -> ExitCode {
                     cell(at(b, "upstream")),
                     cell(at(b, "state")),
                     cell(at(b, "consecutive_failures")),
+                    // Fractional seconds: rounded up, never "0s" while open.
                     at(b, "retry_in_secs")
-                        .as_u64()
-                        .map(human)
+                        .as_f64()
+                        .map(|s| human(s.max(0.0).ceil() as u64))
                         .unwrap_or_else(|| "-".into()),
                     cell(at(b, "last_failure")),
                 ]

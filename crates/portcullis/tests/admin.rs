@@ -377,3 +377,149 @@ fn admin_section_accepts_any_address_and_checks_identities() {
     let (ok, err) = check("[admin]\naddr = \"127.0.0.1:8788\"\ntoken_file = \"t\"\n");
     assert!(!ok && err.contains("token_file"), "{err}");
 }
+
+#[test]
+fn cli_drives_containment_routes() {
+    let (gw, state, audit, admin) = start_dev("admin-contain");
+    let sid = gw.session();
+    // Quarantine: add, list, remove (twice: the second has nothing to remove).
+    let (code, out, err) = cli(
+        &[
+            "quarantine",
+            "add",
+            "--identity",
+            "w=-;u=-",
+            "--mode",
+            "read-only",
+            "--ttl",
+            "15m",
+            "--reason",
+            "drill",
+        ],
+        &admin,
+        &state,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("quarantined identity:w=-;u=- (read-only, expires in 1"),
+        "{out}"
+    );
+    assert!(out.contains("1 open session affected"), "{out}");
+    let (code, out, _) = cli(&["quarantine", "list"], &admin, &state);
+    assert_eq!(code, 0);
+    let row = out.lines().nth(1).unwrap_or_default().to_owned();
+    assert!(
+        out.starts_with("TARGET")
+            && row.starts_with("identity:w=-;u=-")
+            && row.contains("read-only")
+            && row.contains("admin:spiffe://portcullis.local/admin/cli")
+            && row.ends_with("drill"),
+        "{out}"
+    );
+    let (code, _, err) = cli(
+        &["quarantine", "remove", "--identity", "w=-;u=-"],
+        &admin,
+        &state,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(
+        &["quarantine", "remove", "--identity", "w=-;u=-"],
+        &admin,
+        &state,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("no quarantine on identity:w=-;u=-"), "{err}");
+    // Usage: exactly one target.
+    let (code, _, _) = cli(
+        &[
+            "quarantine",
+            "add",
+            "--identity",
+            "a",
+            "--agent",
+            "spiffe://x/y",
+        ],
+        &admin,
+        &state,
+    );
+    assert_eq!(code, 2);
+
+    // Kill switch: on, status, off.
+    let (code, out, err) = cli(
+        &["killswitch", "on", "--reason", "incident"],
+        &admin,
+        &state,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("kill switch: deny-all"), "{out}");
+    let r = gw.call(&sid, "5", "tools/list", "{}");
+    assert!(r["error"].is_object(), "the kill switch holds: {r}");
+    let (code, out, _) = cli(&["killswitch", "status", "--json"], &admin, &state);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mode"], "deny-all");
+    assert_eq!(v["by"], "admin:spiffe://portcullis.local/admin/cli");
+    let (code, out, _) = cli(&["killswitch", "off"], &admin, &state);
+    assert_eq!((code, out.trim()), (0, "kill switch: off"));
+
+    // Revocations: a token by jti with a lifetime, listed; a missing session.
+    let (code, out, err) = cli(
+        &[
+            "revoke", "--jti", "jti-123", "--ttl", "1h", "--reason", "leaked",
+        ],
+        &admin,
+        &state,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("revoked token:jti-123; 0 sessions ended"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["revoke", "--list"], &admin, &state);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().any(|l| l.starts_with("token")
+            && l.contains("jti-123")
+            && (l.contains("in 59m") || l.contains("in 1h0m"))),
+        "{out}"
+    );
+    let (code, _, err) = cli(&["revoke", "--session", "no-such"], &admin, &state);
+    assert_eq!(code, 1);
+    assert!(err.contains("no such session"), "{err}");
+
+    // Breakers: listed; an unknown one is not found.
+    let (code, out, _) = cli(&["breakers"], &admin, &state);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("demo") && l.contains("closed")),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["breakers", "reset", "demo"], &admin, &state);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "breaker of demo was already closed")
+    );
+    let (code, _, err) = cli(&["breakers", "reset", "nope"], &admin, &state);
+    assert_eq!(code, 1);
+    assert!(err.contains("no upstream named \"nope\""), "{err}");
+
+    // Every action above is in the audit log with the admin's identity.
+    let recs = records(&audit);
+    for action in [
+        "quarantine-read-only",
+        "quarantine-release",
+        "killswitch-deny-all",
+        "killswitch-off",
+        "revoke-token",
+        "breaker-reset",
+    ] {
+        assert!(
+            recs.iter().any(|r| r["kind"] == "containment"
+                && r["action"] == action
+                && r["by"] == "admin:spiffe://portcullis.local/admin/cli"),
+            "{action}: {recs:?}"
+        );
+    }
+}
