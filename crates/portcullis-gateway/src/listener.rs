@@ -286,3 +286,44 @@ where
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_ip: usize) -> ConnLimits {
+        ConnLimits {
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            ..ConnLimits::default()
+        }
+    }
+
+    #[test]
+    fn caps_count_per_address_and_in_total_and_guards_release() {
+        let c = Counter::new(limits(3, 2));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        // IPv4-mapped IPv6 is the same client as the IPv4 address.
+        let a6: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let g1 = c.admit(a).unwrap();
+        let g2 = c.admit(a6).unwrap();
+        assert!(matches!(c.admit(a), Err(Refusal::PerIp)));
+        let g3 = c.admit(b).unwrap();
+        assert!(matches!(c.admit(b), Err(Refusal::Total)));
+        assert_eq!(c.total.load(Ordering::Acquire), 3);
+        drop(g1);
+        let g4 = c.admit(a).unwrap();
+        drop((g2, g3, g4));
+        assert_eq!(c.total.load(Ordering::Acquire), 0);
+        assert!(c.per_ip.lock().unwrap().is_empty(), "no entry left behind");
+    }
+
+    #[test]
+    fn defaults_follow_the_config_defaults() {
+        let l = ConnLimits::default();
+        assert_eq!(l.header_timeout, Duration::from_secs(10));
+        assert_eq!(l.handshake_timeout, Duration::from_secs(10));
+        assert_eq!((l.max_connections, l.max_connections_per_ip), (10_000, 256));
+    }
+}
