@@ -76,6 +76,21 @@ pub trait StateStore: Send + Sync + 'static {
         expires_at: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Writes several entries of one namespace at once (one sync for the
+    /// lot where the store can; the default writes them one by one).
+    fn put_many<'a>(
+        &'a self,
+        ns: &'a str,
+        entries: Vec<Entry>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            for e in entries {
+                self.put(ns, &e.key.clone(), e.value, e.expires_at).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Removes an entry; `true` if it existed.
     fn remove<'a>(&'a self, ns: &'a str, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
@@ -342,13 +357,61 @@ impl FileStore {
         Ok(had)
     }
 
-    async fn run(&self, op: Op) -> Result<bool, StoreError> {
-        let me = FileStore {
+    /// Appends several ops with one sync.
+    fn apply_many(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut text = String::new();
+        for op in &ops {
+            text.push_str(
+                &serde_json::to_string(op).map_err(|e| StoreError::Encode(e.to_string()))?,
+            );
+            text.push('\n');
+        }
+        let mut j = lock(&self.inner);
+        if let Some(f) = &j.failed {
+            return Err(StoreError::Unavailable(f.clone()));
+        }
+        let written = j
+            .file
+            .write_all(text.as_bytes())
+            .and_then(|_| j.file.sync_data());
+        if let Err(e) = written {
+            j.failed = Some(e.to_string());
+            return Err(io_err(&self.path, e));
+        }
+        j.lines += ops.len();
+        for op in ops {
+            let k = (op.ns, op.key);
+            match op.put {
+                Some(e) => j.map.insert(k, e),
+                None => j.map.remove(&k),
+            };
+        }
+        if j.lines > 1024 && j.lines > 4 * j.map.len() {
+            let map = j.map.clone();
+            match Self::compact(&self.path, &map) {
+                Ok(f) => {
+                    j.file = f;
+                    j.lines = map.len();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "state store: compaction failed; journal kept")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&self) -> FileStore {
+        FileStore {
             path: self.path.clone(),
             inner: self.inner.clone(),
             tx: self.tx.clone(),
             _lock: None,
-        };
+        }
+    }
+
+    async fn run(&self, op: Op) -> Result<bool, StoreError> {
+        let me = self.handle();
         tokio::task::spawn_blocking(move || me.apply(op))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
@@ -380,6 +443,38 @@ impl StateStore for FileStore {
                 key: key.to_owned(),
                 entry: Some(e),
             });
+            Ok(())
+        })
+    }
+
+    fn put_many<'a>(
+        &'a self,
+        ns: &'a str,
+        entries: Vec<Entry>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let ops: Vec<Op> = entries
+                .iter()
+                .map(|e| Op {
+                    ns: ns.to_owned(),
+                    key: e.key.clone(),
+                    put: Some(e.clone()),
+                })
+                .collect();
+            let me = self.handle();
+            tokio::task::spawn_blocking(move || me.apply_many(ops))
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            for e in entries {
+                let _ = self.tx.send(Change {
+                    ns: ns.to_owned(),
+                    key: e.key.clone(),
+                    entry: Some(e),
+                });
+            }
             Ok(())
         })
     }

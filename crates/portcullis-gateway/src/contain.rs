@@ -360,3 +360,67 @@ pub async fn open_state(
         .map_err(|e| format!("store: {e}"))?;
     Ok(Arc::new(state))
 }
+
+/// Store namespace of behavioural risk baselines.
+pub const NS_RISK: &str = "risk";
+
+/// Loads the risk baselines the store remembers into `risk` (a restart
+/// neither forgets an identity's normal behaviour nor launders an alarm).
+pub async fn restore_baselines(
+    state: &Containment,
+    risk: &portcullis_monitor::risk::RiskEngine,
+) -> usize {
+    let entries = match state.store().list(NS_RISK).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "risk baselines not restored");
+            return 0;
+        }
+    };
+    let items = entries.into_iter().filter_map(|e| {
+        serde_json::from_value::<portcullis_monitor::risk::Baseline>(e.value)
+            .ok()
+            .map(|b| (e.key, b))
+    });
+    risk.import_baselines(items, portcullis_contain::now_unix())
+}
+
+/// Writes every identity's risk baseline to the store (one sync).
+pub async fn save_baselines(
+    state: &Containment,
+    risk: &portcullis_monitor::risk::RiskEngine,
+) -> Result<usize, portcullis_contain::StoreError> {
+    let entries: Vec<portcullis_contain::store::Entry> = risk
+        .export_baselines(portcullis_contain::now_unix())
+        .into_iter()
+        .filter_map(|(key, b)| {
+            Some(portcullis_contain::store::Entry {
+                key,
+                value: serde_json::to_value(b).ok()?,
+                expires_at: None,
+            })
+        })
+        .collect();
+    let n = entries.len();
+    state.store().put_many(NS_RISK, entries).await?;
+    Ok(n)
+}
+
+/// Saves risk baselines every `every` (and leaves the last save to the
+/// caller at shutdown).
+pub fn spawn_baseline_saver(
+    state: Arc<Containment>,
+    monitor: Arc<crate::monitor::Monitor>,
+    every: Duration,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = save_baselines(&state, &monitor.risk).await {
+                tracing::warn!(error = %e, "risk baselines not saved");
+            }
+        }
+    });
+}

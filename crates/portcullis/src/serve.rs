@@ -358,6 +358,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let monitor = Arc::new(
         portcullis_gateway::monitor::Monitor::from_config(&cfg).map_err(anyhow::Error::msg)?,
     );
+    let restored = portcullis_gateway::contain::restore_baselines(&contain, &monitor.risk).await;
+    if restored > 0 {
+        tracing::info!(identities = restored, "risk baselines restored");
+    }
+    portcullis_gateway::contain::spawn_baseline_saver(
+        contain.clone(),
+        monitor.clone(),
+        Duration::from_secs(60),
+    );
     let pep = Arc::new(
         portcullis_gateway::pep::Pep::with_monitor(&cfg, monitor.clone())
             .map_err(|e| anyhow::anyhow!("policy: {e}"))?
@@ -404,6 +413,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let limits = portcullis_gateway::listener::ConnLimits::from(&gw.cfg.limits);
     portcullis_gateway::listener::serve(listener, tls_config, app, limits, shutdown_signal()).await;
     gw.shutdown();
+    match portcullis_gateway::contain::save_baselines(&contain, &monitor.risk).await {
+        Ok(n) if n > 0 => tracing::info!(identities = n, "risk baselines saved"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "risk baselines not saved at shutdown"),
+    }
     monitor.shutdown();
     // Give stdio children their grace period.
     tokio::time::sleep(Duration::from_millis(300)).await;

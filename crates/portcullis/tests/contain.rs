@@ -368,3 +368,80 @@ open_secs = 1
         );
     }
 }
+
+/// The decision records of tools/call for `marker` in the audit log.
+fn decision_risk(env: &Env, marker_tool: &str) -> Vec<Value> {
+    env.audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "decision" && r["tool"] == marker_tool)
+        .map(|r| r["risk"].clone())
+        .collect()
+}
+
+#[test]
+fn risk_baselines_survive_a_graceful_restart() {
+    let env = Env::new("contain-baseline", "");
+    let gw = env.start();
+    let a = session(&gw, &env.alice).unwrap();
+    for i in 0..6 {
+        let r = call(
+            &gw,
+            &env.alice,
+            &a,
+            i,
+            "demo__echo",
+            echo("../../../../etc/passwd http://169.254.169.254/latest/meta-data/"),
+        );
+        assert!(r["result"].is_object(), "{r}");
+    }
+    let before = decision_risk(&env, "demo__echo");
+    let last = before.last().unwrap().clone();
+    assert!(last["score"].as_u64().unwrap() > 0, "{last}");
+    // SIGTERM: the gateway saves baselines on its way out.
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut gw = gw;
+    let end = Instant::now() + Duration::from_secs(10);
+    while gw.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "gateway did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let journal =
+        std::fs::read_to_string(env.dir.join("state").join("store").join("state.jsonl")).unwrap();
+    assert!(journal.contains("\"ns\":\"risk\""), "baselines stored");
+    drop(gw);
+    let gw = env.start();
+    let a = session(&gw, &env.alice).unwrap();
+    let r = call(&gw, &env.alice, &a, 100, "demo__echo", echo("calm again"));
+    assert!(r["result"].is_object(), "{r}");
+    let after = decision_risk(&env, "demo__echo").last().unwrap().clone();
+    let factors: Vec<&str> = after["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(
+        factors.contains(&"suspicious-args"),
+        "the alarm is not laundered by a restart: {after}"
+    );
+    // A known tool is not new after a restart: its first-use points only
+    // decayed since (a fresh identity would score it again).
+    let points = |r: &Value, name: &str| {
+        r["factors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .and_then(|f| f["points"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        points(&after, "new-tool") <= points(&last, "new-tool"),
+        "before {last}, after {after}"
+    );
+}
