@@ -136,7 +136,20 @@ const DENIAL_KEYS: usize = 100_000;
 #[derive(Default)]
 pub struct AutoRules {
     rules: Vec<AutoRule>,
-    denials: Mutex<HashMap<String, VecDeque<Instant>>>,
+    denials: Mutex<HashMap<String, Denials>>,
+}
+
+/// One key's recent denials. Each denials rule consumes the denials that
+/// fired it, so one burst fires a rule once, without taking them from the
+/// other rules (a fast rule firing must not starve a slower one).
+#[derive(Default)]
+struct Denials {
+    /// Sequence number and time of each denial, oldest first.
+    times: VecDeque<(u64, Instant)>,
+    /// The last sequence number handed out.
+    seq: u64,
+    /// Per rule (by index): the last denial a firing of it consumed.
+    used: HashMap<usize, u64>,
 }
 
 impl AutoRules {
@@ -200,36 +213,54 @@ impl AutoRules {
         let mut m = self.denials.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= DENIAL_KEYS && !m.contains_key(key) {
             let horizon = Duration::from_secs(longest);
-            m.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < horizon));
+            m.retain(|_, d| {
+                d.times
+                    .back()
+                    .is_some_and(|(_, t)| now.duration_since(*t) < horizon)
+            });
             if m.len() >= DENIAL_KEYS {
                 m.clear();
             }
         }
-        let q = m.entry(key.to_owned()).or_default();
-        q.push_back(now);
-        while q
+        let d = m.entry(key.to_owned()).or_default();
+        d.seq += 1;
+        let seq = d.seq;
+        d.times.push_back((seq, now));
+        while d
+            .times
             .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(longest))
+            .is_some_and(|(_, t)| now.duration_since(*t) > Duration::from_secs(longest))
         {
-            q.pop_front();
+            d.times.pop_front();
         }
         let mut out = Vec::new();
-        for r in self.rules.iter().filter(|r| r.when == Signal::Denials) {
+        let mut least_used = u64::MAX;
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.when != Signal::Denials {
+                continue;
+            }
             let (Some(count), Some(w)) = (r.count, r.window_secs) else {
                 continue;
             };
             let window = Duration::from_secs(w);
-            let n = q
+            let used = d.used.get(&i).copied().unwrap_or(0);
+            let n = d
+                .times
                 .iter()
-                .filter(|t| now.duration_since(**t) <= window)
+                .filter(|(s, t)| *s > used && now.duration_since(*t) <= window)
                 .count();
             if n >= count as usize {
                 out.push(Self::fire(r, format!("{n} denials within {w} s")));
+                // Fired: this rule counts afresh so one burst fires it once.
+                d.used.insert(i, seq);
+                least_used = least_used.min(seq);
+            } else {
+                least_used = least_used.min(used);
             }
         }
-        if !out.is_empty() {
-            // Fired: start counting afresh so one burst fires once.
-            q.clear();
+        // Denials every rule has consumed count for nothing any more.
+        while d.times.front().is_some_and(|(s, _)| *s <= least_used) {
+            d.times.pop_front();
         }
         out
     }
