@@ -199,6 +199,11 @@ impl Quarantines {
         old
     }
 
+    /// Whether no quarantine is held (expired ones count until swept).
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
     /// The strictest quarantine in force for `s` at `now`.
     pub fn check(&self, s: &Subject<'_>, now: u64) -> Option<Quarantine> {
         if self.count.load(Ordering::Acquire) == 0 {

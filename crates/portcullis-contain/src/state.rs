@@ -164,6 +164,12 @@ impl Containment {
         self.events.subscribe()
     }
 
+    /// Whether nothing is in force at all (kill switch off, no quarantine):
+    /// lets callers skip building a subject. Two atomic loads.
+    pub fn is_clear(&self) -> bool {
+        self.kill.load(Ordering::Acquire) == OFF && self.quarantines.is_empty()
+    }
+
     /// What applies to `s` at `now` (Unix seconds): the strictest of the
     /// kill switch and its quarantines.
     pub fn verdict(&self, s: &Subject<'_>, now: u64) -> Verdict {

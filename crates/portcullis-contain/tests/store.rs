@@ -378,3 +378,33 @@ async fn memory_store_keeps_the_same_contract() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_many_writes_a_batch_that_survives_reopen_and_announces_each() {
+    let dir = TempDir::new("put-many");
+    let store = FileStore::open(dir.path()).unwrap();
+    let mut rx = store.changes();
+    let entries: Vec<Entry> = (0..50)
+        .map(|i| Entry {
+            key: format!("k{i}"),
+            value: json!({"n": i}),
+            expires_at: None,
+        })
+        .collect();
+    store.put_many("risk", entries.clone()).await.unwrap();
+    store.put_many("risk", Vec::new()).await.unwrap();
+    for e in &entries {
+        let c = rx.recv().await.unwrap();
+        assert_eq!(c.ns, "risk");
+        assert_eq!(c.entry.as_ref(), Some(e));
+    }
+    drop(store);
+    let again = FileStore::open(dir.path()).unwrap();
+    let mut got = again.list("risk").await.unwrap();
+    got.sort_by_key(|e| e.key[1..].parse::<u32>().unwrap());
+    assert_eq!(got, entries);
+    // The default implementation (one put each) keeps the same contract.
+    let mem = MemoryStore::default();
+    mem.put_many("risk", entries.clone()).await.unwrap();
+    assert_eq!(mem.list("risk").await.unwrap().len(), entries.len());
+}

@@ -194,6 +194,9 @@ impl Guard {
 
     /// What containment says about this client now.
     pub fn verdict(&self, client: &Client) -> Verdict {
+        if self.state.is_clear() {
+            return Verdict::Clear;
+        }
         let p = &client.principal;
         let agent = p.workload.as_ref().map(|w| w.to_string());
         let user = p.user_id();
