@@ -332,11 +332,15 @@ async fn revoke(
         .pep
         .monitor
         .containment(action, &r.key(), Some(&reason), &by);
-    let stored_r = st.gw.pep.contain.state.revoke(r).await;
-    // Sessions created with that certificate or token end at once.
-    let mut ended = 0;
-    for c in st.gw.sessions.all() {
-        let hit = match kind {
+    // The sessions created with that certificate or token, found before the
+    // revocation is announced (the containment watcher ends token sessions
+    // too; whichever gets there first ends each one).
+    let hits: Vec<_> = st
+        .gw
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|c| match kind {
             RevokedKind::Certificate => c
                 .principal
                 .cert
@@ -345,13 +349,14 @@ async fn revoke(
             RevokedKind::Token => {
                 c.principal.user.as_ref().and_then(|u| u.jti.as_deref()) == Some(value.as_str())
             }
-        };
-        if hit {
-            if let Some(c) = st.gw.sessions.remove(&c.id) {
-                crate::gateway::close_streams(&c);
-                st.gw.end_session(&c, "credential revoked by admin").await;
-                ended += 1;
-            }
+        })
+        .collect();
+    let stored_r = st.gw.pep.contain.state.revoke(r).await;
+    let ended = hits.len();
+    for c in hits {
+        if let Some(c) = st.gw.sessions.remove(&c.id) {
+            crate::gateway::close_streams(&c);
+            st.gw.end_session(&c, "credential revoked by admin").await;
         }
     }
     tracing::warn!(kind = kind.as_str(), value = %value, reason = %reason, sessions_ended = ended, "revoked by admin");

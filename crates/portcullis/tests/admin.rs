@@ -17,53 +17,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-/// The admin listener's `host:port`, from the start-up line.
-fn admin_addr(gw: &Gateway) -> String {
-    let mut line = String::new();
-    assert!(
-        eventually(10, || {
-            line = gw
-                .log_text()
-                .lines()
-                .find(|l| l.contains("admin API on https://"))
-                .unwrap_or_default()
-                .to_owned();
-            !line.is_empty()
-        }),
-        "admin line: {}",
-        gw.log_text()
-    );
-    assert!(
-        line.contains("(mTLS; admin client certificate in "),
-        "{line}"
-    );
-    let rest = line.split("https://").nth(1).unwrap();
-    rest.split_whitespace().next().unwrap().to_owned()
-}
-
-/// Runs `portcullis ARGS` with the state folder given by flag: (exit code,
-/// stdout, stderr).
-fn cli(args: &[&str], admin: &str, state: &Path) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--admin")
-        .arg(format!("https://{admin}"))
-        .arg("--state-dir")
-        .arg(state)
-        .env_remove("PORTCULLIS_STATE_DIR")
-        .env_remove("PORTCULLIS_ADMIN_URL")
-        .env_remove("PORTCULLIS_ADMIN_CERT")
-        .env_remove("PORTCULLIS_ADMIN_KEY")
-        .env_remove("PORTCULLIS_ADMIN_CA")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 /// GET or POST over https with curl: (status, body); status 0 when the TLS
 /// handshake failed. `client`: a folder with cert.pem and key.pem.
 fn curl(

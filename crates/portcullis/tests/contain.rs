@@ -88,6 +88,28 @@ env = {{ PORTCULLIS_DEMO_LOG = {log:?} }}
         spawn_gateway(cmd)
     }
 
+    /// Starts with an admin listener; returns it with its `host:port`.
+    fn start_admin(&self) -> (Gateway, String) {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&self.cfg);
+        let gw = spawn_gateway(cmd);
+        let admin = admin_addr(&gw);
+        (gw, admin)
+    }
+
+    /// `portcullis ARGS` against the admin listener: (exit code, stdout, stderr).
+    fn cli(&self, admin: &str, args: &[&str]) -> (i32, String, String) {
+        cli(args, admin, &self.dir.join("state"))
+    }
+
     /// Lines the upstream received that contain `marker`.
     fn upstream_saw(&self, marker: &str) -> usize {
         std::fs::read_to_string(self.dir.join("upstream.log"))
@@ -444,4 +466,166 @@ fn risk_baselines_survive_a_graceful_restart() {
         points(&after, "new-tool") <= points(&last, "new-tool"),
         "before {last}, after {after}"
     );
+}
+
+/// The `jti` claim of a compact JWT.
+fn jti(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["jti"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_revoked_token_is_refused_at_once_and_its_session_ends() {
+    let env = Env::new("contain-jti", "");
+    let (gw, admin) = env.start_admin();
+    let a = session(&gw, &env.alice).unwrap();
+    let b = session(&gw, &env.bob).unwrap();
+    assert!(call(&gw, &env.alice, &a, 1, "demo__echo", echo("alice-before"))["result"].is_object());
+    let (code_, out, err) = env.cli(
+        &admin,
+        &[
+            "revoke",
+            // `--jti=…`: a base64url jti may start with '-'.
+            &format!("--jti={}", jti(&env.alice)),
+            "--reason",
+            "token leaked",
+        ],
+    );
+    assert_eq!(code_, 0, "{out}{err}");
+    assert!(
+        out.contains("1 sessions ended") || out.contains("1 session"),
+        "{out}"
+    );
+    // The very next request with that token: 401 token revoked.
+    let auth = bearer(&env.alice);
+    let r = gw.post(
+        &[
+            ("authorization", &auth),
+            ("mcp-session-id", &a),
+            ("mcp-protocol-version", "2025-06-18"),
+        ],
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "demo__echo", "arguments": {"message": "alice-after"}}}).to_string(),
+    );
+    assert_eq!(r.status, 401, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or("")
+            .contains("token revoked"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(session(&gw, &env.alice).unwrap_err().status, 401);
+    assert_eq!(env.upstream_saw("alice-after"), 0);
+    // Bob's token and session are untouched.
+    assert!(call(&gw, &env.bob, &b, 3, "demo__echo", echo("bob"))["result"].is_object());
+    // Stored: still refused after a restart.
+    drop(gw);
+    let gw = env.start();
+    assert_eq!(
+        session(&gw, &env.alice).unwrap_err().status,
+        401,
+        "after restart"
+    );
+    assert!(session(&gw, &env.bob).is_ok());
+    assert!(
+        env.audit()
+            .iter()
+            .any(|r| r["kind"] == "containment" && r["action"] == "revoke-token"),
+        "audited"
+    );
+}
+
+#[test]
+fn read_only_quarantine_leaves_only_read_only_safe_tools() {
+    let env = Env::new(
+        "contain-ro",
+        r#"
+[[segment]]
+name = "library"
+labels = ["safe"]
+tools = ["demo__read_document"]
+"#,
+    );
+    let (gw, admin) = env.start_admin();
+    let a = session(&gw, &env.alice).unwrap();
+    let b = session(&gw, &env.bob).unwrap();
+    let (c, out, err) = env.cli(
+        &admin,
+        &[
+            "quarantine",
+            "add",
+            "--user",
+            "urn:portcullis:dev#alice",
+            "--mode",
+            "read-only",
+            "--reason",
+            "odd behaviour",
+        ],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    // Listed tools shrink to what read-only allows.
+    let auth = bearer(&env.alice);
+    let list = gw
+        .post(
+            &[
+                ("authorization", &auth),
+                ("mcp-session-id", &a),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#,
+        )
+        .json();
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["demo__read_document"], "{list}");
+    // A read-only, safe-labelled tool still works…
+    let doc = call(
+        &gw,
+        &env.alice,
+        &a,
+        2,
+        "demo__read_document",
+        json!({"name": "welcome"}),
+    );
+    assert!(doc["result"].is_object(), "{doc}");
+    // …a read-only tool without the label and a writing tool do not.
+    for (i, tool, args) in [
+        (3, "demo__echo", echo("alice-ro")),
+        (
+            4,
+            "demo__write_note",
+            json!({"title": "alice-ro", "body": "x"}),
+        ),
+    ] {
+        let r = call(&gw, &env.alice, &a, i, tool, args);
+        assert_eq!(code(&r), -32032, "{tool}: {r}");
+        assert_eq!(r["error"]["data"]["mode"], "read-only");
+    }
+    assert_eq!(env.upstream_saw("alice-ro"), 0);
+    // Bob is another user: everything as before.
+    assert!(call(
+        &gw,
+        &env.bob,
+        &b,
+        5,
+        "demo__write_note",
+        json!({"title": "bob", "body": "x"})
+    )["result"]
+        .is_object());
+    // Released: alice is back to normal in the same session.
+    let (c, out, err) = env.cli(
+        &admin,
+        &["quarantine", "remove", "--user", "urn:portcullis:dev#alice"],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(call(&gw, &env.alice, &a, 6, "demo__echo", echo("alice-free"))["result"].is_object());
 }

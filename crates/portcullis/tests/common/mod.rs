@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -278,4 +278,51 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// The admin listener's `host:port`, from the start-up line.
+pub fn admin_addr(gw: &Gateway) -> String {
+    let mut line = String::new();
+    assert!(
+        eventually(10, || {
+            line = gw
+                .log_text()
+                .lines()
+                .find(|l| l.contains("admin API on https://"))
+                .unwrap_or_default()
+                .to_owned();
+            !line.is_empty()
+        }),
+        "admin line: {}",
+        gw.log_text()
+    );
+    assert!(
+        line.contains("(mTLS; admin client certificate in "),
+        "{line}"
+    );
+    let rest = line.split("https://").nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+/// Runs `portcullis ARGS` with the state folder given by flag: (exit code,
+/// stdout, stderr).
+pub fn cli(args: &[&str], admin: &str, state: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--admin")
+        .arg(format!("https://{admin}"))
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("PORTCULLIS_STATE_DIR")
+        .env_remove("PORTCULLIS_ADMIN_URL")
+        .env_remove("PORTCULLIS_ADMIN_CERT")
+        .env_remove("PORTCULLIS_ADMIN_KEY")
+        .env_remove("PORTCULLIS_ADMIN_CA")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
