@@ -319,9 +319,14 @@ async fn reload_policy(
 
 /// Serves the admin router over TLS (client certificates required) until
 /// the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    limits: crate::listener::ConnLimits,
+) {
     let never = std::future::pending::<()>();
-    crate::listener::serve(listener, Some(tls), app, Default::default(), never).await;
+    crate::listener::serve(listener, Some(tls), app, limits, never).await;
 }
 
 #[cfg(test)]

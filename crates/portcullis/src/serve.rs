@@ -398,6 +398,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             a.listener,
             a.tls,
             portcullis_gateway::admin::router(gw.clone(), deny_for_admin.clone(), a.identities),
+            portcullis_gateway::listener::ConnLimits::from(&gw.cfg.limits),
         ));
         eprintln!("portcullis: admin API on https://{addr} (mTLS; {})", a.note);
     }
