@@ -13,6 +13,7 @@
 #   SESSIONS=32 DURATION=10 WARMUP=2     load phase (throughput)
 #   LAT_SESSIONS=1 ROUNDS=6 ROUND_SECS=5 unloaded-latency phase
 #   QUARANTINES=10000                    quarantines of other identities in (B)
+#   STREAMS=100                          open SSE streams cut by a manual quarantine
 #   SKIP_BUILD=1 SKIP_CRITERION=1        reuse binaries / skip criterion
 #   OUT_DIR=target/bench                 where logs and JSON results go
 set -euo pipefail
@@ -127,6 +128,16 @@ timeout "$LOAD_LIMIT" "$BIN/portcullis-load" \
     --sessions "$SESSIONS" --duration "$DURATION" --warmup "$WARMUP" \
     --json >"$OUT_DIR/contain-load.json"
 echo "results: $OUT_DIR/contain-load.json"
+
+PY=${PY:-$ROOT/.deps/venv/bin/python}
+if [ -x "$PY" ]; then
+    echo "## manual quarantine: time until every open SSE stream of the identity is closed"
+    gateway admin --admin 127.0.0.1:0
+    ADMIN=$(grep -Eo 'admin API on https://[^ ]*' "$OUT_DIR/contain-gw-admin.log" | head -n1 | sed 's/^admin API on //')
+    "$PY" bench/quarantine_latency.py "$URL" "$ADMIN" "$WORK/state-admin" "${STREAMS:-100}"
+else
+    echo "## manual quarantine latency skipped: no $PY (scripts/install-test-deps.sh)"
+fi
 
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then
     echo "## containment checks alone (criterion)"
