@@ -10,7 +10,8 @@
 # Loopback only; every process started here is stopped on exit.
 #
 # Knobs (environment):
-#   SESSIONS=32 DURATION=10 WARMUP=2     load phase (throughput)
+#   SESSIONS=32 DURATION=10 WARMUP=2     load phase (throughput), measured in
+#   LOAD_ROUNDS=3                        alternating rounds (A B A B …) merged
 #   LAT_SESSIONS=1 ROUNDS=6 ROUND_SECS=5 unloaded-latency phase
 #   QUARANTINES=10000                    quarantines of other identities in (B)
 #   STREAMS=100                          open SSE streams cut by a manual quarantine
@@ -117,7 +118,7 @@ ACTIVE=$URL
 echo "no containment configured: $IDLE"
 echo "active containment ($QUARANTINES quarantines, rate limits, rules): $ACTIVE"
 
-LOAD_LIMIT=$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%d", 2 * (d + w) + 60 }')
+LOAD_LIMIT=$(awk -v d="$DURATION" -v w="$WARMUP" -v r="${LOAD_ROUNDS:-3}" 'BEGIN { printf "%d", 2 * r * (d + w) + 60 }')
 echo "## unloaded latency: $LAT_SESSIONS session(s), active vs idle containment, $ROUNDS alternating rounds"
 ab_rounds "$IDLE" idle "$ACTIVE" active
 echo "## load: $SESSIONS sessions, active vs idle containment"
@@ -125,7 +126,7 @@ timeout "$LOAD_LIMIT" "$BIN/portcullis-load" \
     --url "$IDLE#demo__echo" --label idle \
     --compare "$ACTIVE#demo__echo" --label active \
     --args '{"message":"hi"}' \
-    --sessions "$SESSIONS" --duration "$DURATION" --warmup "$WARMUP" \
+    --sessions "$SESSIONS" --duration "$DURATION" --warmup "$WARMUP" --rounds "${LOAD_ROUNDS:-3}" \
     --json >"$OUT_DIR/contain-load.json"
 echo "results: $OUT_DIR/contain-load.json"
 
