@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
+import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -48,6 +49,7 @@ from conftest import (
     STARTUP_TIMEOUT,
     Proc,
     gateway_bin,
+    require_or_skip,
     spawn,
     wait_for_line,
 )
@@ -113,6 +115,14 @@ def issue_pki(root: Path) -> Pki:
         agent=leaf(AGENT_ID, root / "agent"),
         foreign=leaf(FOREIGN_ID, root / "foreign"),
     )
+
+
+def fresh_pki(tmp_path_factory: "pytest.TempPathFactory", tag: str) -> Pki:
+    """``issue_pki`` in a new temp folder, once the gateway binary is known to exist
+    (skipped locally, failed under CI, when it is not built)."""
+    binary = gateway_bin()
+    require_or_skip(binary.is_file() and os.access(binary, os.X_OK), f"gateway binary not found at {binary} (build it, or set PORTCULLIS_BIN)")
+    return issue_pki(tmp_path_factory.mktemp(tag))
 
 
 # -------------------------------------------------- authorization server ----

@@ -18,7 +18,6 @@ Every token is fetched over HTTP from the authorization server's token endpoint
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from conftest import gateway_bin, require_or_skip
+from conftest import require_or_skip
 from identity_fixtures import (
     CLIENT_ID,
     FOREIGN_ID,
@@ -41,8 +40,8 @@ from identity_fixtures import (
     IdentityGateway,
     OAuthServer,
     Pki,
+    fresh_pki,
     Seen,
-    issue_pki,
     jwt_parts,
     mcp_client,
     parse_bearer_challenge,
@@ -63,9 +62,7 @@ ECHO = "everything__echo"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    binary = gateway_bin()
-    require_or_skip(binary.is_file() and os.access(binary, os.X_OK), f"gateway binary not found at {binary} (build it, or set PORTCULLIS_BIN)")
-    return issue_pki(tmp_path_factory.mktemp("identity-pki"))
+    return fresh_pki(tmp_path_factory, "identity-pki")
 
 
 @pytest.fixture(scope="module")
