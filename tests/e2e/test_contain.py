@@ -3,6 +3,10 @@
 closed at once, its next message in the same session is refused, a new session
 is refused, and another agent — a real ``mcp`` SDK client — keeps working.
 Nothing the quarantined agent sends after that reaches server-everything.
+The kill switch stops everyone until it is turned off. A server-everything
+whose long-running tool outlives the call timeout opens its circuit breaker:
+the next call fails fast without reaching it, and a probe after the cool-down
+closes it again.
 
 Cast (loopback): a CA and two agent X.509-SVIDs from ``portcullis ca init`` /
 ``cert issue``; ``portcullis serve`` with client certificates required and an
@@ -26,6 +30,8 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from conftest import GATEWAY_READY, NODE, STARTUP_TIMEOUT, Proc, gateway_bin, spawn, wait_for_line
@@ -231,3 +237,75 @@ async def test_kill_switch_stops_everyone_until_turned_off(gateway: ContainGatew
         assert m in "".join(texts(await c.call_tool(ECHO, {"message": m})))
     actions = [r.get("action") for r in gateway.audit_records() if r.get("kind") == "containment"]
     assert "killswitch-deny-all" in actions and "killswitch-off" in actions, actions
+
+
+@pytest.fixture(scope="module")
+def breaker_gateway(everything_js: Path, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainGateway]:
+    """server-everything over stdio with a short call timeout and a breaker that
+    opens after two failures and probes after two seconds."""
+    work = tmp_path_factory.mktemp("breaker-gateway")
+    received = work / "upstream-received.jsonl"
+    received.touch()
+    upstream = ["sh", "-c", 'tee -a "$0" | exec "$@"', str(received), NODE, str(everything_js), "stdio"]
+    q = json.dumps
+    config = work / "portcullis.toml"
+    config.write_text(
+        f"""\
+state_dir = {q(str(work / "state"))}
+
+[audit]
+path = {q(str(work / "audit.jsonl"))}
+
+[limits]
+call_timeout_ms = 500
+
+[containment.breaker]
+failures = 2
+open_secs = 2
+
+[[upstream]]
+name = "everything"
+command = [{", ".join(q(a) for a in upstream)}]
+"""
+    )
+    proc = spawn(
+        "portcullis-breaker",
+        [str(gateway_bin()), "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--allow-anonymous-loopback"],
+        logs_dir / "gateway-breaker.log",
+        env={"PORTCULLIS_LOG": "info"},
+    )
+    try:
+        url = wait_for_line(proc, GATEWAY_READY, timeout=STARTUP_TIMEOUT).group(1)
+        yield ContainGateway(url=url, admin="", proc=proc, received=received, state=work / "state", audit=work / "audit.jsonl")
+    finally:
+        proc.stop()
+
+
+async def test_a_hanging_server_everything_opens_the_breaker_which_fails_fast_then_recovers(
+    breaker_gateway: ContainGateway,
+) -> None:
+    gw = breaker_gateway
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30.0)) as http:
+        async with Client(streamable_http_client(gw.url, http_client=http), mode="legacy", read_timeout_seconds=20, cache=None) as c:
+            first = f"first-{uuid.uuid4().hex}"
+            assert first in "".join(texts(await c.call_tool(ECHO, {"message": first})))
+            # Two calls that outlive the call timeout: the upstream hangs.
+            for _ in range(2):
+                with pytest.raises(MCPError) as e:
+                    await c.call_tool("everything__trigger-long-running-operation", {"duration": 5, "steps": 1})
+                assert e.value.code == -32011, e.value
+            # Open: the next call fails fast and is never sent.
+            while_open = f"while-open-{uuid.uuid4().hex}"
+            began = time.monotonic()
+            with pytest.raises(MCPError) as e:
+                await c.call_tool(ECHO, {"message": while_open})
+            assert e.value.code == -32013, e.value
+            assert time.monotonic() - began < 0.5
+            assert e.value.data["retryAfterSeconds"] >= 1
+            # After the cool-down a probe closes it again.
+            await anyio.sleep(2.2)
+            back = f"back-{uuid.uuid4().hex}"
+            assert back in "".join(texts(await c.call_tool(ECHO, {"message": back})))
+    assert while_open not in gw.received.read_text(errors="replace")
+    actions = [r.get("action") for r in gw.audit_records() if r.get("kind") == "containment"]
+    assert "breaker-open" in actions and "breaker-closed" in actions, actions
