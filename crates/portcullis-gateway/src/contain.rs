@@ -197,15 +197,12 @@ impl Guard {
         if self.state.is_clear() {
             return Verdict::Clear;
         }
-        let p = &client.principal;
-        let agent = p.workload.as_ref().map(|w| w.to_string());
-        let user = p.user_id();
-        let device = p.device.verified().map(|d| d.device_id.as_str());
+        let ids = client.subject_ids();
         let s = Subject {
             identity: &client.owner,
-            agent: agent.as_deref(),
-            user: user.as_deref(),
-            device,
+            agent: ids.agent.as_deref(),
+            user: ids.user.as_deref(),
+            device: ids.device.as_deref(),
             session: (!client.id.is_empty()).then_some(client.id.as_str()),
         };
         self.state.verdict(&s, portcullis_contain::now_unix())
@@ -309,12 +306,12 @@ impl Guard {
     /// The quarantine a fired rule asks for, if the client has the part it
     /// names (a rule on `agent` does nothing to a caller without a workload).
     pub fn quarantine_for(&self, client: &Client, t: &Trigger) -> Option<Quarantine> {
-        let p = &client.principal;
+        let ids = client.subject_ids();
         let value = match t.target {
             TargetKind::Identity => Some(client.owner.clone()),
-            TargetKind::Agent => p.workload.as_ref().map(|w| w.to_string()),
-            TargetKind::User => p.user_id(),
-            TargetKind::Device => p.device.verified().map(|d| d.device_id.clone()),
+            TargetKind::Agent => ids.agent.clone(),
+            TargetKind::User => ids.user.clone(),
+            TargetKind::Device => ids.device.clone(),
             TargetKind::Session => (!client.id.is_empty()).then(|| client.id.clone()),
         }?;
         let now = portcullis_contain::now_unix();

@@ -93,6 +93,17 @@ impl Facts {
     }
 }
 
+/// A principal's parts as strings, for quarantine matching.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectIds {
+    /// SPIFFE ID of the workload.
+    pub agent: Option<String>,
+    /// `iss#sub` or the local user.
+    pub user: Option<String>,
+    /// Verified device id.
+    pub device: Option<String>,
+}
+
 /// Events kept per stream for resumption.
 pub const STREAM_BUFFER: usize = 512;
 
@@ -140,6 +151,9 @@ pub struct Client {
     pub upstream_subscriptions: StdMutex<HashMap<String, tokio::task::AbortHandle>>,
     /// The principal as policy sees it, built once.
     policy_principal: std::sync::OnceLock<portcullis_policy::PrincipalFacts>,
+    /// The principal's agent, user and device ids as containment matches
+    /// them, built once.
+    subject: std::sync::OnceLock<SubjectIds>,
     /// Visibility answers: (policy hash, key) → (allowed, when).
     visibility: StdMutex<HashMap<String, (bool, Instant)>>,
     /// History facts for policy (shared per identity for 2026-07-28 clients).
@@ -190,6 +204,7 @@ impl Client {
             listening: std::sync::atomic::AtomicBool::new(false),
             facts: std::sync::OnceLock::new(),
             policy_principal: std::sync::OnceLock::new(),
+            subject: std::sync::OnceLock::new(),
             visibility: StdMutex::new(HashMap::new()),
             log_level: StdMutex::new(None),
             upstream_subscriptions: StdMutex::new(HashMap::new()),
@@ -247,6 +262,19 @@ impl Client {
     pub fn policy_principal(&self) -> &portcullis_policy::PrincipalFacts {
         self.policy_principal
             .get_or_init(|| crate::pep::principal_facts(&self.principal))
+    }
+
+    /// The agent, user and device ids containment matches.
+    pub fn subject_ids(&self) -> &SubjectIds {
+        self.subject.get_or_init(|| SubjectIds {
+            agent: self.principal.workload.as_ref().map(|w| w.to_string()),
+            user: self.principal.user_id(),
+            device: self
+                .principal
+                .device
+                .verified()
+                .map(|d| d.device_id.clone()),
+        })
     }
 
     /// The session's policy facts (created on first use unless set).
