@@ -32,6 +32,100 @@ pub(crate) fn routes() -> Router<Admin> {
         .route("/admin/revocations", get(list_revocations).post(revoke))
         .route("/admin/breakers", get(list_breakers))
         .route("/admin/breakers/reset", post(reset_breaker))
+        .route("/admin/pins", get(list_pins))
+        .route("/admin/pins/diff", get(diff_pin))
+        .route("/admin/pins/approve", post(approve_pin))
+}
+
+fn pin_json(p: &crate::pins::Pin, pending: Option<&crate::pins::Pin>) -> Value {
+    json!({
+        "server": p.server,
+        "tool": p.tool,
+        "status": if pending.is_some() { "changed" } else { "pinned" },
+        "hash": p.hash,
+        "pending_hash": pending.map(|q| q.hash.clone()),
+        "by": p.by,
+        "at": p.at,
+    })
+}
+
+async fn list_pins(State(st): State<Admin>) -> Response {
+    let pins: Vec<Value> = st
+        .gw
+        .pep
+        .pins
+        .list()
+        .iter()
+        .map(|(p, q)| pin_json(p, q.as_ref()))
+        .collect();
+    reply(StatusCode::OK, json!({"pins": pins}))
+}
+
+#[derive(Deserialize)]
+struct PinRef {
+    server: String,
+    tool: String,
+}
+
+async fn diff_pin(
+    State(st): State<Admin>,
+    axum::extract::Query(q): axum::extract::Query<PinRef>,
+) -> Response {
+    match st.gw.pep.pins.get(&q.server, &q.tool) {
+        (Some(p), Some(new)) => reply(
+            StatusCode::OK,
+            json!({
+                "server": q.server, "tool": q.tool,
+                "pinned_hash": p.hash, "pending_hash": new.hash,
+                "diff": portcullis_inspect::pin::diff(&p.definition, &new.definition),
+            }),
+        ),
+        (Some(p), None) => reply(
+            StatusCode::OK,
+            json!({"server": q.server, "tool": q.tool, "pinned_hash": p.hash, "pending_hash": null, "diff": ""}),
+        ),
+        (None, _) => reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no pin for {}/{}", q.server, q.tool)}),
+        ),
+    }
+}
+
+async fn approve_pin(
+    State(st): State<Admin>,
+    Extension(who): Extension<AdminIdentity>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: PinRef = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let by = format!("admin:{}", who.0);
+    let Some(p) = st.gw.pep.pins.approve(&req.server, &req.tool, &by) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no pending change for {}/{}", req.server, req.tool)}),
+        );
+    };
+    st.gw.pep.monitor.containment(
+        "pin-approve",
+        &format!("tool:{}/{}", req.server, req.tool),
+        Some(&p.hash),
+        &by,
+    );
+    let key = crate::pins::Pins::store_key(&p);
+    let store = st.gw.pep.contain.state.store();
+    let r = match serde_json::to_value(&p) {
+        Ok(v) => match store.put(crate::pins::NS_PIN, &key, v, None).await {
+            Ok(()) => store
+                .remove(crate::pins::NS_PENDING, &key)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(StoreError::Encode(e.to_string())),
+    };
+    stored(r, json!({"approved": pin_json(&p, None)}))
 }
 
 fn bad(why: impl Into<String>) -> Response {

@@ -82,6 +82,9 @@ pub struct Config {
     /// Where containment state persists.
     #[serde(default)]
     pub store: crate::contain::StoreCfg,
+    /// Tool pinning against rug-pulls.
+    #[serde(default)]
+    pub pinning: crate::pins::PinCfg,
 }
 
 /// Where the Cedar policies come from.
@@ -622,6 +625,7 @@ impl Config {
             risk: Default::default(),
             containment: Default::default(),
             store: Default::default(),
+            pinning: Default::default(),
         }
     }
 

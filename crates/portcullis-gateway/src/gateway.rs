@@ -319,6 +319,60 @@ impl Gateway {
         self.upstreams.iter().map(|u| u.name.clone()).collect()
     }
 
+    /// Pins a tool on first sight, or checks it against its pin; `false`
+    /// hides it (changed and not approved, or its server is hidden). A new
+    /// pin or a newly seen change is stored and a change is audited.
+    fn admit_tool(&self, idx: usize, tool: &Value) -> bool {
+        use crate::pins::{Admission, Pins, NS_PENDING, NS_PIN};
+        let server = self.server_name(idx);
+        let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+        let store = |ns: &'static str, p: crate::pins::Pin| {
+            let state = self.pep.contain.state.clone();
+            if let (Ok(rt), Ok(v)) = (
+                tokio::runtime::Handle::try_current(),
+                serde_json::to_value(&p),
+            ) {
+                rt.spawn(async move {
+                    if let Err(e) = state.store().put(ns, &Pins::store_key(&p), v, None).await {
+                        tracing::warn!(error = %e, "pin not stored");
+                    }
+                });
+            }
+        };
+        match self.pep.pins.admit(&server, tool) {
+            Admission::Trusted => {}
+            Admission::Restored(key) => {
+                tracing::info!(server = %server, tool = name, "tool back to its pinned definition");
+                let state = self.pep.contain.state.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = state.store().remove(NS_PENDING, &key).await;
+                    });
+                }
+            }
+            Admission::FirstSeen(p) => {
+                tracing::info!(server = %server, tool = name, hash = %p.hash, "tool pinned on first use");
+                store(NS_PIN, p);
+            }
+            Admission::Changed(first) => {
+                if let Some(p) = first {
+                    tracing::warn!(server = %server, tool = name, hash = %p.hash, "tool definition changed since pinned: hidden until approved (portcullis pins diff/approve)");
+                    self.pep.monitor.record_finding(
+                        "-",
+                        "pin",
+                        "pin.changed",
+                        portcullis_monitor::risk::FindingSeverity::High,
+                        Some(&self.naming.outward(idx, name)),
+                        json!({"server": server, "tool": name, "hash": p.hash}),
+                    );
+                    store(NS_PENDING, p);
+                }
+                return false;
+            }
+        }
+        self.pep.pins.usable(&server, name)
+    }
+
     /// Each upstream's circuit breaker, by name.
     pub fn breakers(&self) -> Vec<(String, Arc<portcullis_contain::breaker::Breaker>)> {
         self.upstreams
@@ -665,6 +719,12 @@ impl Gateway {
                     &format!("Unknown {what}: {name}"),
                 );
                 match self.naming.inward(name) {
+                    Some((idx, orig))
+                        if is_tool && !self.pep.pins.usable(&self.server_name(idx), &orig) =>
+                    {
+                        // Changed and not approved: as if it did not exist.
+                        let _ = out.send(unknown).await;
+                    }
                     Some((idx, orig)) => {
                         let server = self.server_name(idx);
                         let (kind, action, ann) = if is_tool {
@@ -966,10 +1026,12 @@ impl Gateway {
                 .simple_call(client, idx, &conn, "tools/list", p)
                 .await?;
             if let Some(tools) = r.get("tools").and_then(Value::as_array) {
-                let mut meta = lock(&self.tool_meta);
                 for t in tools {
                     if let Some(n) = t.get("name").and_then(Value::as_str) {
-                        meta.insert(self.naming.outward(idx, n), crate::pep::annotations(t));
+                        if self.admit_tool(idx, t) {
+                            lock(&self.tool_meta)
+                                .insert(self.naming.outward(idx, n), crate::pep::annotations(t));
+                        }
                     }
                 }
             }
@@ -1394,6 +1456,10 @@ impl Gateway {
                 let (kind, action, id, ann) = match items_key {
                     "tools" => {
                         let n = item.get("name").and_then(Value::as_str).unwrap_or_default();
+                        if !self.admit_tool(idx, &item) {
+                            // Changed since pinned: hidden until approved.
+                            continue;
+                        }
                         let ann = crate::pep::annotations(&item);
                         let outward = self.naming.outward(idx, n);
                         lock(&self.tool_meta).insert(outward.clone(), ann);

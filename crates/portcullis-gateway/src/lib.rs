@@ -18,6 +18,7 @@ pub mod listener;
 pub mod monitor;
 pub mod naming;
 pub mod pep;
+pub mod pins;
 pub mod protocol;
 pub mod segments;
 pub mod server;

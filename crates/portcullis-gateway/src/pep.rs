@@ -41,6 +41,8 @@ pub struct Pep {
     pub monitor: Arc<Monitor>,
     /// Quarantines, kill switch, limits and automatic responses.
     pub contain: Arc<Guard>,
+    /// Pinned tool definitions (rug-pull defence).
+    pub pins: crate::pins::Pins,
 }
 
 fn load(files: &[PathBuf], schema: Option<&PathBuf>) -> Result<Engine, String> {
@@ -162,6 +164,7 @@ impl Pep {
                 Arc::new(Containment::in_memory()),
                 cfg.containment.clone(),
             )),
+            pins: crate::pins::Pins::new(cfg.pinning.clone()),
         })
     }
 

@@ -284,6 +284,34 @@ enum BreakersCmd {
     },
 }
 
+/// `portcullis pins …`
+#[derive(Subcommand, Debug)]
+pub enum PinsCmd {
+    /// List pinned tools and whether a changed definition waits for approval.
+    List {
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// Show what changed in a tool's definition since it was pinned.
+    Diff {
+        /// The upstream's name.
+        server: String,
+        /// The tool's name at that upstream.
+        tool: String,
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// Approve a changed definition: it becomes the pin and the tool is shown again.
+    Approve {
+        /// The upstream's name.
+        server: String,
+        /// The tool's name at that upstream.
+        tool: String,
+        #[command(flatten)]
+        opts: Opts,
+    },
+}
+
 /// `90`, `90s`, `15m`, `2h`, `1d` → seconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -908,6 +936,91 @@ pub fn breakers(a: BreakersArgs) -> ExitCode {
         );
         Ok(())
     })
+}
+
+/// `portcullis pins …`
+pub fn pins(cmd: PinsCmd) -> ExitCode {
+    run_with(async move {
+        match cmd {
+            PinsCmd::List { opts } => {
+                let c = client(&opts)?;
+                let v = c.ok(Method::GET, "/admin/pins", None).await?;
+                if c.json {
+                    print_json(&v);
+                    return Ok(());
+                }
+                let rows: Vec<Vec<String>> = items(&v, "pins")
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            cell(at(p, "server")),
+                            cell(at(p, "tool")),
+                            cell(at(p, "status")),
+                            cell(at(p, "hash")).chars().take(19).collect(),
+                            cell(at(p, "by")),
+                        ]
+                    })
+                    .collect();
+                table(&["SERVER", "TOOL", "STATUS", "HASH", "BY"], &rows);
+            }
+            PinsCmd::Diff { server, tool, opts } => {
+                let c = client(&opts)?;
+                let q = format!(
+                    "/admin/pins/diff?server={}&tool={}",
+                    query_escape(&server),
+                    query_escape(&tool)
+                );
+                let v = c.ok(Method::GET, &q, None).await?;
+                if c.json {
+                    print_json(&v);
+                    return Ok(());
+                }
+                match at(&v, "diff").as_str() {
+                    Some(d) if !d.is_empty() => {
+                        println!(
+                            "{server}/{tool}: pinned {} -> changed {}",
+                            cell(at(&v, "pinned_hash")),
+                            cell(at(&v, "pending_hash"))
+                        );
+                        print!("{d}");
+                    }
+                    _ => println!("{server}/{tool}: unchanged since pinned"),
+                }
+            }
+            PinsCmd::Approve { server, tool, opts } => {
+                let c = client(&opts)?;
+                let v = c
+                    .ok(
+                        Method::POST,
+                        "/admin/pins/approve",
+                        Some(json!({"server": server, "tool": tool})),
+                    )
+                    .await?;
+                if c.json {
+                    print_json(&v);
+                } else {
+                    println!(
+                        "approved {server}/{tool}: pinned {}",
+                        cell(at(at(&v, "approved"), "hash"))
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved kept).
+fn query_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `portcullis policy reload`: exit 1 (printing the errors) when the

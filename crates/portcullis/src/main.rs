@@ -135,6 +135,11 @@ enum Cmd {
     },
     /// Admin: the upstream circuit breakers; reset one.
     Breakers(admin_cmd::BreakersArgs),
+    /// Admin: pinned tool definitions; show and approve changes (rug-pulls).
+    Pins {
+        #[command(subcommand)]
+        cmd: admin_cmd::PinsCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -243,6 +248,7 @@ fn main() -> ExitCode {
         Cmd::Quarantine { cmd } => return admin_cmd::quarantine(cmd),
         Cmd::Killswitch { cmd } => return admin_cmd::killswitch(cmd),
         Cmd::Breakers(a) => return admin_cmd::breakers(a),
+        Cmd::Pins { cmd } => return admin_cmd::pins(cmd),
         other => {
             let _telemetry = init_logging();
             let rt = match runtime() {
@@ -307,7 +313,8 @@ fn main() -> ExitCode {
                     | Cmd::Revoke(_)
                     | Cmd::Quarantine { .. }
                     | Cmd::Killswitch { .. }
-                    | Cmd::Breakers(_) => Ok(()),
+                    | Cmd::Breakers(_)
+                    | Cmd::Pins { .. } => Ok(()),
                 }
             })
         }

@@ -373,6 +373,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_containment(contain.clone()),
     );
     pep.watch();
+    let pins = pep.pins.load(&contain).await;
+    if pins > 0 {
+        tracing::info!(pins, "tool pins loaded");
+    }
     if !monitor.auditing() {
         tracing::warn!(
             "no audit log configured ([audit] path or --audit-log): decisions go to the log only"

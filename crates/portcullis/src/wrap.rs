@@ -46,8 +46,9 @@ pub async fn run(
     let pep = std::sync::Arc::new(
         portcullis_gateway::pep::Pep::from_config(&cfg)
             .map_err(|e| anyhow::anyhow!("policy: {e}"))?
-            .with_containment(contain),
+            .with_containment(contain.clone()),
     );
+    pep.pins.load(&contain).await;
     pep.watch();
     let gw = Gateway::new(cfg, &[], !single, pep);
     // The identity of a stdio front: the local user, as the configured agent.
