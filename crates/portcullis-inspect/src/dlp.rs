@@ -1,80 +1,634 @@
-//! Data-loss prevention: named classes of sensitive text (`secrets`,
-//! `pii`) found by patterns, and redaction of every string in a JSON
-//! result. Patterns are compiled once; redaction walks the value in place.
+//! Data-loss prevention on what tools return (and, by config, on what
+//! agents send): detectors for credentials (class `secrets`) and personal
+//! data (class `pii`), one action per class (redact in place, block the
+//! result, or flag it), and a streaming scanner for SSE results.
+//!
+//! How it stays fast on large results:
+//! - every detector that starts at (or a few bytes after) a fixed string —
+//!   `AKIA`, `ghp_`, `-----BEGIN`, `eyJ`, `@`, `password` … — is found by one
+//!   Aho-Corasick pass over the text, and its regex then runs only in a
+//!   small window around each hit;
+//! - the personal-data detectors with no literal to hang on (card and phone
+//!   numbers, IBANs, national ids) share one combined regex pass, and each
+//!   candidate it yields is re-read by the specific detectors nearby;
+//! - every candidate is then validated in code (Luhn, mod-97, the JWT
+//!   header, Shannon entropy, date and area rules …), and overlapping
+//!   candidates are resolved: higher severity first, then the earlier, then
+//!   the longer.
+//!
+//! Patterns are compiled once, on first use.
+//!
+//! A finding carries the detector id, its class and severity, the JSON
+//! pointer of the string, the byte span in the original string and at most
+//! a masked hint (a public prefix such as `AKIA` and the last four
+//! characters of a match of twenty or more) — never the matched text.
+//!
+//! Decisions worth knowing:
+//! - an address without a dot in its domain (`user@localhost`, `git@host`)
+//!   is not an email: it is not deliverable and is mostly an ssh or local
+//!   account name;
+//! - a high-entropy string alone is not a secret (hashes, ids and UUIDs
+//!   are everywhere): the generic detector needs a key such as `password=`,
+//!   `"token":`, `api_key:` or `Bearer` before the value, or an object key
+//!   of that kind in structured content;
+//! - bare nine-digit numbers are not SSNs, and bare ten-digit numbers are
+//!   not phone numbers: both need their usual separators.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::OnceLock;
 
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A named class of sensitive data.
+/// Name of the credentials class (keys, tokens, passwords) as policy writes it.
+pub const SECRETS: &str = "secrets";
+/// Name of the personal-data class as policy writes it.
+pub const PII: &str = "pii";
+
+/// The class names in their fixed order, so per-class state can be an array.
+const CLASS_NAMES: [&str; 2] = [SECRETS, PII];
+
+/// How bad a leak of a detector's match would be, so findings can be ranked
+/// and overlaps resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Contact data: worth knowing, rarely harmful alone.
+    Low,
+    /// Identifiers and weakly-typed secrets.
+    Medium,
+    /// Tokens and financial or government ids.
+    High,
+    /// Keys that give direct, lasting access (private keys, cloud secrets).
+    Critical,
+}
+
+impl Severity {
+    /// Lower-case name, so the severity reads the same in logs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What a match of a class does to the result, so policy can choose per class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Replace the match with `[REDACTED:<detector>]`, keeping the structure.
+    Redact,
+    /// Refuse the whole result (matches are also redacted, in case a caller
+    /// forwards it anyway).
+    Block,
+    /// Leave the text and report the finding.
+    Flag,
+}
+
+/// The action per class, so config and policy obligations can change what
+/// DLP does per segment. A class missing from the map is not inspected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlpPolicy {
+    /// Class name (`secrets`, `pii`) to action; unknown names are ignored.
+    pub actions: BTreeMap<String, Action>,
+}
+
+impl Default for DlpPolicy {
+    /// Out of the box credentials are redacted and personal data flagged.
+    fn default() -> Self {
+        DlpPolicy::with(&[SECRETS], Action::Redact).and(PII, Action::Flag)
+    }
+}
+
+impl DlpPolicy {
+    /// One action for each named class, for callers that name classes (the
+    /// `redact` obligation).
+    pub fn with(classes: &[&str], action: Action) -> DlpPolicy {
+        DlpPolicy {
+            actions: classes.iter().map(|c| (c.to_string(), action)).collect(),
+        }
+    }
+
+    /// This policy with one more class set, so policies read as one chain.
+    pub fn and(mut self, class: &str, action: Action) -> DlpPolicy {
+        self.actions.insert(class.to_string(), action);
+        self
+    }
+
+    /// The action for a class; `None` leaves the class uninspected.
+    pub fn action(&self, class: &str) -> Option<Action> {
+        self.actions.get(class).copied()
+    }
+
+    fn enabled(&self) -> On {
+        CLASS_NAMES.map(|c| self.action(c))
+    }
+}
+
+/// The action of each class in `CLASS_NAMES` order (`None`: not inspected).
+type On = [Option<Action>; 2];
+
+/// One finding, safe to log: it never holds the matched text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DlpFinding {
+    /// Stable detector id, also used in the redaction marker.
+    pub detector: &'static str,
+    /// The detector's class (`secrets` or `pii`).
+    pub class: &'static str,
+    /// The detector's severity.
+    pub severity: Severity,
+    /// What the policy did with it.
+    pub action: Action,
+    /// JSON pointer (RFC 6901) of the string; empty for a stream.
+    pub path: String,
+    /// Byte span of the match in the original string (or stream).
+    pub span: Range<usize>,
+    /// At most a public prefix and the last four characters, e.g. `AKIA…MPLE`.
+    pub hint: String,
+}
+
+/// What [`inspect`] found and did, so the caller can log, count and block.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DlpOutcome {
+    /// Every finding, in document order.
+    pub findings: Vec<DlpFinding>,
+    /// How many matches were replaced in place.
+    pub redactions: usize,
+    /// Whether a class whose action is `Block` matched (or the detectors
+    /// could not be built: DLP fails closed).
+    pub blocked: bool,
+}
+
+/// A match in plain text, for evaluation harnesses and callers that want
+/// detections without a JSON document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DlpMatch {
+    /// Stable detector id.
+    pub detector: &'static str,
+    /// The detector's class.
+    pub class: &'static str,
+    /// The detector's severity.
+    pub severity: Severity,
+    /// Byte span in the text.
+    pub span: Range<usize>,
+}
+
+/// Decides whether a regex match is real and returns the span to report:
+/// `(text, whole match, secret part)`.
+type Check = fn(&str, Range<usize>, Range<usize>) -> Option<Range<usize>>;
+
+/// One detector, so the table of ids, classes and severities can be listed.
+pub struct Detector {
+    /// Stable id, used in findings and redaction markers.
+    pub id: &'static str,
+    /// Class name (`secrets` or `pii`).
+    pub class: &'static str,
+    /// Severity of a match.
+    pub severity: Severity,
+    cix: usize,
+    /// Lower-case literals the match starts at or near (case-insensitive);
+    /// empty: found by the combined pass.
+    anchors: &'static [&'static str],
+    /// How far before an anchor the match may start.
+    back: usize,
+    /// How far after an anchor the first search window reaches (it grows
+    /// while a match runs into its end).
+    ahead: usize,
+    /// Whether the anchor is a public prefix that a hint may show.
+    public_prefix: bool,
+    pattern: &'static str,
+    check: Check,
+}
+
+const S: usize = 0;
+const P: usize = 1;
+
+/// The detectors, most specific first (ties in overlap resolution go to the
+/// earlier entry).
+static DETECTORS: &[Detector] = &[
+    Detector {
+        id: "gcp-service-account-key",
+        class: SECRETS,
+        severity: Severity::Critical,
+        cix: S,
+        anchors: &["\"private_key\""],
+        back: 0,
+        ahead: 8192,
+        public_prefix: false,
+        pattern: r#""private_key"\s*:\s*"(-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----[^"]*)""#,
+        check: any,
+    },
+    Detector {
+        id: "private-key",
+        class: SECRETS,
+        severity: Severity::Critical,
+        cix: S,
+        anchors: &["-----begin"],
+        back: 0,
+        ahead: 4096,
+        public_prefix: true,
+        pattern: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s\\:,.\-]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:,.\-]*)",
+        check: any,
+    },
+    Detector {
+        id: "aws-access-key-id",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["akia", "asia", "abia", "acca"],
+        back: 0,
+        ahead: 24,
+        public_prefix: true,
+        pattern: r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)",
+        check: aws_key_id,
+    },
+    Detector {
+        id: "aws-secret-access-key",
+        class: SECRETS,
+        severity: Severity::Critical,
+        cix: S,
+        anchors: &["aws", "secret"],
+        back: 0,
+        ahead: 200,
+        public_prefix: false,
+        pattern: r"(?i:(?-u:\b)aws|secret[_\-]?access[_\-]?key)[^\n]{0,80}?[^A-Za-z0-9/+]([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)",
+        check: aws_secret,
+    },
+    Detector {
+        id: "gcp-api-key",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["aiza"],
+        back: 0,
+        ahead: 48,
+        public_prefix: true,
+        pattern: r"(?-u:\b)(AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|$)",
+        check: token,
+    },
+    Detector {
+        id: "azure-storage-key",
+        class: SECRETS,
+        severity: Severity::Critical,
+        cix: S,
+        anchors: &["accountkey=", "sharedaccesskey="],
+        back: 0,
+        ahead: 160,
+        public_prefix: false,
+        pattern: r"(?i:AccountKey|SharedAccessKey)=([A-Za-z0-9+/]{40,}={0,2})",
+        check: azure_key,
+    },
+    Detector {
+        id: "azure-sas-signature",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["sig="],
+        back: 1,
+        ahead: 140,
+        public_prefix: false,
+        pattern: r"[?&;]sig=([A-Za-z0-9%+/=]{40,120})",
+        check: sas_signature,
+    },
+    Detector {
+        id: "jwt",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["eyj"],
+        back: 0,
+        ahead: 1024,
+        public_prefix: false,
+        pattern: r"(?-u:\b)(eyJ[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]*){2,4})",
+        check: jwt,
+    },
+    Detector {
+        id: "github-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+        back: 0,
+        ahead: 300,
+        public_prefix: true,
+        pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})(?-u:\b)",
+        check: token,
+    },
+    Detector {
+        id: "gitlab-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["glpat-"],
+        back: 0,
+        ahead: 128,
+        public_prefix: true,
+        pattern: r"(?-u:\b)glpat-[A-Za-z0-9_\-]{20,}",
+        check: token,
+    },
+    Detector {
+        id: "slack-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxs-", "xoxo-"],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        pattern: r"(?-u:\b)xox[abposr]-[A-Za-z0-9\-]{10,}",
+        check: token,
+    },
+    Detector {
+        id: "slack-webhook",
+        class: SECRETS,
+        severity: Severity::Medium,
+        cix: S,
+        anchors: &["hooks.slack.com/"],
+        back: 8,
+        ahead: 160,
+        public_prefix: false,
+        pattern: r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]{20,}",
+        check: any,
+    },
+    Detector {
+        id: "stripe-secret-key",
+        class: SECRETS,
+        severity: Severity::Critical,
+        cix: S,
+        anchors: &["sk_live_", "rk_live_"],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        pattern: r"(?-u:\b)[sr]k_live_[A-Za-z0-9]{20,}",
+        check: token,
+    },
+    Detector {
+        id: "anthropic-api-key",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["sk-ant-"],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        pattern: r"(?-u:\b)sk-ant-[A-Za-z0-9_\-]{32,}",
+        check: token,
+    },
+    Detector {
+        id: "openai-api-key",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["sk-"],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        pattern: r"(?-u:\b)(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{20,}|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{32,64})(?:[^A-Za-z0-9_\-]|$)",
+        check: token,
+    },
+    Detector {
+        id: "google-oauth-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["ya29."],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        pattern: r"(?-u:\b)ya29\.[0-9A-Za-z_\-]{20,}",
+        check: token,
+    },
+    Detector {
+        id: "npm-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["npm_"],
+        back: 0,
+        ahead: 48,
+        public_prefix: true,
+        pattern: r"(?-u:\b)npm_[A-Za-z0-9]{36}(?-u:\b)",
+        check: token,
+    },
+    Detector {
+        id: "pypi-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["pypi-age"],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        pattern: r"(?-u:\b)pypi-AgE[A-Za-z0-9_\-]{50,}",
+        check: token,
+    },
+    Detector {
+        id: "twilio-credential",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["twilio"],
+        back: 0,
+        ahead: 200,
+        public_prefix: false,
+        pattern: r#"(?i:twilio)[^\n]{0,80}?(?:(?-u:\b)(SK[0-9a-fA-F]{32})(?-u:\b)|(?i:auth_?token|api_?secret|secret)["']?\s*[:=]\s*["']?([A-Za-z0-9]{32})(?-u:\b))"#,
+        check: token,
+    },
+    Detector {
+        id: "sendgrid-api-key",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["sg."],
+        back: 0,
+        ahead: 80,
+        public_prefix: true,
+        pattern: r"(?-u:\b)(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})(?:[^A-Za-z0-9_\-]|$)",
+        check: token,
+    },
+    Detector {
+        id: "url-credentials",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["://"],
+        back: 24,
+        ahead: 400,
+        public_prefix: false,
+        pattern: r#"[A-Za-z][A-Za-z0-9+.\-]{1,20}://[^\s:/@?#"'<>]{1,128}:([^\s:/@?#"'<>]{1,256})@[A-Za-z0-9\[]"#,
+        check: url_password,
+    },
+    Detector {
+        id: "generic-secret",
+        class: SECRETS,
+        severity: Severity::Medium,
+        cix: S,
+        anchors: &[
+            "password",
+            "passwd",
+            "pwd",
+            "secret",
+            "token",
+            "apikey",
+            "api_key",
+            "api-key",
+            "accesskey",
+            "access_key",
+            "access-key",
+            "authkey",
+            "auth_key",
+            "auth-key",
+            "privatekey",
+            "private_key",
+            "private-key",
+            "credential",
+            "bearer",
+        ],
+        back: 0,
+        ahead: 256,
+        public_prefix: false,
+        pattern: r#"(?i:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]{0,32}\\{0,2}["']?\\{0,2}["']?\s*(?::=|=>|[:=])\s*\\{0,2}["'`]?([^\s"'`,;<>(){}\[\]\\]{16,})|(?i:bearer)\s+([A-Za-z0-9\-._~+/]{16,}=*)"#,
+        check: generic,
+    },
+    Detector {
+        id: "email",
+        class: PII,
+        severity: Severity::Low,
+        cix: P,
+        anchors: &["@"],
+        back: 64,
+        ahead: 320,
+        public_prefix: false,
+        pattern: r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?-u:\b)",
+        check: email,
+    },
+    Detector {
+        id: "payment-card",
+        class: PII,
+        severity: Severity::High,
+        cix: P,
+        anchors: &[],
+        back: 0,
+        ahead: 0,
+        public_prefix: false,
+        pattern: r"(?-u:\b)[0-9](?:[\x20\-]?[0-9]){12,18}(?-u:\b)",
+        check: card,
+    },
+    Detector {
+        id: "us-ssn",
+        class: PII,
+        severity: Severity::High,
+        cix: P,
+        anchors: &[],
+        back: 0,
+        ahead: 0,
+        public_prefix: false,
+        pattern: r"(?-u:\b)[0-9]{3}(?:-[0-9]{2}-|\x20[0-9]{2}\x20)[0-9]{4}(?-u:\b)",
+        check: ssn,
+    },
+    Detector {
+        id: "iban",
+        class: PII,
+        severity: Severity::High,
+        cix: P,
+        anchors: &[],
+        back: 0,
+        ahead: 0,
+        public_prefix: false,
+        pattern: r"(?-u:\b)[A-Z]{2}[0-9]{2}(?:\x20?[A-Z0-9]){11,30}(?-u:\b)",
+        check: iban,
+    },
+    Detector {
+        id: "es-dni",
+        class: PII,
+        severity: Severity::Medium,
+        cix: P,
+        anchors: &[],
+        back: 0,
+        ahead: 0,
+        public_prefix: false,
+        pattern: r"(?-u:\b)(?:[0-9]{8}|[XYZ]-?[0-9]{7})-?[A-Z](?-u:\b)",
+        check: dni,
+    },
+    Detector {
+        id: "uk-nino",
+        class: PII,
+        severity: Severity::Medium,
+        cix: P,
+        anchors: &[],
+        back: 0,
+        ahead: 0,
+        public_prefix: false,
+        pattern: r"(?-u:\b)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]\x20?[0-9]{2}\x20?[0-9]{2}\x20?[0-9]{2}\x20?[A-D](?-u:\b)",
+        check: nino,
+    },
+    Detector {
+        id: "phone",
+        class: PII,
+        severity: Severity::Low,
+        cix: P,
+        anchors: &[],
+        back: 0,
+        ahead: 0,
+        public_prefix: false,
+        pattern: r"\+[1-9][0-9]{0,3}[\x20.\-]?(?:\([0-9]{1,4}\)[\x20.\-]?)?[0-9]{1,5}(?:[\x20.\-]?[0-9]{1,5}){1,5}(?-u:\b)|(?:(?-u:\b)1[\x20.\-])?(?:\([2-9][0-9]{2}\)\x20?|(?-u:\b)[2-9][0-9]{2}[\x20.\-])[2-9][0-9]{2}[\x20.\-][0-9]{4}(?-u:\b)|(?-u:\b)0[1-9][0-9]{0,4}(?:[\x20\-][0-9]{2,8}){1,4}(?-u:\b)",
+        check: phone,
+    },
+];
+
+/// Every detector, so callers can list ids, classes and severities.
+pub fn detectors() -> &'static [Detector] {
+    DETECTORS
+}
+
+/// A named class of sensitive data, kept for callers that work by class
+/// name (the `redact` obligation, the audit log's redacted mode).
 pub struct Class {
     /// The class name used in policy (`@redact("secrets")`).
     pub name: &'static str,
-    patterns: Vec<Regex>,
 }
 
-fn compile(src: &[&str]) -> Vec<Regex> {
-    // The patterns are constants checked by the tests; one that failed to
-    // compile would be skipped rather than panic.
-    src.iter().filter_map(|p| Regex::new(p).ok()).collect()
-}
+static CLASSES: [Class; 2] = [Class { name: SECRETS }, Class { name: PII }];
 
 /// Every class the gateway knows.
 pub fn classes() -> &'static [Class] {
-    static C: OnceLock<Vec<Class>> = OnceLock::new();
-    C.get_or_init(|| {
-        vec![
-            Class {
-                name: "secrets",
-                patterns: compile(&[
-                    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-                    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
-                    r"(?i)\baws_secret_access_key\s*[=:]\s*[A-Za-z0-9/+=]{20,}",
-                    r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
-                    r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",
-                    r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b",
-                    r#"(?i)\b(?:api[_-]?key|secret|password|passwd|access[_-]?token)\s*[=:]\s*["']?[^\s"']{8,}"#,
-                ]),
-            },
-            Class {
-                name: "pii",
-                patterns: compile(&[
-                    r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b",
-                    r"\b\d{3}-\d{2}-\d{4}\b",
-                    r"\b(?:\d[ -]?){13,19}\b",
-                    r"\+\d{1,3}[ .-]?\(?\d{1,4}\)?(?:[ .-]?\d{2,4}){2,4}\b",
-                ]),
-            },
-        ]
-    })
+    &CLASSES
 }
 
 /// Finds a class by name.
 pub fn class(name: &str) -> Option<&'static Class> {
-    classes().iter().find(|c| c.name == name)
+    CLASSES.iter().find(|c| c.name == name)
 }
 
 impl Class {
-    /// Replaces every match in `text` with `[REDACTED:<class>]`; returns
-    /// how many were replaced.
+    /// The detectors of this class, so docs and reports can list them.
+    pub fn detectors(&self) -> impl Iterator<Item = &'static Detector> + '_ {
+        DETECTORS.iter().filter(move |d| d.class == self.name)
+    }
+
+    /// Replaces every match of this class in `text` with
+    /// `[REDACTED:<detector>]`; returns how many were replaced.
     pub fn redact_text(&self, text: &mut String) -> usize {
-        let mut n = 0;
-        for re in &self.patterns {
-            let count = re.find_iter(text).count();
-            if count > 0 {
-                n += count;
-                *text = re
-                    .replace_all(text, format!("[REDACTED:{}]", self.name).as_str())
-                    .into_owned();
-            }
+        let mut v = Value::String(std::mem::take(text));
+        let out = inspect(&mut v, &DlpPolicy::with(&[self.name], Action::Redact));
+        if let Value::String(s) = v {
+            *text = s;
         }
-        n
+        out.redactions
     }
 
     /// Whether `text` holds anything of this class.
     pub fn matches(&self, text: &str) -> bool {
-        self.patterns.iter().any(|re| re.is_match(text))
+        !scan_text(text, &DlpPolicy::with(&[self.name], Action::Flag)).is_empty()
     }
 }
 
@@ -86,61 +640,1322 @@ pub fn redact(v: &mut Value, names: &[String]) -> (usize, Vec<String>) {
     let mut chosen = Vec::new();
     for n in names {
         match class(n.trim()) {
-            Some(c) => chosen.push(c),
+            Some(c) => chosen.push(c.name),
             None => unknown.push(n.clone()),
         }
     }
-    let mut count = 0;
-    walk(v, &mut |s| {
-        for c in &chosen {
-            count += c.redact_text(s);
-        }
-    });
-    (count, unknown)
+    if chosen.is_empty() {
+        return (0, unknown);
+    }
+    let policy = DlpPolicy::with(&chosen, Action::Redact);
+    if engine().is_none() {
+        // Fail closed: without detectors, every string goes.
+        let mut n = 0;
+        walk(v, &mut String::new(), None, &mut |s, _, _| {
+            *s = "[REDACTED:dlp-unavailable]".to_string();
+            n += 1;
+        });
+        return (n, unknown);
+    }
+    (inspect(v, &policy).redactions, unknown)
 }
 
-fn walk(v: &mut Value, f: &mut impl FnMut(&mut String)) {
+/// Inspects every string of a result (`content[].text`, `structuredContent`
+/// at any depth, resource `text`, and anything else; JSON inside a text is
+/// just text): redacts in place per the policy, keeping the structure, and
+/// reports what it found. Object keys are kept, but a key such as
+/// `"password"` or `"SecretAccessKey"` is context for its string value.
+pub fn inspect(result: &mut Value, policy: &DlpPolicy) -> DlpOutcome {
+    let mut out = DlpOutcome::default();
+    let on = policy.enabled();
+    if on.iter().all(Option::is_none) {
+        return out;
+    }
+    let Some(engine) = engine() else {
+        out.blocked = true;
+        return out;
+    };
+    let mut path = String::new();
+    walk(result, &mut path, None, &mut |s, path, key| {
+        let hits = engine.find(s, &on, key);
+        if !hits.is_empty() {
+            if let Some(new) = apply(s, &hits, &on, path, 0, 0, &mut out) {
+                *s = new;
+            }
+        }
+    });
+    out
+}
+
+/// Runs the detectors of the policy's classes over plain text (actions are
+/// ignored); the matches are resolved (no overlaps) and in text order.
+pub fn scan_text(text: &str, policy: &DlpPolicy) -> Vec<DlpMatch> {
+    let on = policy.enabled();
+    let Some(engine) = engine() else {
+        return Vec::new();
+    };
+    engine
+        .find(text, &on, None)
+        .into_iter()
+        .filter_map(|h| {
+            let d = DETECTORS.get(h.det)?;
+            Some(DlpMatch {
+                detector: d.id,
+                class: d.class,
+                severity: d.severity,
+                span: h.span,
+            })
+        })
+        .collect()
+}
+
+/// Calls `f(string, json_pointer, nearest_object_key)` on every string.
+fn walk(
+    v: &mut Value,
+    path: &mut String,
+    key: Option<&str>,
+    f: &mut impl FnMut(&mut String, &str, Option<&str>),
+) {
     match v {
-        Value::String(s) => f(s),
-        Value::Array(a) => a.iter_mut().for_each(|x| walk(x, f)),
-        Value::Object(o) => o.values_mut().for_each(|x| walk(x, f)),
+        Value::String(s) => f(s, path, key),
+        Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                let n = path.len();
+                let _ = write!(path, "/{i}");
+                walk(x, path, key, f);
+                path.truncate(n);
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                let n = path.len();
+                path.push('/');
+                for c in k.chars() {
+                    match c {
+                        '~' => path.push_str("~0"),
+                        '/' => path.push_str("~1"),
+                        c => path.push(c),
+                    }
+                }
+                walk(x, path, Some(k), f);
+                path.truncate(n);
+            }
+        }
         _ => {}
     }
+}
+
+/// A validated match of detector `det` (an index into `DETECTORS`).
+#[derive(Clone, Debug)]
+struct Hit {
+    det: usize,
+    span: Range<usize>,
+}
+
+fn det_of(h: &Hit) -> Option<&'static Detector> {
+    DETECTORS.get(h.det)
+}
+
+/// Records `hits` (resolved, in order, none before `start`) of `text` as
+/// findings in `out` and returns the redacted `text[start..]` when something
+/// was replaced. `base` shifts spans (stream offsets).
+fn apply(
+    text: &str,
+    hits: &[Hit],
+    on: &On,
+    path: &str,
+    start: usize,
+    base: usize,
+    out: &mut DlpOutcome,
+) -> Option<String> {
+    let mut new = String::new();
+    let mut copied = start;
+    let mut replaced = false;
+    for h in hits {
+        let Some(d) = det_of(h) else { continue };
+        let Some(action) = on.get(d.cix).copied().flatten() else {
+            continue;
+        };
+        let matched = text.get(h.span.clone()).unwrap_or("");
+        out.findings.push(DlpFinding {
+            detector: d.id,
+            class: d.class,
+            severity: d.severity,
+            action,
+            path: path.to_string(),
+            span: h.span.start + base..h.span.end + base,
+            hint: hint(d, matched),
+        });
+        if action == Action::Block {
+            out.blocked = true;
+        }
+        if action != Action::Flag {
+            if !replaced {
+                new.reserve(text.len());
+                replaced = true;
+            }
+            new.push_str(text.get(copied..h.span.start).unwrap_or(""));
+            new.push_str("[REDACTED:");
+            new.push_str(d.id);
+            new.push(']');
+            copied = h.span.end;
+            out.redactions += 1;
+        }
+    }
+    if !replaced {
+        return None;
+    }
+    new.push_str(text.get(copied..).unwrap_or(""));
+    Some(new)
+}
+
+/// A public prefix (when the detector has one) and, for matches of twenty
+/// characters or more, the last four.
+fn hint(d: &Detector, matched: &str) -> String {
+    let mut h = String::new();
+    if d.public_prefix {
+        if let Some(p) = d
+            .anchors
+            .iter()
+            .filter_map(|a| matched.get(..a.len()))
+            .find(|p| d.anchors.iter().any(|a| a.eq_ignore_ascii_case(p)))
+        {
+            h.push_str(p);
+        }
+    }
+    h.push('…');
+    let n = matched.chars().count();
+    if n >= 20 {
+        h.extend(matched.chars().skip(n - 4));
+    }
+    h
+}
+
+// ---------------------------------------------------------------------------
+// The engine.
+
+struct Engine {
+    regexes: Vec<Regex>,
+    grouped: Vec<bool>,
+    anchors: AhoCorasick,
+    /// Anchor pattern id to the detectors it starts.
+    owners: Vec<Vec<usize>>,
+    /// Union of the detectors without anchors.
+    free: Regex,
+    free_ids: Vec<usize>,
+    /// A private key's END line at the start of a text (streams).
+    key_end: Regex,
+}
+
+fn engine() -> Option<&'static Engine> {
+    static E: OnceLock<Option<Engine>> = OnceLock::new();
+    E.get_or_init(build).as_ref()
+}
+
+fn build() -> Option<Engine> {
+    let mut regexes = Vec::with_capacity(DETECTORS.len());
+    for d in DETECTORS {
+        regexes.push(Regex::new(d.pattern).ok()?);
+    }
+    let grouped = regexes.iter().map(|r| r.captures_len() > 1).collect();
+    let mut lits: Vec<String> = Vec::new();
+    let mut owners: Vec<Vec<usize>> = Vec::new();
+    let mut free_ids = Vec::new();
+    let mut free_src = Vec::new();
+    for (i, d) in DETECTORS.iter().enumerate() {
+        if d.anchors.is_empty() {
+            free_ids.push(i);
+            free_src.push(format!("(?:{})", d.pattern));
+            continue;
+        }
+        for a in d.anchors {
+            let a = a.to_ascii_lowercase();
+            match lits.iter().position(|l| *l == a) {
+                Some(k) => owners.get_mut(k)?.push(i),
+                None => {
+                    lits.push(a);
+                    owners.push(vec![i]);
+                }
+            }
+        }
+    }
+    let anchors = AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .build(&lits)
+        .ok()?;
+    Some(Engine {
+        regexes,
+        grouped,
+        anchors,
+        owners,
+        free: Regex::new(&free_src.join("|")).ok()?,
+        free_ids,
+        key_end: Regex::new(r"\A-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----").ok()?,
+    })
+}
+
+const N: usize = DETECTORS.len();
+const PRIVATE_KEY: usize = 1;
+
+/// Past a match this long (valid or not), later anchors of its detector
+/// inside it search only up to its end, without growing their window:
+/// that keeps hostile input (a megabyte of `passwordpassword…`) linear.
+const LONG: usize = 256;
+
+impl Engine {
+    /// Every validated, non-overlapping match in `text`, in order, for the
+    /// enabled classes; `key` is the object key the string sits under.
+    fn find(&self, text: &str, on: &On, key: Option<&str>) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        let mut hidden = [0usize; N];
+        let enabled = |d: &Detector| on.get(d.cix).is_some_and(Option::is_some);
+        for m in self.anchors.find_overlapping_iter(text) {
+            let Some(owners) = self.owners.get(m.pattern().as_usize()) else {
+                continue;
+            };
+            for &i in owners {
+                let Some(d) = DETECTORS.get(i) else { continue };
+                let Some(h) = hidden.get_mut(i) else { continue };
+                if !enabled(d) {
+                    continue;
+                }
+                // A match of an anchored detector starts at most `back`
+                // bytes before one of its anchors.
+                let from = floor(text, m.start().saturating_sub(d.back));
+                let (end, grow) = if *h > m.start() {
+                    ((m.end() + d.ahead).min(*h), false)
+                } else {
+                    (m.end() + d.ahead, true)
+                };
+                let long = self.search(i, text, from, m.start(), end, grow, &mut hits);
+                *h = (*h).max(long);
+            }
+        }
+        let free_on = self
+            .free_ids
+            .iter()
+            .any(|&i| DETECTORS.get(i).is_some_and(enabled));
+        if free_on {
+            // Every match of a free detector starts inside one of the
+            // union's candidates, since the union contains its pattern.
+            for c in self.free.find_iter(text) {
+                for &i in &self.free_ids {
+                    if DETECTORS.get(i).is_some_and(enabled) {
+                        let (limit, end) = (c.end() - 1, c.end() + 8);
+                        self.search(i, text, c.start(), limit, end, true, &mut hits);
+                    }
+                }
+            }
+        }
+        if let Some(k) = key {
+            if let Some(h) = key_context(k, text) {
+                if DETECTORS.get(h.det).is_some_and(enabled) {
+                    hits.push(h);
+                }
+            }
+        }
+        hits.sort_by(|a, b| {
+            (a.det, a.span.start, a.span.end).cmp(&(b.det, b.span.start, b.span.end))
+        });
+        hits.dedup_by(|a, b| a.det == b.det && a.span == b.span);
+        resolve(hits)
+    }
+
+    /// Finds the matches of detector `i` that start in `[from, limit]`,
+    /// reading a window that ends at `until` and (when `grow`) grows while
+    /// a match runs into its end; pushes the validated ones. Returns the end
+    /// of the last long match seen (0 if none).
+    #[allow(clippy::too_many_arguments)]
+    fn search(
+        &self,
+        i: usize,
+        text: &str,
+        mut from: usize,
+        limit: usize,
+        until: usize,
+        grow: bool,
+        out: &mut Vec<Hit>,
+    ) -> usize {
+        let (Some(d), Some(re)) = (DETECTORS.get(i), self.regexes.get(i)) else {
+            return 0;
+        };
+        let grouped = self.grouped.get(i).copied().unwrap_or(false);
+        let mut end = ceil(text, until);
+        let mut long_end = 0;
+        while from <= limit && from < end {
+            let Some(hay) = text.get(..end) else { break };
+            let found = if grouped {
+                re.captures_at(hay, from).map(|c| {
+                    let whole = c.get_match().range();
+                    let secret = c
+                        .iter()
+                        .skip(1)
+                        .flatten()
+                        .next()
+                        .map_or(whole.clone(), |m| m.range());
+                    (whole, secret)
+                })
+            } else {
+                re.find_at(hay, from).map(|m| (m.range(), m.range()))
+            };
+            let Some((whole, secret)) = found else { break };
+            if whole.start > limit {
+                break;
+            }
+            if grow && whole.end == end && end < text.len() {
+                end = ceil(text, end + (end - from).max(256));
+                continue;
+            }
+            if whole.len() >= LONG {
+                long_end = long_end.max(whole.end);
+            }
+            let valid = (d.check)(text, whole.clone(), secret).filter(|s| s.start < s.end);
+            // After a valid match, go on after it; after an invalid one, an
+            // overlapping match may still start just after its start.
+            from = match valid {
+                Some(span) => {
+                    out.push(Hit { det: i, span });
+                    whole.end.max(ceil(text, whole.start + 1))
+                }
+                None => ceil(text, whole.start + 1),
+            };
+        }
+        long_end
+    }
+}
+
+/// Keeps the best of overlapping hits: higher severity, then earlier, then
+/// longer, then the detector listed first.
+fn resolve(mut hits: Vec<Hit>) -> Vec<Hit> {
+    if hits.len() > 1 {
+        let sev = |h: &Hit| det_of(h).map_or(Severity::Low, |d| d.severity);
+        hits.sort_by(|a, b| {
+            sev(b)
+                .cmp(&sev(a))
+                .then(a.span.start.cmp(&b.span.start))
+                .then(b.span.len().cmp(&a.span.len()))
+                .then(a.det.cmp(&b.det))
+        });
+        let mut taken: BTreeMap<usize, usize> = BTreeMap::new();
+        hits.retain(|h| {
+            let before = taken
+                .range(..=h.span.start)
+                .next_back()
+                .is_some_and(|(_, &e)| e > h.span.start);
+            let after = taken
+                .range(h.span.start..)
+                .next()
+                .is_some_and(|(&s, _)| s < h.span.end);
+            if before || after {
+                return false;
+            }
+            taken.insert(h.span.start, h.span.end);
+            true
+        });
+        hits.sort_by_key(|h| h.span.start);
+    }
+    hits
+}
+
+/// The largest char boundary at or before `i`.
+fn floor(s: &str, i: usize) -> usize {
+    let mut i = i.min(s.len());
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The smallest char boundary at or after `i` (at most the length).
+fn ceil(s: &str, i: usize) -> usize {
+    let mut i = i.min(s.len());
+    while i < s.len() && !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+fn slice<'a>(text: &'a str, r: &Range<usize>) -> &'a str {
+    text.get(r.clone()).unwrap_or("")
+}
+
+fn any(_: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    Some(s)
+}
+
+/// Shannon entropy in bits per byte.
+fn entropy(s: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    for b in s.bytes() {
+        if let Some(c) = counts.get_mut(usize::from(b)) {
+            *c += 1;
+        }
+    }
+    let n = s.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+fn distinct(s: &str) -> usize {
+    let mut seen = [false; 256];
+    let mut n = 0;
+    for b in s.bytes() {
+        if let Some(x) = seen.get_mut(usize::from(b)) {
+            if !*x {
+                *x = true;
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// A provider token: not a placeholder such as `ghp_XXXX…`.
+fn token(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    (distinct(slice(text, &s)) >= 8).then_some(s)
+}
+
+fn aws_key_id(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let t = slice(text, &s);
+    let body = t.get(4..)?;
+    // `ASIA` plus sixteen capitals can be a shouted word; real ids of that
+    // kind almost always carry a digit.
+    let plausible = !t.starts_with("ASIA") || body.bytes().any(|b| b.is_ascii_digit());
+    (distinct(body) >= 5 && plausible).then_some(s)
+}
+
+fn aws_secret_value(t: &str) -> bool {
+    t.len() == 40
+        && t.bytes().any(|b| b.is_ascii_uppercase())
+        && t.bytes().any(|b| b.is_ascii_lowercase())
+        && t.bytes()
+            .any(|b| b.is_ascii_digit() || b == b'/' || b == b'+')
+        && entropy(t) >= 3.5
+}
+
+fn aws_secret(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    aws_secret_value(slice(text, &s)).then_some(s)
+}
+
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+fn azure_key(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let key = B64.decode(slice(text, &s)).ok()?;
+    (key.len() >= 32).then_some(s)
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|&x| char::from(x).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(0));
+                i += 3;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// An Azure SAS `sig` is a base64 HMAC-SHA256: 32 bytes once decoded.
+fn sas_signature(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let raw = percent_decode(slice(text, &s));
+    let sig = B64.decode(raw).ok()?;
+    (sig.len() == 32).then_some(s)
+}
+
+/// Three segments (or five, a JWE) whose header is a JSON object with an
+/// `alg`; an empty signature only with `"alg": "none"`.
+fn jwt(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let mut parts: Vec<&str> = slice(text, &s).split('.').collect();
+    // A dot after the token ends the sentence, not a segment.
+    while parts.len() > 3 && parts.len() != 5 && parts.last().is_some_and(|p| p.is_empty()) {
+        parts.pop();
+    }
+    if parts.len() != 3 && parts.len() != 5 {
+        return None;
+    }
+    let header: Value = serde_json::from_slice(&B64URL.decode(parts.first()?).ok()?).ok()?;
+    let alg = header.get("alg")?.as_str()?;
+    if parts.len() == 3 {
+        B64URL.decode(parts.get(1)?).ok()?;
+        if parts.get(2)?.is_empty() && !alg.eq_ignore_ascii_case("none") {
+            return None;
+        }
+    }
+    let len = parts.iter().map(|p| p.len() + 1).sum::<usize>() - 1;
+    Some(s.start..s.start + len)
+}
+
+fn url_password(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let t = slice(text, &s);
+    let template = t.starts_with('$') || t.starts_with('{') || t.bytes().all(|b| b == b'*');
+    (!template).then_some(s)
+}
+
+/// Parts of key names that say the value is not a secret (a page token, a
+/// token's type or lifetime, a file holding the secret …).
+const BENIGN_KEY_PARTS: &[&str] = &[
+    "page",
+    "cursor",
+    "next",
+    "csrf",
+    "xsrf",
+    "count",
+    "limit",
+    "max",
+    "min",
+    "type",
+    "length",
+    "size",
+    "usage",
+    "public",
+    "hash",
+    "sha",
+    "digest",
+    "checksum",
+    "fingerprint",
+    "expir",
+    "ttl",
+    "name",
+    "path",
+    "file",
+    "url",
+    "uri",
+    "endpoint",
+    "header",
+    "format",
+    "kind",
+    "policy",
+    "rotation",
+    "timeout",
+    "_at",
+    "_in",
+    "prompt",
+    "label",
+    "hint",
+    "placeholder",
+    "field",
+];
+
+fn benign_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    BENIGN_KEY_PARTS.iter().any(|p| k.contains(p)) || k.ends_with("id") || k.ends_with("ids")
+}
+
+/// Random-looking: long enough, high entropy, letters and digits, and not
+/// an identifier (`snake_case`, `CONSTANT_NAME`, dotted or slashed words).
+fn looks_random(v: &str) -> bool {
+    if v.len() < 16 || entropy(v) < 3.5 {
+        return false;
+    }
+    if !v.bytes().any(|b| b.is_ascii_digit()) || !v.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return false;
+    }
+    let lower = v.to_ascii_lowercase();
+    if ["xxxx", "****", "....", "${", "{{", "%("]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        return false;
+    }
+    let segments: Vec<&str> = v
+        .split(['_', '-', '.', '/', ':'])
+        .filter(|s| !s.is_empty())
+        .collect();
+    let wordy = |s: &&str| {
+        let b = s.as_bytes();
+        s.bytes().all(|c| c.is_ascii_lowercase())
+            || s.bytes().all(|c| c.is_ascii_uppercase())
+            || s.len() <= 3
+            || (s.len() <= 4 && s.bytes().all(|c| c.is_ascii_digit()))
+            || (b.first().is_some_and(u8::is_ascii_uppercase)
+                && b.get(1..)
+                    .is_some_and(|r| r.iter().all(u8::is_ascii_lowercase)))
+    };
+    !(segments.len() >= 2 && segments.iter().all(wordy))
+}
+
+/// The identifier-ish run of text around `at` (the key of a key/value).
+fn key_around(text: &str, at: usize, sep: usize) -> &str {
+    let b = text.as_bytes();
+    let is_key = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
+    let mut start = at;
+    while start > 0 && b.get(start - 1).copied().is_some_and(is_key) {
+        start -= 1;
+    }
+    let mut end = at;
+    while end < sep && b.get(end).copied().is_some_and(is_key) {
+        end += 1;
+    }
+    text.get(start..end).unwrap_or("")
+}
+
+fn generic(text: &str, whole: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let t = slice(text, &s);
+    let value = t.trim_end_matches(['.', ':', '!', '?']);
+    if benign_key(key_around(text, whole.start, s.start)) || !looks_random(value) {
+        return None;
+    }
+    Some(s.start..s.start + value.len())
+}
+
+/// Structured content: a string under a key such as `password` or
+/// `SecretAccessKey` is judged as that key's value.
+fn key_context(key: &str, value: &str) -> Option<Hit> {
+    let k = key.to_ascii_lowercase().replace(['_', '-'], "");
+    let start = value.len() - value.trim_start().len();
+    let v = value.trim();
+    let span = start..start + v.len();
+    if k.contains("secretaccesskey") {
+        let det = DETECTORS
+            .iter()
+            .position(|d| d.id == "aws-secret-access-key")?;
+        return aws_secret_value(v).then_some(Hit { det, span });
+    }
+    let secretish = [
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "apikey",
+        "accesskey",
+        "authkey",
+        "privatekey",
+        "credential",
+    ];
+    if !secretish.iter().any(|w| k.contains(w)) || benign_key(key) || !looks_random(v) {
+        return None;
+    }
+    let det = DETECTORS.iter().position(|d| d.id == "generic-secret")?;
+    Some(Hit { det, span })
+}
+
+const FILE_EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "css", "js", "ts", "json", "html",
+];
+
+fn email(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let t = slice(text, &s);
+    let before = text.get(..s.start).unwrap_or("");
+    if before.ends_with("://") {
+        return None; // the user of a URL (`ssh://git@host`), not an address
+    }
+    if before
+        .bytes()
+        .next_back()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b"._%+-".contains(&b))
+    {
+        return None; // the tail of a longer local part
+    }
+    let (local, domain) = t.split_once('@')?;
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return None;
+    }
+    let tld = domain.rsplit('.').next()?.to_ascii_lowercase();
+    (!FILE_EXTENSIONS.contains(&tld.as_str())).then_some(s)
+}
+
+/// Tries the whole span, then shorter ones ending before each separator
+/// (longest first): a number is often followed by another on the same line.
+fn shrink(
+    text: &str,
+    s: Range<usize>,
+    is_sep: impl Fn(u8) -> bool,
+    ok: impl Fn(&str) -> bool,
+) -> Option<Range<usize>> {
+    let t = slice(text, &s);
+    if ok(t) {
+        return Some(s);
+    }
+    let b = t.as_bytes();
+    let mut i = b.len();
+    while i > 0 {
+        i -= 1;
+        if b.get(i).copied().is_some_and(&is_sep) {
+            let cand = t
+                .get(..i)?
+                .trim_end_matches(|c: char| c.is_ascii() && is_sep(c as u8));
+            if !cand.is_empty() && ok(cand) {
+                return Some(s.start..s.start + cand.len());
+            }
+        }
+    }
+    None
+}
+
+fn digits(t: &str) -> impl Iterator<Item = u32> + '_ {
+    t.chars().filter_map(|c| c.to_digit(10))
+}
+
+fn luhn(t: &str) -> bool {
+    let ds: Vec<u32> = digits(t).collect();
+    let sum: u32 = ds
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 {
+                    d * 2 - 9
+                } else {
+                    d * 2
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+fn card_number(t: &str) -> bool {
+    let n = digits(t).count();
+    if !(13..=19).contains(&n) || !matches!(t.as_bytes().first(), Some(b'2'..=b'6')) {
+        return false;
+    }
+    let seps: Vec<u8> = t.bytes().filter(|b| !b.is_ascii_digit()).collect();
+    if let Some(&sep) = seps.first() {
+        if seps.iter().any(|&x| x != sep) {
+            return false;
+        }
+        let groups: Vec<usize> = t.split(char::from(sep)).map(str::len).collect();
+        if groups.first() != Some(&4) || groups.iter().any(|&g| g < 3) {
+            return false;
+        }
+    }
+    luhn(t)
+}
+
+/// 13–19 digits (one kind of separator, groups of at least three, first of
+/// four), an issuer digit 2–6 and a valid Luhn check digit.
+fn card(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    shrink(text, s, |b| b == b' ' || b == b'-', card_number)
+}
+
+fn prev_char(text: &str, at: usize) -> Option<char> {
+    text.get(..at)?.chars().next_back()
+}
+
+fn next_chars(text: &str, at: usize) -> (Option<char>, Option<char>) {
+    let mut it = text.get(at..).unwrap_or("").chars();
+    (it.next(), it.next())
+}
+
+/// Whether the character before `at` continues a word or number.
+fn glued_before(text: &str, at: usize) -> bool {
+    prev_char(text, at)
+        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '/' | '+' | '_'))
+}
+
+/// Whether the text after `at` continues a word or a dashed, dotted or
+/// slashed number (a date, an id, an address).
+fn glued_after(text: &str, at: usize) -> bool {
+    match next_chars(text, at) {
+        (Some('-' | '.' | '/'), Some(c)) => c.is_ascii_digit(),
+        (Some(c), _) => c.is_ascii_alphanumeric() || c == '_',
+        _ => false,
+    }
+}
+
+/// US SSN: area not 000, 666 or 9xx; group not 00; serial not 0000.
+fn ssn(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    if glued_before(text, s.start) || glued_after(text, s.end) {
+        return None;
+    }
+    let d: Vec<u32> = digits(slice(text, &s)).collect();
+    let num = |r: Range<usize>| d.get(r).map(|x| x.iter().fold(0, |a, &v| a * 10 + v));
+    let (area, group, serial) = (num(0..3)?, num(3..5)?, num(5..9)?);
+    (area != 0 && area != 666 && area < 900 && group != 0 && serial != 0).then_some(s)
+}
+
+/// IBAN lengths by country (ISO 13616 registry).
+const IBAN_LENGTHS: &[(&str, usize)] = &[
+    ("AD", 24),
+    ("AE", 23),
+    ("AL", 28),
+    ("AT", 20),
+    ("AZ", 28),
+    ("BA", 20),
+    ("BE", 16),
+    ("BG", 22),
+    ("BH", 22),
+    ("BR", 29),
+    ("BY", 28),
+    ("CH", 21),
+    ("CR", 22),
+    ("CY", 28),
+    ("CZ", 24),
+    ("DE", 22),
+    ("DK", 18),
+    ("DO", 28),
+    ("EE", 20),
+    ("EG", 29),
+    ("ES", 24),
+    ("FI", 18),
+    ("FO", 18),
+    ("FR", 27),
+    ("GB", 22),
+    ("GE", 22),
+    ("GI", 23),
+    ("GL", 18),
+    ("GR", 27),
+    ("GT", 28),
+    ("HR", 21),
+    ("HU", 28),
+    ("IE", 22),
+    ("IL", 23),
+    ("IQ", 23),
+    ("IS", 26),
+    ("IT", 27),
+    ("JO", 30),
+    ("KW", 30),
+    ("KZ", 20),
+    ("LB", 28),
+    ("LC", 32),
+    ("LI", 21),
+    ("LT", 20),
+    ("LU", 20),
+    ("LV", 21),
+    ("MC", 27),
+    ("MD", 24),
+    ("ME", 22),
+    ("MK", 19),
+    ("MR", 27),
+    ("MT", 31),
+    ("MU", 30),
+    ("NL", 18),
+    ("NO", 15),
+    ("PK", 24),
+    ("PL", 28),
+    ("PS", 29),
+    ("PT", 25),
+    ("QA", 29),
+    ("RO", 24),
+    ("RS", 22),
+    ("SA", 24),
+    ("SC", 31),
+    ("SE", 24),
+    ("SI", 19),
+    ("SK", 24),
+    ("SM", 27),
+    ("ST", 25),
+    ("SV", 28),
+    ("TL", 23),
+    ("TN", 24),
+    ("TR", 26),
+    ("UA", 29),
+    ("VA", 22),
+    ("VG", 24),
+    ("XK", 20),
+];
+
+fn iban_number(t: &str) -> bool {
+    let compact: String = t.chars().filter(|c| *c != ' ').collect();
+    let (Some(country), Some(head), Some(tail)) =
+        (compact.get(..2), compact.get(..4), compact.get(4..))
+    else {
+        return false;
+    };
+    if !IBAN_LENGTHS
+        .iter()
+        .any(|&(c, n)| c == country && n == compact.len())
+    {
+        return false;
+    }
+    let mut rem: u32 = 0;
+    for c in tail.chars().chain(head.chars()) {
+        let Some(v) = c.to_digit(36) else {
+            return false;
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+/// IBAN: the country's length and the mod-97 check.
+fn iban(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    shrink(text, s, |b| b == b' ', iban_number)
+}
+
+/// Spanish DNI (eight digits) or NIE (X/Y/Z and seven digits) with its
+/// check letter.
+fn dni(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    const LETTERS: &[u8] = b"TRWAGMYFPDXBNJZSQVHLCKE";
+    let t: Vec<u8> = slice(text, &s).bytes().filter(|&b| b != b'-').collect();
+    let (&letter, body) = t.split_last()?;
+    let mut n: u32 = 0;
+    for &b in body {
+        let v = match b {
+            b'X' => 0,
+            b'Y' => 1,
+            b'Z' => 2,
+            b'0'..=b'9' => u32::from(b - b'0'),
+            _ => return None,
+        };
+        n = n * 10 + v;
+    }
+    let expected = LETTERS.get(usize::try_from(n % 23).ok()?)?;
+    (*expected == letter).then_some(s)
+}
+
+/// UK National Insurance number: the format rules (no checksum exists).
+fn nino(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let t = slice(text, &s);
+    let spaces = t.bytes().filter(|&b| b == b' ').count();
+    if spaces != 0 && spaces != 4 {
+        return None;
+    }
+    let prefix = t.get(..2)?;
+    let banned = ["BG", "GB", "KN", "NK", "NT", "TN", "ZZ"];
+    (!banned.contains(&prefix)).then_some(s)
+}
+
+/// Phone numbers: `+` and 8–15 digits; North American 10 digits; a
+/// national trunk `0` and 10–11 digits. Not part of a longer number, nor
+/// next to another group of digits (tables of numbers, IBANs).
+fn phone(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let t = slice(text, &s);
+    let before = prev_char(text, s.start);
+    let before2 = text.get(..s.start).and_then(|p| p.chars().rev().nth(1));
+    let spaced_before =
+        matches!(before, Some(' ' | '.' | '-')) && before2.is_some_and(|c| c.is_ascii_digit());
+    let spaced_after = match next_chars(text, s.end) {
+        (Some(' ' | '.' | '-'), Some(c)) => c.is_ascii_digit(),
+        _ => false,
+    };
+    if glued_before(text, s.start)
+        || before == Some(')')
+        || spaced_before
+        || spaced_after
+        || glued_after(text, s.end)
+    {
+        return None;
+    }
+    let n = digits(t).count();
+    let ok = match t.as_bytes().first() {
+        Some(b'+') => (8..=15).contains(&n),
+        Some(b'0') => (10..=11).contains(&n),
+        _ => n == 10 || (n == 11 && t.starts_with('1')),
+    };
+    ok.then_some(s)
+}
+
+// ---------------------------------------------------------------------------
+// Streams.
+
+/// What one step of a [`StreamScanner`] releases.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StreamChunk {
+    /// Text safe to forward now (redacted per the policy). It may be shorter
+    /// than what was pushed: the scanner holds back a tail that could still
+    /// be the start of a match.
+    pub text: String,
+    /// Findings in the released text; spans are byte offsets in the whole
+    /// original stream.
+    pub findings: Vec<DlpFinding>,
+    /// Whether a `Block` class has matched so far in this stream.
+    pub blocked: bool,
+}
+
+/// Scans text that arrives in chunks (SSE events) and finds matches that
+/// straddle chunk boundaries, with bounded memory.
+///
+/// Each push releases all text that can no longer be part of an unfinished
+/// match and holds back the rest: the trailing run of non-space text (at
+/// most [`StreamScanner::HOLD`] bytes) plus [`StreamScanner::CONTEXT`] bytes
+/// before it, so a `password=` or an `aws` context word stays with a value
+/// still arriving; a match that reaches into that tail is held whole. A
+/// private key block without its END line yet is held up to
+/// [`StreamScanner::KEY_HOLD`]; past that, what was seen is redacted and
+/// released, and (when the `secrets` action redacts or blocks) every
+/// following key-body line is swallowed up to and including the END line,
+/// however long it is. Other matches longer than `HOLD` (no real token is)
+/// are redacted only up to the cut.
+pub struct StreamScanner {
+    on: On,
+    /// `keep` bytes already released (left context for word boundaries),
+    /// then the bytes not released yet.
+    pending: String,
+    keep: usize,
+    /// Stream offset of `pending[0]`.
+    offset: usize,
+    /// Stream offset where a cut private key's continuation began.
+    in_key: Option<usize>,
+    key_marker_sent: bool,
+    blocked: bool,
+}
+
+impl StreamScanner {
+    /// Most bytes held back for a token that may still be growing.
+    pub const HOLD: usize = 8 * 1024;
+    /// Context held back before that token.
+    pub const CONTEXT: usize = 256;
+    /// Most bytes held back for an open private key block.
+    pub const KEY_HOLD: usize = 32 * 1024;
+    /// Released bytes kept as left context, so a match right after a cut is
+    /// judged as it would be in the whole text.
+    const LEFT: usize = 64;
+
+    /// A scanner applying `policy` to one stream.
+    pub fn new(policy: &DlpPolicy) -> StreamScanner {
+        StreamScanner {
+            on: policy.enabled(),
+            pending: String::new(),
+            keep: 0,
+            offset: 0,
+            in_key: None,
+            key_marker_sent: false,
+            blocked: false,
+        }
+    }
+
+    /// Takes the next chunk; returns what can be released now.
+    pub fn push(&mut self, chunk: &str) -> StreamChunk {
+        self.pending.push_str(chunk);
+        self.step(false)
+    }
+
+    /// Ends the stream: releases everything still held.
+    pub fn finish(&mut self) -> StreamChunk {
+        self.step(true)
+    }
+
+    /// Bytes held now, context included: at most `KEY_HOLD` plus 64 between
+    /// pushes, and at most `HOLD + CONTEXT` plus 64 outside a private key.
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn step(&mut self, last: bool) -> StreamChunk {
+        let mut out = DlpOutcome::default();
+        let mut text = String::new();
+        let engine = if self.on.iter().all(Option::is_none) {
+            None
+        } else {
+            match engine() {
+                Some(e) => Some(e),
+                None => {
+                    // Fail closed: nothing leaves.
+                    self.blocked = true;
+                    self.release(self.pending.len(), false);
+                    return self.chunk(text, out);
+                }
+            }
+        };
+        let Some(engine) = engine else {
+            text.push_str(self.pending.get(self.keep..).unwrap_or(""));
+            self.release(self.pending.len(), true);
+            return self.chunk(text, out);
+        };
+        if self.in_key.is_some() {
+            self.continue_key(engine, last, &mut text, &mut out);
+            if self.in_key.is_some() {
+                return self.chunk(text, out);
+            }
+        }
+        let keep = self.keep;
+        let mut hits = engine.find(&self.pending, &self.on, None);
+        hits.retain(|h| h.span.start >= keep);
+        let len = self.pending.len();
+        let mut cut = if last {
+            len
+        } else {
+            hold_point(&self.pending).max(keep)
+        };
+        let mut open_key = false;
+        if let Some(h) = hits.iter().find(|h| h.span.start < cut && cut < h.span.end) {
+            cut = h.span.start;
+            let key = h.det == PRIVATE_KEY;
+            let limit = if key {
+                Self::KEY_HOLD
+            } else {
+                Self::HOLD + Self::CONTEXT
+            };
+            if len - h.span.start > limit {
+                cut = h.span.end;
+                let redacts = self
+                    .on
+                    .get(S)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|a| a != Action::Flag);
+                let matched = self.pending.get(h.span.clone()).unwrap_or("");
+                open_key = key && redacts && !matched.contains("-----END");
+            }
+        }
+        hits.retain(|h| h.span.end <= cut);
+        let head = self.pending.get(..cut).unwrap_or("");
+        match apply(head, &hits, &self.on, "", keep, self.offset, &mut out) {
+            Some(redacted) => text.push_str(&redacted),
+            None => text.push_str(head.get(keep..).unwrap_or("")),
+        }
+        if open_key {
+            self.release(cut, false);
+            self.in_key = Some(self.offset);
+            self.key_marker_sent = true;
+        } else {
+            self.release(cut, !last);
+        }
+        self.chunk(text, out)
+    }
+
+    /// Drops `pending[..upto]` (released), keeping up to `LEFT` bytes of
+    /// it as context when `context` (a redacted key body is no context).
+    fn release(&mut self, upto: usize, context: bool) {
+        let upto = floor(&self.pending, upto);
+        let from = if context {
+            ceil(&self.pending, upto.saturating_sub(Self::LEFT))
+        } else {
+            upto
+        };
+        self.pending.drain(..from);
+        self.offset += from;
+        self.keep = upto - from;
+    }
+
+    /// Swallows the body of a private key cut at `KEY_HOLD`, up to and
+    /// including its END line; a partial END line is held back.
+    fn continue_key(
+        &mut self,
+        engine: &Engine,
+        last: bool,
+        text: &mut String,
+        out: &mut DlpOutcome,
+    ) {
+        let Some(start) = self.in_key else { return };
+        let keep = self.keep;
+        let tail = self.pending.get(keep..).unwrap_or("");
+        let body = tail
+            .bytes()
+            .take_while(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'+' | b'/' | b'=' | b'\\')
+                    || b.is_ascii_whitespace()
+            })
+            .count();
+        let rest = tail.get(body..).unwrap_or("");
+        let (consumed, done) = if let Some(m) = engine.key_end.find(rest) {
+            (body + m.end(), true)
+        } else if !last
+            && rest.len() < 64
+            && rest
+                .bytes()
+                .all(|b| b == b'-' || b == b' ' || b.is_ascii_uppercase() || b.is_ascii_digit())
+        {
+            (body, false)
+        } else {
+            (body, true)
+        };
+        if consumed > 0 && !self.key_marker_sent {
+            text.push_str("[REDACTED:private-key]");
+            self.key_marker_sent = true;
+        }
+        self.release(keep + consumed, false);
+        if done {
+            self.in_key = None;
+            self.key_marker_sent = false;
+            if self.offset > start {
+                if let Some(d) = DETECTORS.get(PRIVATE_KEY) {
+                    let action = self
+                        .on
+                        .get(d.cix)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(Action::Redact);
+                    out.blocked |= action == Action::Block;
+                    out.redactions += 1;
+                    out.findings.push(DlpFinding {
+                        detector: d.id,
+                        class: d.class,
+                        severity: d.severity,
+                        action,
+                        path: String::new(),
+                        span: start..self.offset,
+                        hint: "…".to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn chunk(&mut self, text: String, out: DlpOutcome) -> StreamChunk {
+        self.blocked |= out.blocked;
+        StreamChunk {
+            text,
+            findings: out.findings,
+            blocked: self.blocked,
+        }
+    }
+}
+
+/// Where the held-back tail starts: `CONTEXT` bytes before the trailing run
+/// of non-space text (itself at most `HOLD` bytes).
+fn hold_point(s: &str) -> usize {
+    let b = s.as_bytes();
+    let len = b.len();
+    let mut run = len;
+    while run > 0 && len - run < StreamScanner::HOLD {
+        match b.get(run - 1) {
+            Some(c) if !c.is_ascii_whitespace() => run -= 1,
+            _ => break,
+        }
+    }
+    floor(s, run.saturating_sub(StreamScanner::CONTEXT))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn every_pattern_compiles() {
-        assert_eq!(class("secrets").unwrap().patterns.len(), 7);
-        assert_eq!(class("pii").unwrap().patterns.len(), 4);
-    }
-
-    #[test]
-    fn redacts_secrets_in_results() {
-        let mut v = json!({"content": [{"type": "text", "text": "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY and AKIAIOSFODNN7EXAMPLE"}], "isError": false});
-        let (n, unknown) = redact(&mut v, &["secrets".into(), "nope".into()]);
-        assert_eq!(n, 2);
-        assert_eq!(unknown, vec!["nope"]);
-        let t = v["content"][0]["text"].as_str().unwrap();
-        assert!(!t.contains("wJalr") && !t.contains("AKIA"), "{t}");
-        assert!(t.contains("[REDACTED:secrets]"));
-        assert_eq!(v["isError"], false);
-    }
-
-    #[test]
-    fn redacts_pii_and_leaves_clean_text() {
-        let mut v = json!([
-            "mail bob@example.com or call +1 415 555 0100",
-            "nothing here"
-        ]);
-        let (n, _) = redact(&mut v, &["pii".into()]);
-        assert_eq!(n, 2);
-        assert_eq!(v[1], "nothing here");
-        let mut key = json!({"k": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----"});
-        assert_eq!(redact(&mut key, &["secrets".into()]).0, 1);
+    fn engine_builds_and_ids_are_unique() {
+        assert!(engine().is_some());
+        let mut ids: Vec<&str> = DETECTORS.iter().map(|d| d.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), DETECTORS.len());
+        assert_eq!(DETECTORS[PRIVATE_KEY].id, "private-key");
+        for d in DETECTORS {
+            assert_eq!(CLASS_NAMES[d.cix], d.class, "{}", d.id);
+            assert!(
+                d.anchors.iter().all(|a| a.to_ascii_lowercase() == *a),
+                "{}",
+                d.id
+            );
+        }
     }
 }
