@@ -6,3 +6,7 @@
 pub mod args;
 pub mod dlp;
 pub mod pin;
+pub mod finding;
+pub mod inject;
+pub mod poison;
+pub mod unicode;
