@@ -8,10 +8,10 @@
 //! | rule | what | severity |
 //! |------|------|----------|
 //! | `poison.ignore-previous` | "ignore previous instructions" and its variants, "new instructions:" | Critical |
-//! | `poison.exfil-parameter` | instructions to put the conversation, a sensitive file or secrets into a parameter or send them out; a parameter (named like `note`, `context`, `sidenote`) described as taking the previous messages | Critical for the conversation or a sensitive file, High for file contents read first or a parameter asking for the conversation, Medium for secrets (High next to secrecy or coercion) |
+//! | `poison.exfil-parameter` | instructions to put the conversation, a sensitive file or secrets into a parameter or send them out; a parameter (named like `note`, `context`, `sidenote`) described as taking the previous messages | Critical for the conversation or a sensitive file, High for file contents read first or a parameter asking for the conversation, Medium for secrets asked into another field (High next to secrecy or coercion, or into a carrier parameter) |
 //! | `poison.secrecy` | "do not tell the user", "without the user knowing", "never reveal" | High |
 //! | `poison.hidden-markup` | `<IMPORTANT>`, `<system>`, `[INST]`, `<\|im_start\|>`, HTML comments, hidden CSS, markdown comments | High |
-//! | `poison.read-sensitive-files` | `~/.ssh`, `id_rsa`, `.env`, `/etc/passwd`, `.aws/credentials`, `mcp.json`, … | High next to a read/send verb or a "before using this tool" condition, Medium when only mentioned |
+//! | `poison.read-sensitive-files` | `~/.ssh`, `id_rsa`, `.env`, `/etc/passwd`, `.aws/credentials`, `mcp.json`, … | High next to an imperative read/send verb or a "before using this tool" condition, Medium when only mentioned or in the passive ("keys are read from") |
 //! | `poison.imperative-to-model` | text that addresses the model rather than describing the tool: "you are now", "the assistant must", "note to the AI", "without asking the user", "the user has already approved" | High (Medium for the softer ones, and for "before using this tool, read …" without anything sensitive) |
 //! | `poison.cross-tool` | mentions of another server's tool (from [`Context::known_tools`]), "when this tool is available", "instead of any other tool" | High next to redirecting or commanding words, Medium for a bare mention |
 //! | `poison.encoded-payload` | base64 (standard or URL-safe) runs of 24+ characters and hex runs of 32+ digits that decode to text, `\x..`/`\u....` escape runs; the decoded text is scanned once more and what it finds is reported at the run's span | High when the decoded text has findings, Medium when it is text, Low for an opaque blob of 120+ characters |
@@ -23,8 +23,11 @@
 //! invisible characters are removed, so `ig\u{200B}nore  previous` still
 //! matches; spans always refer to the original string.
 //!
-//! Cost: one Aho-Corasick automaton of phrases and one `RegexSet`, both
-//! compiled once per process; a definition is walked once.
+//! Cost: one Aho-Corasick DFA of phrases and one `RegexSet`, both compiled
+//! once per process (about 3 MiB, built on first use in a few ms); a
+//! definition is walked once. A tool's own name is never a mention of
+//! another tool; name collisions between servers are the shadowing check's
+//! business, not this module's.
 
 use std::borrow::Cow;
 use std::sync::{LazyLock, OnceLock};
