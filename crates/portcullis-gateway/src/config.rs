@@ -85,6 +85,9 @@ pub struct Config {
     /// Tool pinning against rug-pulls.
     #[serde(default)]
     pub pinning: crate::pins::PinCfg,
+    /// Poisoning detection on tool definitions.
+    #[serde(default)]
+    pub inspection: crate::pins::InspectionCfg,
 }
 
 /// Where the Cedar policies come from.
@@ -626,6 +629,7 @@ impl Config {
             containment: Default::default(),
             store: Default::default(),
             pinning: Default::default(),
+            inspection: Default::default(),
         }
     }
 
@@ -654,6 +658,14 @@ impl Config {
                     Some((k, why)) => invalid(k, why),
                     None => invalid("audit", e),
                 })?;
+        }
+        if portcullis_inspect::finding::Severity::parse(&self.inspection.poison_min_severity)
+            .is_none()
+        {
+            return Err(invalid(
+                "inspection.poison_min_severity",
+                "use low, medium, high or critical",
+            ));
         }
         self.containment
             .validate()

@@ -140,6 +140,8 @@ pub struct Gateway {
     tool_meta: StdMutex<HashMap<String, portcullis_policy::Annotations>>,
     /// Policy facts of 2026-07-28 clients, per identity (they have no session).
     stateless_facts: StdMutex<HashMap<String, Arc<crate::session::Facts>>>,
+    /// Poisoning verdicts by tool-definition hash (`true`: may be shown).
+    poison_seen: StdMutex<HashMap<String, bool>>,
     /// Pending human approvals of 2026-07-28 clients, by token.
     approvals: StdMutex<HashMap<String, (String, Instant)>>,
 }
@@ -309,6 +311,7 @@ impl Gateway {
                 pep,
                 tool_meta: StdMutex::new(HashMap::new()),
                 approvals: StdMutex::new(HashMap::new()),
+                poison_seen: StdMutex::new(HashMap::new()),
                 stateless_facts: StdMutex::new(HashMap::new()),
             }
         })
@@ -370,7 +373,49 @@ impl Gateway {
                 return false;
             }
         }
-        self.pep.pins.usable(&server, name)
+        self.pep.pins.usable(&server, name) && self.unpoisoned(idx, tool)
+    }
+
+    /// Runs the poisoning detectors over a tool definition (once per
+    /// definition): findings at or above the configured severity are
+    /// audited, and with `poison_action = "hide"` the tool is hidden.
+    fn unpoisoned(&self, idx: usize, tool: &Value) -> bool {
+        use portcullis_inspect::finding::Severity;
+        let cfg = &self.cfg.inspection;
+        let min = Severity::parse(&cfg.poison_min_severity).unwrap_or(Severity::High);
+        let hash = portcullis_inspect::pin::hash(tool);
+        if let Some(v) = lock(&self.poison_seen).get(&hash) {
+            return *v;
+        }
+        let findings = portcullis_inspect::poison::scan_tool(
+            tool,
+            &portcullis_inspect::poison::Context::default(),
+        );
+        let acting: Vec<_> = findings.iter().filter(|f| f.severity >= min).collect();
+        let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+        let outward = self.naming.outward(idx, name);
+        for f in &acting {
+            tracing::warn!(server = %self.server_name(idx), tool = name, rule = f.rule, severity = f.severity.as_str(), "tool definition looks poisoned");
+            self.pep.monitor.record_finding(
+                "-",
+                "poison",
+                f.rule,
+                if f.severity >= Severity::High {
+                    portcullis_monitor::risk::FindingSeverity::High
+                } else {
+                    portcullis_monitor::risk::FindingSeverity::Medium
+                },
+                Some(&outward),
+                json!({"path": f.path, "span": [f.span.0, f.span.1], "evidence": f.evidence, "severity": f.severity.as_str()}),
+            );
+        }
+        let ok = acting.is_empty() || cfg.poison_action == crate::pins::PoisonAction::Warn;
+        let mut seen = lock(&self.poison_seen);
+        if seen.len() > 10_000 {
+            seen.clear();
+        }
+        seen.insert(hash, ok);
+        ok
     }
 
     /// Each upstream's circuit breaker, by name.

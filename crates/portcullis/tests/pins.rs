@@ -25,6 +25,10 @@ struct Env {
 
 impl Env {
     fn new(tag: &str) -> Env {
+        Env::with(tag, "")
+    }
+
+    fn with(tag: &str, extra: &str) -> Env {
         let dir = tempdir(tag);
         let rug = dir.join("rug.txt");
         let cfg = dir.join("gw.toml");
@@ -41,6 +45,8 @@ path = {audit:?}
 name = "demo"
 command = [{BIN:?}, "demo-server"]
 env = {{ PORTCULLIS_DEMO_LOG = {log:?}, PORTCULLIS_DEMO_RUGPULL = {rug:?} }}
+
+{extra}
 "#,
                 state = dir.join("state").display().to_string(),
                 audit = dir.join("audit.jsonl").display().to_string(),
@@ -159,4 +165,36 @@ fn a_changed_tool_is_hidden_until_approved_and_pins_survive_restart() {
     assert!(!names.contains(&"demo__echo".to_owned()), "{names:?}");
     std::fs::write(&env.rug, POISONED).unwrap();
     assert!(tool_names(&gw, &sid).contains(&"demo__echo".to_owned()));
+}
+
+#[test]
+fn a_poisoned_description_is_audited_and_hidden_when_configured() {
+    for (action, visible) in [("warn", true), ("hide", false)] {
+        let env = Env::with(
+            &format!("poison-{action}"),
+            &format!("[inspection]\npoison_action = {action:?}\n"),
+        );
+        std::fs::write(&env.rug, POISONED).unwrap();
+        let (gw, _) = env.start();
+        let sid = gw.session();
+        let names = tool_names(&gw, &sid);
+        assert_eq!(
+            names.contains(&"demo__echo".to_owned()),
+            visible,
+            "{action}: {names:?}"
+        );
+        assert!(names.contains(&"demo__read_document".to_owned()));
+        let audit = std::fs::read_to_string(env.dir.join("audit.jsonl")).unwrap();
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains("\"detector\":\"poison\"") && l.contains("demo__echo")),
+            "{action}: poisoning finding audited"
+        );
+        if !visible {
+            let r = echo(&gw, &sid, "poisoned-call");
+            assert_eq!(r["error"]["code"], -32602, "{r}");
+            assert!(!upstream_saw(&env.dir, "poisoned-call"));
+        }
+    }
 }
