@@ -195,8 +195,8 @@ pub struct Detector {
     /// Severity of a match.
     pub severity: Severity,
     cix: usize,
-    /// Lower-case literals the match starts at or near (case-insensitive);
-    /// empty: found by the combined pass.
+    /// Literals (case-sensitive, at least three bytes, or `@`) the match
+    /// starts at or near; empty: found by the digit-run pass.
     anchors: &'static [&'static str],
     /// How far before an anchor the match may start.
     back: usize,
@@ -205,9 +205,18 @@ pub struct Detector {
     ahead: usize,
     /// Whether the anchor is a public prefix that a hint may show.
     public_prefix: bool,
+    /// For detectors without anchors: the bit the digit-run pass sets when
+    /// a run could hold a match.
+    digits: u8,
     pattern: &'static str,
     check: Check,
+    /// A cheap test on the bytes around an anchor hit (`text`, anchor
+    /// start, anchor end) before the regex runs.
+    pre: Pre,
 }
+
+/// See [`Detector`]'s `pre`.
+type Pre = fn(&[u8], usize, usize) -> bool;
 
 const S: usize = 0;
 const P: usize = 1;
@@ -220,72 +229,84 @@ static DETECTORS: &[Detector] = &[
         class: SECRETS,
         severity: Severity::Critical,
         cix: S,
-        anchors: &["\"private_key\""],
-        back: 0,
+        anchors: &["-----BEGIN"],
+        back: 24,
         ahead: 8192,
         public_prefix: false,
+        digits: 0,
         pattern: r#""private_key"\s*:\s*"(-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----[^"]*)""#,
         check: any,
+        pre: always,
     },
     Detector {
         id: "private-key",
         class: SECRETS,
         severity: Severity::Critical,
         cix: S,
-        anchors: &["-----begin"],
+        anchors: &["-----BEGIN"],
         back: 0,
         ahead: 4096,
         public_prefix: true,
+        digits: 0,
         pattern: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s\\:,.\-]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:,.\-]*)",
         check: any,
+        pre: always,
     },
     Detector {
         id: "aws-access-key-id",
         class: SECRETS,
         severity: Severity::High,
         cix: S,
-        anchors: &["akia", "asia", "abia", "acca"],
+        anchors: &["AKIA", "ASIA"],
         back: 0,
         ahead: 24,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)",
         check: aws_key_id,
+        pre: always,
     },
     Detector {
         id: "aws-secret-access-key",
         class: SECRETS,
         severity: Severity::Critical,
         cix: S,
-        anchors: &["aws", "secret"],
-        back: 0,
+        anchors: &["aws", "AWS", "ecret", "ECRET"],
+        back: 1,
         ahead: 200,
         public_prefix: false,
+        digits: 0,
         pattern: r"(?i:(?-u:\b)aws|secret[_\-]?access[_\-]?key)[^\n]{0,80}?[^A-Za-z0-9/+]([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)",
         check: aws_secret,
+        pre: pre_aws_secret,
     },
     Detector {
         id: "gcp-api-key",
         class: SECRETS,
         severity: Severity::High,
         cix: S,
-        anchors: &["aiza"],
+        anchors: &["AIza"],
         back: 0,
         ahead: 48,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)(AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|$)",
         check: token,
+        pre: always,
     },
     Detector {
         id: "azure-storage-key",
         class: SECRETS,
         severity: Severity::Critical,
         cix: S,
-        anchors: &["accountkey=", "sharedaccesskey="],
-        back: 0,
+        anchors: &["Key"],
+        back: 12,
         ahead: 160,
         public_prefix: false,
+        digits: 0,
         pattern: r"(?i:AccountKey|SharedAccessKey)=([A-Za-z0-9+/]{40,}={0,2})",
         check: azure_key,
+        pre: pre_key_equals,
     },
     Detector {
         id: "azure-sas-signature",
@@ -296,20 +317,24 @@ static DETECTORS: &[Detector] = &[
         back: 1,
         ahead: 140,
         public_prefix: false,
+        digits: 0,
         pattern: r"[?&;]sig=([A-Za-z0-9%+/=]{40,120})",
         check: sas_signature,
+        pre: always,
     },
     Detector {
         id: "jwt",
         class: SECRETS,
         severity: Severity::High,
         cix: S,
-        anchors: &["eyj"],
+        anchors: &["eyJ"],
         back: 0,
         ahead: 1024,
         public_prefix: false,
+        digits: 0,
         pattern: r"(?-u:\b)(eyJ[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]*){2,4})",
         check: jwt,
+        pre: pre_jwt,
     },
     Detector {
         id: "github-token",
@@ -320,8 +345,10 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 300,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})(?-u:\b)",
         check: token,
+        pre: always,
     },
     Detector {
         id: "gitlab-token",
@@ -332,56 +359,66 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 128,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)glpat-[A-Za-z0-9_\-]{20,}",
         check: token,
+        pre: always,
     },
     Detector {
         id: "slack-token",
         class: SECRETS,
         severity: Severity::High,
         cix: S,
-        anchors: &["xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxs-", "xoxo-"],
+        anchors: &["xox"],
         back: 0,
         ahead: 256,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)xox[abposr]-[A-Za-z0-9\-]{10,}",
         check: token,
+        pre: always,
     },
     Detector {
         id: "slack-webhook",
         class: SECRETS,
         severity: Severity::Medium,
         cix: S,
-        anchors: &["hooks.slack.com/"],
+        anchors: &["hooks.slack"],
         back: 8,
         ahead: 160,
         public_prefix: false,
+        digits: 0,
         pattern: r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]{20,}",
         check: any,
+        pre: always,
     },
     Detector {
         id: "stripe-secret-key",
         class: SECRETS,
         severity: Severity::Critical,
         cix: S,
-        anchors: &["sk_live_", "rk_live_"],
-        back: 0,
+        anchors: &["_live_"],
+        back: 2,
         ahead: 256,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)[sr]k_live_[A-Za-z0-9]{20,}",
         check: token,
+        pre: always,
     },
     Detector {
         id: "anthropic-api-key",
         class: SECRETS,
         severity: Severity::High,
         cix: S,
-        anchors: &["sk-ant-"],
+        anchors: &["sk-"],
         back: 0,
         ahead: 256,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)sk-ant-[A-Za-z0-9_\-]{32,}",
         check: token,
+        pre: pre_anthropic,
     },
     Detector {
         id: "openai-api-key",
@@ -392,8 +429,10 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 256,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{20,}|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{32,64})(?:[^A-Za-z0-9_\-]|$)",
         check: token,
+        pre: pre_openai,
     },
     Detector {
         id: "google-oauth-token",
@@ -404,8 +443,10 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 256,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)ya29\.[0-9A-Za-z_\-]{20,}",
         check: token,
+        pre: always,
     },
     Detector {
         id: "npm-token",
@@ -416,44 +457,52 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 48,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)npm_[A-Za-z0-9]{36}(?-u:\b)",
         check: token,
+        pre: always,
     },
     Detector {
         id: "pypi-token",
         class: SECRETS,
         severity: Severity::High,
         cix: S,
-        anchors: &["pypi-age"],
+        anchors: &["pypi-AgE"],
         back: 0,
         ahead: 256,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)pypi-AgE[A-Za-z0-9_\-]{50,}",
         check: token,
+        pre: always,
     },
     Detector {
         id: "twilio-credential",
         class: SECRETS,
         severity: Severity::High,
         cix: S,
-        anchors: &["twilio"],
-        back: 0,
+        anchors: &["wilio", "WILIO"],
+        back: 1,
         ahead: 200,
         public_prefix: false,
+        digits: 0,
         pattern: r#"(?i:twilio)[^\n]{0,80}?(?:(?-u:\b)(SK[0-9a-fA-F]{32})(?-u:\b)|(?i:auth_?token|api_?secret|secret)["']?\s*[:=]\s*["']?([A-Za-z0-9]{32})(?-u:\b))"#,
         check: token,
+        pre: always,
     },
     Detector {
         id: "sendgrid-api-key",
         class: SECRETS,
         severity: Severity::High,
         cix: S,
-        anchors: &["sg."],
+        anchors: &["SG."],
         back: 0,
         ahead: 80,
         public_prefix: true,
+        digits: 0,
         pattern: r"(?-u:\b)(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})(?:[^A-Za-z0-9_\-]|$)",
         check: token,
+        pre: always,
     },
     Detector {
         id: "url-credentials",
@@ -464,8 +513,10 @@ static DETECTORS: &[Detector] = &[
         back: 24,
         ahead: 400,
         public_prefix: false,
+        digits: 0,
         pattern: r#"[A-Za-z][A-Za-z0-9+.\-]{1,20}://[^\s:/@?#"'<>]{1,128}:([^\s:/@?#"'<>]{1,256})@[A-Za-z0-9\[]"#,
         check: url_password,
+        pre: pre_url_credentials,
     },
     Detector {
         id: "generic-secret",
@@ -473,31 +524,29 @@ static DETECTORS: &[Detector] = &[
         severity: Severity::Medium,
         cix: S,
         anchors: &[
-            "password",
-            "passwd",
+            "ecret",
+            "ECRET",
+            "assw",
+            "ASSW",
             "pwd",
-            "secret",
-            "token",
-            "apikey",
-            "api_key",
-            "api-key",
-            "accesskey",
-            "access_key",
-            "access-key",
-            "authkey",
-            "auth_key",
-            "auth-key",
-            "privatekey",
-            "private_key",
-            "private-key",
-            "credential",
-            "bearer",
+            "PWD",
+            "oken",
+            "OKEN",
+            "redential",
+            "REDENTIAL",
+            "earer",
+            "EARER",
+            "key",
+            "Key",
+            "KEY",
         ],
-        back: 0,
+        back: 8,
         ahead: 256,
         public_prefix: false,
-        pattern: r#"(?i:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]{0,32}\\{0,2}["']?\\{0,2}["']?\s*(?::=|=>|[:=])\s*\\{0,2}["'`]?([^\s"'`,;<>(){}\[\]\\]{16,})|(?i:bearer)\s+([A-Za-z0-9\-._~+/]{16,}=*)"#,
+        digits: 0,
+        pattern: r#"(?i:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]{0,32}\\{0,2}["']?\\{0,2}["']?\s*(?::=|=>|[:=])\s*\\{0,2}["'`]?([^\s"'`,;<>(){}\[\]\\&=]{16,}={0,2})|(?i:bearer)\s+([A-Za-z0-9\-._~+/]{16,}=*)"#,
         check: generic,
+        pre: pre_generic,
     },
     Detector {
         id: "email",
@@ -508,8 +557,10 @@ static DETECTORS: &[Detector] = &[
         back: 64,
         ahead: 320,
         public_prefix: false,
+        digits: 0,
         pattern: r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?-u:\b)",
         check: email,
+        pre: pre_email,
     },
     Detector {
         id: "payment-card",
@@ -520,8 +571,10 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 0,
         public_prefix: false,
+        digits: CARD,
         pattern: r"(?-u:\b)[0-9](?:[\x20\-]?[0-9]){12,18}(?-u:\b)",
         check: card,
+        pre: always,
     },
     Detector {
         id: "us-ssn",
@@ -532,8 +585,10 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 0,
         public_prefix: false,
+        digits: SSN,
         pattern: r"(?-u:\b)[0-9]{3}(?:-[0-9]{2}-|\x20[0-9]{2}\x20)[0-9]{4}(?-u:\b)",
         check: ssn,
+        pre: always,
     },
     Detector {
         id: "iban",
@@ -544,8 +599,10 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 0,
         public_prefix: false,
+        digits: IBAN,
         pattern: r"(?-u:\b)[A-Z]{2}[0-9]{2}(?:\x20?[A-Z0-9]){11,30}(?-u:\b)",
         check: iban,
+        pre: always,
     },
     Detector {
         id: "es-dni",
@@ -556,8 +613,10 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 0,
         public_prefix: false,
+        digits: DNI,
         pattern: r"(?-u:\b)(?:[0-9]{8}|[XYZ]-?[0-9]{7})-?[A-Z](?-u:\b)",
         check: dni,
+        pre: always,
     },
     Detector {
         id: "uk-nino",
@@ -568,8 +627,10 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 0,
         public_prefix: false,
+        digits: NINO,
         pattern: r"(?-u:\b)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]\x20?[0-9]{2}\x20?[0-9]{2}\x20?[0-9]{2}\x20?[A-D](?-u:\b)",
         check: nino,
+        pre: always,
     },
     Detector {
         id: "phone",
@@ -580,8 +641,10 @@ static DETECTORS: &[Detector] = &[
         back: 0,
         ahead: 0,
         public_prefix: false,
+        digits: PHONE,
         pattern: r"\+[1-9][0-9]{0,3}[\x20.\-]?(?:\([0-9]{1,4}\)[\x20.\-]?)?[0-9]{1,5}(?:[\x20.\-]?[0-9]{1,5}){1,5}(?-u:\b)|(?:(?-u:\b)1[\x20.\-])?(?:\([2-9][0-9]{2}\)\x20?|(?-u:\b)[2-9][0-9]{2}[\x20.\-])[2-9][0-9]{2}[\x20.\-][0-9]{4}(?-u:\b)|(?-u:\b)0[1-9][0-9]{0,4}(?:[\x20\-][0-9]{2,8}){1,4}(?-u:\b)",
         check: phone,
+        pre: always,
     },
 ];
 
@@ -809,16 +872,51 @@ fn apply(
     Some(new)
 }
 
-/// A public prefix (when the detector has one) and, for matches of twenty
-/// characters or more, the last four.
+/// Token prefixes that are public (they name the provider and kind, not
+/// the secret), so a hint may show them.
+const PUBLIC_PREFIXES: &[&str] = &[
+    "-----BEGIN",
+    "AKIA",
+    "ASIA",
+    "ABIA",
+    "ACCA",
+    "AIza",
+    "eyJ",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xoxa-",
+    "xoxb-",
+    "xoxo-",
+    "xoxp-",
+    "xoxr-",
+    "xoxs-",
+    "sk_live_",
+    "rk_live_",
+    "sk-ant-",
+    "sk-proj-",
+    "sk-svcacct-",
+    "sk-admin-",
+    "sk-",
+    "ya29.",
+    "npm_",
+    "pypi-",
+    "SG.",
+];
+
+/// A public prefix (when the detector's matches start with one) and, for
+/// matches of twenty characters or more, the last four.
 fn hint(d: &Detector, matched: &str) -> String {
     let mut h = String::new();
     if d.public_prefix {
-        if let Some(p) = d
-            .anchors
+        if let Some(p) = PUBLIC_PREFIXES
             .iter()
-            .filter_map(|a| matched.get(..a.len()))
-            .find(|p| d.anchors.iter().any(|a| a.eq_ignore_ascii_case(p)))
+            .filter(|p| matched.starts_with(**p))
+            .max_by_key(|p| p.len())
         {
             h.push_str(p);
         }
@@ -837,12 +935,15 @@ fn hint(d: &Detector, matched: &str) -> String {
 struct Engine {
     regexes: Vec<Regex>,
     grouped: Vec<bool>,
+    /// The anchors (case-sensitive, so Aho-Corasick can use its SIMD
+    /// prefilter; the case variants that matter are listed).
     anchors: AhoCorasick,
     /// Anchor pattern id to the detectors it starts.
     owners: Vec<Vec<usize>>,
-    /// Union of the detectors without anchors.
-    free: Regex,
-    free_ids: Vec<usize>,
+    /// The detectors anchored at `@` (a single byte is found faster alone).
+    at: Vec<usize>,
+    /// The detectors found by the digit-run pass.
+    numeric: Vec<usize>,
     /// A private key's END line at the start of a text (streams).
     key_end: Regex,
 }
@@ -858,18 +959,18 @@ fn build() -> Option<Engine> {
         regexes.push(Regex::new(d.pattern).ok()?);
     }
     let grouped = regexes.iter().map(|r| r.captures_len() > 1).collect();
-    let mut lits: Vec<String> = Vec::new();
+    let mut lits: Vec<&str> = Vec::new();
     let mut owners: Vec<Vec<usize>> = Vec::new();
-    let mut free_ids = Vec::new();
-    let mut free_src = Vec::new();
+    let (mut at, mut numeric) = (Vec::new(), Vec::new());
     for (i, d) in DETECTORS.iter().enumerate() {
         if d.anchors.is_empty() {
-            free_ids.push(i);
-            free_src.push(format!("(?:{})", d.pattern));
-            continue;
+            numeric.push(i);
         }
-        for a in d.anchors {
-            let a = a.to_ascii_lowercase();
+        for &a in d.anchors {
+            if a == "@" {
+                at.push(i);
+                continue;
+            }
             match lits.iter().position(|l| *l == a) {
                 Some(k) => owners.get_mut(k)?.push(i),
                 None => {
@@ -879,9 +980,28 @@ fn build() -> Option<Engine> {
             }
         }
     }
+    // Not overlapping (the fast mode), longest literal first (so the first
+    // listed at a position is the longest there); a literal also starts the
+    // detectors of every anchor it contains (`_live_` holds nothing else,
+    // but a longer anchor holding `Key` would).
+    let mut all: Vec<Vec<usize>> = Vec::with_capacity(lits.len());
+    for l in &lits {
+        let mut o: Vec<usize> = Vec::new();
+        for (k, m) in lits.iter().enumerate() {
+            if l.contains(m) {
+                o.extend(owners.get(k)?.iter().copied());
+            }
+        }
+        o.sort_unstable();
+        o.dedup();
+        all.push(o);
+    }
+    let mut order: Vec<usize> = (0..lits.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(lits.get(k).map_or(0, |l| l.len())));
+    let lits: Vec<&str> = order.iter().filter_map(|&k| lits.get(k).copied()).collect();
+    let owners: Vec<Vec<usize>> = order.iter().filter_map(|&k| all.get(k).cloned()).collect();
     let anchors = AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .match_kind(MatchKind::Standard)
+        .match_kind(MatchKind::LeftmostFirst)
         .build(&lits)
         .ok()?;
     Some(Engine {
@@ -889,8 +1009,8 @@ fn build() -> Option<Engine> {
         grouped,
         anchors,
         owners,
-        free: Regex::new(&free_src.join("|")).ok()?,
-        free_ids,
+        at,
+        numeric,
         key_end: Regex::new(r"\A-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----").ok()?,
     })
 }
@@ -903,50 +1023,99 @@ const PRIVATE_KEY: usize = 1;
 /// that keeps hostile input (a megabyte of `passwordpassword…`) linear.
 const LONG: usize = 256;
 
+/// Matches longer than this get no capture groups (and so no finding).
+const MAX_GROUPED: usize = 16 * 1024;
+
+/// The long matches one search saw.
+#[derive(Default)]
+struct Long {
+    /// The end of the last one, valid or not (0: none).
+    seen: usize,
+    /// The span of the last valid one.
+    valid: Option<(usize, usize)>,
+}
+
 impl Engine {
     /// Every validated, non-overlapping match in `text`, in order, for the
     /// enabled classes; `key` is the object key the string sits under.
     fn find(&self, text: &str, on: &On, key: Option<&str>) -> Vec<Hit> {
         let mut hits = Vec::new();
+        // Per detector: the end of the last long match seen (valid or not),
+        // and the span of the last long valid one.
         let mut hidden = [0usize; N];
+        let mut covered = [(0usize, 0usize); N];
         let enabled = |d: &Detector| on.get(d.cix).is_some_and(Option::is_some);
-        for m in self.anchors.find_overlapping_iter(text) {
+        for m in self.anchors.find_iter(text) {
             let Some(owners) = self.owners.get(m.pattern().as_usize()) else {
                 continue;
             };
             for &i in owners {
                 let Some(d) = DETECTORS.get(i) else { continue };
                 let Some(h) = hidden.get_mut(i) else { continue };
-                if !enabled(d) {
+                if !enabled(d) || !(d.pre)(text.as_bytes(), m.start(), m.end()) {
                     continue;
                 }
                 // A match of an anchored detector starts at most `back`
                 // bytes before one of its anchors.
                 let from = floor(text, m.start().saturating_sub(d.back));
+                // Inside a long valid match of the same detector, anything
+                // found would overlap it, start later and lose to it.
+                let Some(c) = covered.get_mut(i) else {
+                    continue;
+                };
+                if c.0 <= from && m.start() < c.1 {
+                    continue;
+                }
                 let (end, grow) = if *h > m.start() {
                     ((m.end() + d.ahead).min(*h), false)
                 } else {
                     (m.end() + d.ahead, true)
                 };
                 let long = self.search(i, text, from, m.start(), end, grow, &mut hits);
-                *h = (*h).max(long);
-            }
-        }
-        let free_on = self
-            .free_ids
-            .iter()
-            .any(|&i| DETECTORS.get(i).is_some_and(enabled));
-        if free_on {
-            // Every match of a free detector starts inside one of the
-            // union's candidates, since the union contains its pattern.
-            for c in self.free.find_iter(text) {
-                for &i in &self.free_ids {
-                    if DETECTORS.get(i).is_some_and(enabled) {
-                        let (limit, end) = (c.end() - 1, c.end() + 8);
-                        self.search(i, text, c.start(), limit, end, true, &mut hits);
-                    }
+                *h = (*h).max(long.seen);
+                if let Some(v) = long.valid {
+                    *c = v;
                 }
             }
+        }
+        for &i in &self.at {
+            let Some(d) = DETECTORS.get(i).filter(|d| enabled(d)) else {
+                continue;
+            };
+            let mut pos = 0;
+            while let Some(o) = text.get(pos..).and_then(|t| t.find('@')) {
+                let p = pos + o;
+                if (d.pre)(text.as_bytes(), p, p + 1) {
+                    let from = floor(text, p.saturating_sub(d.back));
+                    self.search(i, text, from, p, p + 1 + d.ahead, true, &mut hits);
+                }
+                pos = p + 1;
+            }
+        }
+        let mut want = 0u8;
+        for &i in &self.numeric {
+            if let Some(d) = DETECTORS.get(i).filter(|d| enabled(d)) {
+                want |= d.digits;
+            }
+        }
+        if want != 0 {
+            digit_runs(text, |start, end, bits| {
+                for &i in &self.numeric {
+                    let Some(d) = DETECTORS.get(i) else { continue };
+                    if bits & want & d.digits == 0 {
+                        continue;
+                    }
+                    // A match starts in the run or up to three bytes before
+                    // it (`+`, `(`, letters); an IBAN runs on past it.
+                    let from = floor(text, start.saturating_sub(3));
+                    let until = if d.digits == IBAN {
+                        start + 48
+                    } else {
+                        end + 3
+                    };
+                    self.search(i, text, from, end, until, true, &mut hits);
+                }
+            });
         }
         if let Some(k) = key {
             if let Some(h) = key_context(k, text) {
@@ -964,8 +1133,8 @@ impl Engine {
 
     /// Finds the matches of detector `i` that start in `[from, limit]`,
     /// reading a window that ends at `until` and (when `grow`) grows while
-    /// a match runs into its end; pushes the validated ones. Returns the end
-    /// of the last long match seen (0 if none).
+    /// a match runs into its end; pushes the validated ones and reports the
+    /// long matches seen.
     #[allow(clippy::too_many_arguments)]
     fn search(
         &self,
@@ -976,30 +1145,18 @@ impl Engine {
         until: usize,
         grow: bool,
         out: &mut Vec<Hit>,
-    ) -> usize {
+    ) -> Long {
         let (Some(d), Some(re)) = (DETECTORS.get(i), self.regexes.get(i)) else {
-            return 0;
+            return Long::default();
         };
         let grouped = self.grouped.get(i).copied().unwrap_or(false);
         let mut end = ceil(text, until);
-        let mut long_end = 0;
+        let mut long = Long::default();
         while from <= limit && from < end {
             let Some(hay) = text.get(..end) else { break };
-            let found = if grouped {
-                re.captures_at(hay, from).map(|c| {
-                    let whole = c.get_match().range();
-                    let secret = c
-                        .iter()
-                        .skip(1)
-                        .flatten()
-                        .next()
-                        .map_or(whole.clone(), |m| m.range());
-                    (whole, secret)
-                })
-            } else {
-                re.find_at(hay, from).map(|m| (m.range(), m.range()))
+            let Some(whole) = re.find_at(hay, from).map(|m| m.range()) else {
+                break;
             };
-            let Some((whole, secret)) = found else { break };
             if whole.start > limit {
                 break;
             }
@@ -1007,10 +1164,34 @@ impl Engine {
                 end = ceil(text, end + (end - from).max(256));
                 continue;
             }
+            // The part to report: the first group that took part. Groups
+            // cost a slower engine, so only matches of sane length get them
+            // (a longer "secret" is not one).
+            let secret = if !grouped {
+                Some(whole.clone())
+            } else if whole.len() <= MAX_GROUPED {
+                text.get(..whole.end)
+                    .and_then(|h| re.captures_at(h, whole.start))
+                    .filter(|c| c.get_match().range() == whole)
+                    .map(|c| {
+                        c.iter()
+                            .skip(1)
+                            .flatten()
+                            .next()
+                            .map_or(whole.clone(), |m| m.range())
+                    })
+            } else {
+                None
+            };
+            let valid = secret
+                .and_then(|secret| (d.check)(text, whole.clone(), secret))
+                .filter(|s| s.start < s.end);
             if whole.len() >= LONG {
-                long_end = long_end.max(whole.end);
+                long.seen = long.seen.max(whole.end);
+                if valid.is_some() {
+                    long.valid = Some((whole.start, whole.end));
+                }
             }
-            let valid = (d.check)(text, whole.clone(), secret).filter(|s| s.start < s.end);
             // After a valid match, go on after it; after an invalid one, an
             // overlapping match may still start just after its start.
             from = match valid {
@@ -1021,8 +1202,250 @@ impl Engine {
                 None => ceil(text, whole.start + 1),
             };
         }
-        long_end
+        long
     }
+}
+
+// Bits of the numeric detectors, set by `digit_runs` when a run of digits
+// could hold one of their matches.
+const CARD: u8 = 1;
+const SSN: u8 = 2;
+const PHONE: u8 = 4;
+const IBAN: u8 = 8;
+const DNI: u8 = 16;
+const NINO: u8 = 32;
+
+/// One scalar pass over the digits of `text`: each run of digit groups
+/// joined by one space, dash, dot, slash or parenthesis is read for its
+/// shape (digit counts between separators, the last group lengths, the
+/// letters just before it), and `f(start, end, bits)` learns which numeric
+/// detectors could match there. The bits are necessary conditions of each
+/// detector's pattern, so runs of timestamps, addresses, versions and hex
+/// ids cost no regex at all.
+fn digit_runs(text: &str, mut f: impl FnMut(usize, usize, u8)) {
+    let b = text.as_bytes();
+    let at = |i: usize| b.get(i).copied().unwrap_or(0);
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let upper = |c: u8| c.is_ascii_uppercase();
+    let mut i = 0;
+    let skip_token = |mut j: usize| {
+        while b.get(j).is_some_and(|&c| word_byte(c)) {
+            j += 1;
+        }
+        j
+    };
+    while let Some(start) = next_digit(b, i) {
+        // Fast paths, most digits in logs and code being parts of words: a
+        // digit glued to a lower-case letter or `_` cannot start or end any
+        // of these matches, and glued to capitals only after an IBAN or
+        // NINO prefix (two capitals) or an NIE letter.
+        let p1 = start.checked_sub(1).map_or(0, at);
+        if p1.is_ascii_lowercase() || p1 == b'_' {
+            i = skip_token(start);
+            continue;
+        }
+        if upper(p1) {
+            let p2 = start.checked_sub(2).map_or(0, at);
+            let p3 = start.checked_sub(3).map_or(0, at);
+            let prefix =
+                (upper(p2) && !word(p3)) || (matches!(p1, b'X' | b'Y' | b'Z') && !word(p2));
+            if !prefix {
+                i = skip_token(start);
+                continue;
+            }
+        }
+        let mut j = start;
+        while at(j).is_ascii_digit() {
+            j += 1;
+        }
+        let n1 = at(j);
+        if n1.is_ascii_lowercase() || n1 == b'_' {
+            i = skip_token(j);
+            continue;
+        }
+        let joined = match (n1, at(j + 1)) {
+            (b' ' | b'-' | b'.' | b'/' | b')', c) if c.is_ascii_digit() => true,
+            (b')', b' ') | (b' ', b'(') => at(j + 2).is_ascii_digit(),
+            _ => false,
+        };
+        let first = j - start;
+        let digit = |k: usize| at(k).is_ascii_digit();
+        // A lone group of fewer than six digits (a count, a time) can only
+        // be an IBAN's check digits.
+        if !joined && first < 6 && !upper(p1) {
+            i = j;
+            continue;
+        }
+        if joined && p1 != b'+' && !upper(p1) {
+            // An ISO date (`2024-03-01`): its groups fit no format here.
+            let date = first == 4
+                && matches!(at(start), b'1' | b'2')
+                && n1 == b'-'
+                && digit(j + 1)
+                && digit(j + 2)
+                && at(j + 3) == b'-'
+                && digit(j + 4)
+                && digit(j + 5)
+                && !digit(j + 6);
+            if date {
+                i = j + 6;
+                continue;
+            }
+            // Dotted numbers (addresses, versions, amounts): only a North
+            // American `415.555.0100` uses dots.
+            if n1 == b'.' && first != 3 && !(first == 1 && at(start) == b'1') {
+                let mut k = j;
+                while digit(k) || (at(k) == b'.' && digit(k + 1)) {
+                    k += 1;
+                }
+                i = k;
+                continue;
+            }
+            // `200 123ms`: the next group is part of a word, so the number
+            // is this short group alone.
+            if first < 6 && matches!(n1, b' ' | b'-') {
+                let mut k = j + 1;
+                while digit(k) {
+                    k += 1;
+                }
+                if at(k).is_ascii_lowercase() || at(k) == b'_' {
+                    i = skip_token(k);
+                    continue;
+                }
+            }
+        }
+        let (p1, p2, p3) = (
+            start.checked_sub(1).map_or(0, at),
+            start.checked_sub(2).map_or(0, at),
+            start.checked_sub(3).map_or(0, at),
+        );
+        let mut bits = 0u8;
+        // Digits since the last separator that cards and SSNs do not allow
+        // (they take spaces and dashes) and that phones do not allow.
+        let (mut card_run, mut phone_run, mut phone_first) = (0usize, 0usize, 0u8);
+        // Last three group lengths in each of those two families.
+        let (mut g, mut pg) = ([0usize; 3], [0usize; 3]);
+        let (mut total, mut groups, mut first_len) = (0usize, 0usize, 0usize);
+        let mut broken = false;
+        let mut j = start;
+        loop {
+            let gs = j;
+            while at(j).is_ascii_digit() {
+                j += 1;
+            }
+            let len = j - gs;
+            if groups == 0 {
+                first_len = len;
+            }
+            total += len;
+            groups += 1;
+            if phone_run == 0 {
+                phone_first = at(gs);
+            }
+            card_run += len;
+            phone_run += len;
+            g = [g[1], g[2], len];
+            pg = [pg[1], pg[2], len];
+            if card_run >= 13 {
+                bits |= CARD;
+            }
+            if g == [3, 2, 4] {
+                bits |= SSN;
+            }
+            if pg == [3, 3, 4] || (phone_first == b'0' && phone_run >= 10) {
+                bits |= PHONE;
+            }
+            let digit = |k: usize| at(k).is_ascii_digit();
+            // (bytes to skip, ends the card family, ends the phone family)
+            let (step, card_break, phone_break) = match (at(j), at(j + 1)) {
+                (b' ' | b'-', _) if digit(j + 1) => (1, false, false),
+                (b'.' | b')', _) if digit(j + 1) => (1, true, false),
+                (b')', b' ') | (b' ', b'(') if digit(j + 2) => (2, true, false),
+                (b'/', _) if digit(j + 1) => (1, true, true),
+                _ => (0, true, true),
+            };
+            if step == 0 {
+                break;
+            }
+            if card_break {
+                card_run = 0;
+                g = [0; 3];
+                broken = true;
+            }
+            if phone_break {
+                phone_run = 0;
+                pg = [0; 3];
+            }
+            j += step;
+        }
+        let end = j;
+        let (n1, n2) = (at(end), at(end + 1));
+        if p1 == b'+' && total >= 7 {
+            bits |= PHONE;
+        }
+        // Cards, SSNs, phones and DNIs start and end at a word boundary:
+        // a run glued to letters can only hold them past a dot or slash.
+        if !broken && (word(p1) || word(n1)) {
+            bits &= !(CARD | SSN | PHONE);
+        }
+        let letter_after = upper(n1) || (n1 == b'-' && upper(n2));
+        if groups == 1 && total == 8 && !word(p1) && letter_after {
+            bits |= DNI;
+        }
+        let nie =
+            matches!(p1, b'X' | b'Y' | b'Z') || (p1 == b'-' && matches!(p2, b'X' | b'Y' | b'Z'));
+        if groups == 1 && total == 7 && nie && letter_after {
+            bits |= DNI;
+        }
+        let two_letters = (upper(p1) && upper(p2)) || (p1 == b' ' && upper(p2) && upper(p3));
+        if total == 6 && two_letters && (upper(n1) || (n1 == b' ' && upper(n2))) {
+            bits |= NINO;
+        }
+        if upper(p1) && upper(p2) && !word(p3) && first_len >= 2 {
+            bits |= IBAN;
+        }
+        if bits != 0 {
+            f(start, end, bits);
+        }
+        i = end.max(start + 1);
+    }
+}
+
+/// Bytes of a word (`[0-9A-Za-z_]`) as bits, for the tight skipping loop.
+const WORD_BITS: u128 = {
+    let mut bits = 0u128;
+    let mut c = 0u8;
+    while c < 128 {
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            bits |= 1 << c;
+        }
+        c += 1;
+    }
+    bits
+};
+
+fn word_byte(c: u8) -> bool {
+    c < 128 && (WORD_BITS >> c) & 1 == 1
+}
+
+/// The index of the next ASCII digit at or after `i`, eight bytes at a time.
+fn next_digit(b: &[u8], mut i: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(w) = b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+        // Digits become bytes below 10; flag every byte below 10. Borrows
+        // only flag bytes above a real one, so the lowest flag is exact.
+        let t = u64::from_le_bytes(w) ^ (ONES * 0x30);
+        let m = t.wrapping_sub(ONES * 10) & !t & HIGH;
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?
+        .iter()
+        .position(u8::is_ascii_digit)
+        .map(|o| i + o)
 }
 
 /// Keeps the best of overlapping hits: higher severity, then earlier, then
@@ -1074,6 +1497,152 @@ fn ceil(s: &str, i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+// ---------------------------------------------------------------------------
+// Prechecks: necessary conditions of each pattern, read straight from the
+// bytes after an anchor, so that most anchor hits (`token` in prose, `key`
+// in code, `://` in every URL) cost no regex.
+
+fn byte(b: &[u8], i: usize) -> u8 {
+    b.get(i).copied().unwrap_or(0)
+}
+
+fn always(_: &[u8], _: usize, _: usize) -> bool {
+    true
+}
+
+fn is_key_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')
+}
+
+/// Bytes that end a generic secret's value (as in its pattern).
+fn ends_value(c: u8) -> bool {
+    c == 0 || c.is_ascii_whitespace() || b"\"'`,;<>(){}[]\\&=".contains(&c)
+}
+
+/// `<key>[suffix]["']* *[:=]` then sixteen value bytes, or `Bearer <16
+/// token bytes>`.
+fn pre_generic(b: &[u8], _: usize, end: usize) -> bool {
+    let mut j = end;
+    if byte(b, j).is_ascii_whitespace() {
+        while byte(b, j).is_ascii_whitespace() {
+            j += 1;
+        }
+        let v = j;
+        while j < v + 16 && (byte(b, j).is_ascii_alphanumeric() || b"-._~+/".contains(&byte(b, j)))
+        {
+            j += 1;
+        }
+        if j - v >= 16 {
+            return true;
+        }
+        j = end;
+    }
+    while j < end + 32 && is_key_byte(byte(b, j)) {
+        j += 1;
+    }
+    while matches!(byte(b, j), b'\\' | b'"' | b'\'') {
+        j += 1;
+    }
+    while byte(b, j).is_ascii_whitespace() {
+        j += 1;
+    }
+    if !matches!(byte(b, j), b':' | b'=') {
+        return false;
+    }
+    j += 1;
+    while matches!(byte(b, j), b'=' | b'>' | b'\\' | b'"' | b'\'' | b'`')
+        || byte(b, j).is_ascii_whitespace()
+    {
+        j += 1;
+    }
+    let v = j;
+    while j < v + 16 && !ends_value(byte(b, j)) {
+        j += 1;
+    }
+    j - v >= 16
+}
+
+/// `user:password@` before the end of the authority.
+fn pre_url_credentials(b: &[u8], _: usize, end: usize) -> bool {
+    let mut colon = false;
+    for j in end..end + 400 {
+        match byte(b, j) {
+            b'@' => return colon,
+            b':' => colon = true,
+            c if ends_value(c) || matches!(c, b'/' | b'?' | b'#') => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Forty base64 bytes in a row soon after the context word.
+fn pre_aws_secret(b: &[u8], _: usize, end: usize) -> bool {
+    let mut run = 0;
+    for j in end..end + 140 {
+        let c = byte(b, j);
+        if c.is_ascii_alphanumeric() || c == b'/' || c == b'+' {
+            run += 1;
+            if run >= 40 {
+                return true;
+            }
+        } else if c == 0 {
+            return false;
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
+fn pre_key_equals(b: &[u8], _: usize, end: usize) -> bool {
+    byte(b, end) == b'='
+}
+
+fn token_bytes(b: &[u8], from: usize, n: usize) -> bool {
+    (from..from + n).all(|j| {
+        let c = byte(b, j);
+        c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
+    })
+}
+
+/// `sk-` then a project, service or admin kind, or twenty letters and
+/// digits in a row.
+fn pre_openai(b: &[u8], _: usize, end: usize) -> bool {
+    let rest = b.get(end..).unwrap_or(&[]);
+    ["proj-", "svcacct-", "admin-"]
+        .iter()
+        .any(|k| rest.starts_with(k.as_bytes()))
+        || (end..end + 20).all(|j| byte(b, j).is_ascii_alphanumeric())
+}
+
+fn pre_anthropic(b: &[u8], _: usize, end: usize) -> bool {
+    b.get(end..).is_some_and(|r| r.starts_with(b"ant-")) && token_bytes(b, end + 4, 20)
+}
+
+/// `eyJ` at the start of a word, and eight more token bytes.
+fn pre_jwt(b: &[u8], start: usize, end: usize) -> bool {
+    let before = start.checked_sub(1).map_or(0, |i| byte(b, i));
+    !(before.is_ascii_alphanumeric() || before == b'_') && token_bytes(b, end, 8)
+}
+
+/// A local-part byte before the `@`, and a dotted domain after it.
+fn pre_email(b: &[u8], start: usize, end: usize) -> bool {
+    let before = start.checked_sub(1).map_or(0, |i| byte(b, i));
+    if !(before.is_ascii_alphanumeric() || b"._%+-".contains(&before)) {
+        return false;
+    }
+    let mut j = end;
+    while j < end + 255 {
+        match byte(b, j) {
+            b'.' => return byte(b, j + 1).is_ascii_alphanumeric() && j > end,
+            c if c.is_ascii_alphanumeric() || c == b'-' => j += 1,
+            _ => return false,
+        }
+    }
+    false
 }
 
 // ---------------------------------------------------------------------------
@@ -1277,7 +1846,10 @@ fn looks_random(v: &str) -> bool {
     if v.len() < 16 || entropy(v) < 3.5 {
         return false;
     }
-    if !v.bytes().any(|b| b.is_ascii_digit()) || !v.bytes().any(|b| b.is_ascii_alphabetic()) {
+    if !v.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return false;
+    }
+    if !v.bytes().any(|b| b.is_ascii_digit()) && !random_case(v) {
         return false;
     }
     let lower = v.to_ascii_lowercase();
@@ -1302,6 +1874,20 @@ fn looks_random(v: &str) -> bool {
                     .is_some_and(|r| r.iter().all(u8::is_ascii_lowercase)))
     };
     !(segments.len() >= 2 && segments.iter().all(wordy))
+}
+
+/// Letter case that words do not have: capitals side by side and case
+/// flips inside words, several times (`NMzNZcVVEGdU`, not `getSecretFromVault`).
+fn random_case(v: &str) -> bool {
+    let b = v.as_bytes();
+    let (mut caps, mut flips) = (0, 0);
+    for w in b.windows(2) {
+        if let [x, y] = w {
+            caps += usize::from(x.is_ascii_uppercase() && y.is_ascii_uppercase());
+            flips += usize::from(x.is_ascii_lowercase() && y.is_ascii_uppercase());
+        }
+    }
+    caps >= 2 && flips >= 2
 }
 
 /// The identifier-ish run of text around `at` (the key of a key/value).
@@ -1651,8 +2237,12 @@ fn phone(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
     let t = slice(text, &s);
     let before = prev_char(text, s.start);
     let before2 = text.get(..s.start).and_then(|p| p.chars().rev().nth(1));
-    let spaced_before =
-        matches!(before, Some(' ' | '.' | '-')) && before2.is_some_and(|c| c.is_ascii_digit());
+    // Next to another group of digits (a table, an IBAN's tail) only a
+    // number that opens with `(` or `+` is taken.
+    let bare = t.as_bytes().first().is_some_and(u8::is_ascii_digit);
+    let spaced_before = bare
+        && matches!(before, Some(' ' | '.' | '-'))
+        && before2.is_some_and(|c| c.is_ascii_digit());
     let spaced_after = match next_chars(text, s.end) {
         (Some(' ' | '.' | '-'), Some(c)) => c.is_ascii_digit(),
         _ => false,
@@ -1951,11 +2541,13 @@ mod tests {
         assert_eq!(DETECTORS[PRIVATE_KEY].id, "private-key");
         for d in DETECTORS {
             assert_eq!(CLASS_NAMES[d.cix], d.class, "{}", d.id);
+            // Short anchors would defeat the SIMD prefilter.
             assert!(
-                d.anchors.iter().all(|a| a.to_ascii_lowercase() == *a),
+                d.anchors.iter().all(|a| a.len() >= 3 || *a == "@"),
                 "{}",
                 d.id
             );
+            assert_eq!(d.anchors.is_empty(), d.digits != 0, "{}", d.id);
         }
     }
 }

@@ -370,6 +370,8 @@ fn generic_secrets_need_context() {
     misses("password = get_password_from_vault(user_name_2)");
     misses("secret_key = settings.SECRET_KEY_FROM_ENV_V2");
     misses("password: correcthorsebatterystaple");
+    misses("token = getAccessTokenFromVault");
+    misses("secret: HTTPServerConfiguration");
     misses("token = os.environ[\"GITHUB_TOKEN\"]");
     misses("password=hunter2");
 }
@@ -497,6 +499,128 @@ fn national_ids() {
     misses("BG 12 34 56 C and GB123456A");
     misses("AB123456E and DA123456A");
     misses("AB 12 3456 C");
+}
+
+#[test]
+fn numbers_next_to_log_noise_are_still_found() {
+    // The digit pass skips dates, dotted numbers, hex ids and `123ms`
+    // quickly; what follows them must still be read.
+    let cases = [
+        (
+            "2024-03-01 4111 1111 1111 1111",
+            "payment-card",
+            "4111 1111 1111 1111",
+        ),
+        (
+            "2024-03-01T10:23:45Z call +44 20 7946 0958",
+            "phone",
+            "+44 20 7946 0958",
+        ),
+        ("ip=10.1.2.3 ssn=123-45-6789", "us-ssn", "123-45-6789"),
+        ("version 1.2.3: 415.555.0100", "phone", "415.555.0100"),
+        (
+            "sha=3f7868a0e38 DE89 3704 0044 0532 0130 00",
+            "iban",
+            "DE89 3704 0044 0532 0130 00",
+        ),
+        ("200 123ms dni=12345678Z", "es-dni", "12345678Z"),
+        ("took 12ms;AB 12 34 56 C", "uk-nino", "AB 12 34 56 C"),
+        ("amount=129.99 (415) 555-0100", "phone", "(415) 555-0100"),
+    ];
+    for (text, id, want) in cases {
+        finds(id, text, want);
+    }
+}
+
+#[test]
+fn key_spellings() {
+    let v = rnd(52, ALNUM, 24);
+    for key in [
+        "password",
+        "Password",
+        "PASSWORD",
+        "db_passwd",
+        "PWD",
+        "apiKey",
+        "ApiKey",
+        "API_KEY",
+        "X-Api-Key",
+        "access_key",
+        "authKey",
+        "privateKey",
+        "clientSecret",
+        "CLIENT_SECRET",
+        "accessToken",
+        "REFRESH_TOKEN",
+        "credentials",
+    ] {
+        finds("generic-secret", &format!("{key}: {v}"), &v);
+    }
+}
+
+#[test]
+fn hints_show_only_public_prefixes() {
+    let hint = |text: &str| {
+        let mut v = json!(text);
+        inspect(&mut v, &DlpPolicy::default()).findings[0]
+            .hint
+            .clone()
+    };
+    let tail = rnd(53, ALNUM, 30);
+    assert_eq!(
+        hint(&format!("sk_live_{tail}")),
+        format!("sk_live_…{}", &tail[26..])
+    );
+    assert_eq!(
+        hint(&format!("sk-proj-{tail}")),
+        format!("sk-proj-…{}", &tail[26..])
+    );
+    assert_eq!(
+        hint(&format!("password={tail}")),
+        format!("…{}", &tail[26..])
+    );
+    assert_eq!(hint("secret: Ab1Cd2Ef3Gh4Ij5K"), "…");
+}
+
+#[test]
+fn hostile_inputs_stay_linear() {
+    // Shapes that pile anchors or candidates on each other. In release
+    // builds each costs at most a few hundred ms per MiB; quadratic
+    // behaviour would take minutes even at this size.
+    let n = 256 * 1024;
+    let inputs = [
+        "password".repeat(n / 8),
+        "password=".repeat(n / 9),
+        "password=aaaaaaaaaaaaaaaaaaaa ".repeat(n / 30),
+        "token: ".repeat(n / 14) + &"A1".repeat(n / 4),
+        "eyJ".repeat(n / 3) + ".a.b",
+        "-----BEGIN PRIVATE KEY-----".repeat(n / 27),
+        "-----BEGIN RSA PRIVATE KEY-----\n".to_string() + &"QUJD\n".repeat(n / 5),
+        "@".repeat(n),
+        "a@".repeat(n / 2),
+        "1".repeat(n),
+        "1 ".repeat(n / 2),
+        "4111 ".repeat(n / 5),
+        "DE89 ".repeat(n / 5),
+        "AB12".repeat(n / 4),
+        "://a:b".repeat(n / 6),
+        "aws ".repeat(n / 4),
+        "aws_secret_access_key=".repeat(n / 22),
+        "sk-".repeat(n / 3),
+        "xoxb-".repeat(n / 5),
+        "ghp_".repeat(n / 4),
+    ];
+    for text in inputs {
+        let t0 = std::time::Instant::now();
+        let mut v = json!({"content": [{"type": "text", "text": text}]});
+        inspect(&mut v, &DlpPolicy::with(&[SECRETS, PII], Action::Redact));
+        let took = t0.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "{took:?} on {:?}…",
+            &text[..20]
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
