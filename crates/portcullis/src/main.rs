@@ -8,6 +8,7 @@ mod demo;
 #[cfg(feature = "otel")]
 mod otel;
 mod policy_cmd;
+mod scan_cmd;
 mod serve;
 mod wrap;
 
@@ -140,6 +141,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: admin_cmd::PinsCmd,
     },
+    /// Scan an MCP server's tools, prompts and resources for poisoning.
+    Scan(scan_cmd::ScanArgs),
 }
 
 #[derive(Subcommand)]
@@ -249,6 +252,7 @@ fn main() -> ExitCode {
         Cmd::Killswitch { cmd } => return admin_cmd::killswitch(cmd),
         Cmd::Breakers(a) => return admin_cmd::breakers(a),
         Cmd::Pins { cmd } => return admin_cmd::pins(cmd),
+        Cmd::Scan(a) => return scan_cmd::run(a),
         other => {
             let _telemetry = init_logging();
             let rt = match runtime() {
@@ -314,7 +318,8 @@ fn main() -> ExitCode {
                     | Cmd::Quarantine { .. }
                     | Cmd::Killswitch { .. }
                     | Cmd::Breakers(_)
-                    | Cmd::Pins { .. } => Ok(()),
+                    | Cmd::Pins { .. }
+                    | Cmd::Scan(_) => Ok(()),
                 }
             })
         }
