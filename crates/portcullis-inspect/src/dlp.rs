@@ -3,20 +3,29 @@
 //! data (class `pii`), one action per class (redact in place, block the
 //! result, or flag it), and a streaming scanner for SSE results.
 //!
-//! How it stays fast on large results:
+//! How it stays fast on large results (about 1.4 ms per MiB of mixed
+//! prose, code and logs):
 //! - every detector that starts at (or a few bytes after) a fixed string —
-//!   `AKIA`, `ghp_`, `-----BEGIN`, `eyJ`, `@`, `password` … — is found by one
-//!   Aho-Corasick pass over the text, and its regex then runs only in a
-//!   small window around each hit;
+//!   `AKIA`, `ghp_`, `-----BEGIN`, `eyJ`, `passw`, `oken` … — is found by
+//!   one case-sensitive Aho-Corasick pass (so its SIMD prefilter applies;
+//!   the case variants that matter are listed), `@` by a byte search; a
+//!   cheap byte test at the hit (a separator and sixteen value bytes after
+//!   `password`, `user:pass@` after `://` …) comes next, and only then the
+//!   detector's regex, in a small window around the hit;
 //! - the personal-data detectors with no literal to hang on (card and phone
-//!   numbers, IBANs, national ids) share one combined regex pass, and each
-//!   candidate it yields is re-read by the specific detectors nearby;
+//!   numbers, IBANs, national ids) share one scalar pass over runs of
+//!   digits that reads each run's shape (digit counts, group lengths, the
+//!   letters before it) and runs a detector's regex only where its format
+//!   could fit, so dates, addresses, versions and hex ids cost no regex;
 //! - every candidate is then validated in code (Luhn, mod-97, the JWT
 //!   header, Shannon entropy, date and area rules …), and overlapping
 //!   candidates are resolved: higher severity first, then the earlier, then
 //!   the longer.
 //!
-//! Patterns are compiled once, on first use.
+//! Patterns are compiled once, on first use. Work stays linear in the text
+//! on hostile input too (a megabyte of `passwordpassword…` or `eyJeyJ…`):
+//! anchors inside a long match of their own detector search no further
+//! than its end, and a match longer than 16 KiB is never taken apart.
 //!
 //! A finding carries the detector id, its class and severity, the JSON
 //! pointer of the string, the byte span in the original string and at most
@@ -203,7 +212,8 @@ pub struct Detector {
     /// How far after an anchor the first search window reaches (it grows
     /// while a match runs into its end).
     ahead: usize,
-    /// Whether the anchor is a public prefix that a hint may show.
+    /// Whether matches start with a public prefix (`PUBLIC_PREFIXES`)
+    /// that a hint may show.
     public_prefix: bool,
     /// For detectors without anchors: the bit the digit-run pass sets when
     /// a run could hold a match.
@@ -218,6 +228,7 @@ pub struct Detector {
 /// See [`Detector`]'s `pre`.
 type Pre = fn(&[u8], usize, usize) -> bool;
 
+/// Indexes into `CLASS_NAMES`: secrets, personal data.
 const S: usize = 0;
 const P: usize = 1;
 
@@ -1015,7 +1026,9 @@ fn build() -> Option<Engine> {
     })
 }
 
+/// How many detectors, for per-detector arrays.
 const N: usize = DETECTORS.len();
+/// Index of `private-key` in `DETECTORS` (checked by a test), for streams.
 const PRIVATE_KEY: usize = 1;
 
 /// Past a match this long (valid or not), later anchors of its detector
