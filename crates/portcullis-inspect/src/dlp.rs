@@ -268,7 +268,7 @@ static DETECTORS: &[Detector] = &[
         class: SECRETS,
         severity: Severity::High,
         cix: S,
-        anchors: &["AKIA", "ASIA"],
+        anchors: &["AKIA", "ASIA", "ABIA", "ACCA"],
         back: 0,
         ahead: 24,
         public_prefix: true,

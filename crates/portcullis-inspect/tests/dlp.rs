@@ -147,6 +147,10 @@ fn aws() {
         &format!("\"AccessKeyId\": \"{sts}\""),
         &sts,
     );
+    for prefix in ["ABIA", "ACCA"] {
+        let id = format!("{prefix}{}", rnd(8, UPPER_DIGITS, 16));
+        finds("aws-access-key-id", &format!("id={id}"), &id);
+    }
     let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
     finds(
         "aws-secret-access-key",
