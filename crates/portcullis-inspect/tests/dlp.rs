@@ -956,6 +956,45 @@ fn stream_memory_is_bounded() {
 }
 
 #[test]
+fn stream_matches_batch_on_realistic_text() {
+    let mut rng = StdRng::seed_from_u64(75);
+    let secrets = secrets_in(76);
+    let mut text = String::new();
+    while text.len() < 256 * 1024 {
+        match rng.random_range(0..12) {
+            0..=3 => text
+                .push_str("Deploys went out on time this week; the cache hit rate held at 97%. "),
+            4..=6 => text.push_str(&format!(
+                "2024-03-{:02}T10:{:02}:00Z GET /api/v1/items 200 {}ms ip=10.0.{}.{} req={}\n",
+                rng.random_range(1..29),
+                rng.random_range(0..60),
+                rng.random_range(1..900),
+                rng.random_range(0..256),
+                rng.random_range(0..256),
+                rnd(rng.random(), HEX, 32)
+            )),
+            7 => text.push_str("let token_count = count_tokens(&prompt); // max_tokens=4096\n"),
+            8 => text.push_str(
+                "mail ops@example.com or call +44 20 7946 0958; card 4111 1111 1111 1111\n",
+            ),
+            9 => text.push_str(&format!("password={}\n", rnd(rng.random(), ALNUM, 24))),
+            _ => text.push_str(&secrets[rng.random_range(0..secrets.len())]),
+        }
+    }
+    let policy = DlpPolicy::default();
+    let (batched, bf) = batch(&text, &policy);
+    assert!(bf.len() > 100);
+    for sizes in [&[4096usize][..], &[1, 17, 300], &[65536]] {
+        let (streamed, sf, _, _) = stream(&text, sizes, &policy);
+        assert!(
+            streamed == batched,
+            "stream in {sizes:?} differs from batch"
+        );
+        assert_eq!(sf, bf);
+    }
+}
+
+#[test]
 fn stream_blocks() {
     let text = format!("x {} y", rnd(74, HEX, 4) + "@example.com");
     let (_, f, _, blocked) = stream(&text, &[3], &DlpPolicy::with(&[PII], Action::Block));
