@@ -5,8 +5,8 @@
 
 pub mod args;
 pub mod dlp;
-pub mod pin;
 pub mod finding;
 pub mod inject;
+pub mod pin;
 pub mod poison;
 pub mod unicode;
