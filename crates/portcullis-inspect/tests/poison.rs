@@ -443,20 +443,21 @@ fn homoglyphs_mixed_script_but_not_plain_russian() {
         "description": "Pays the invoice through your \u{0440}\u{0430}ypal account.",
     });
     let f = scan_tool(&t, &Context::default());
+    // Fields are visited in the JSON object's order, which depends on
+    // serde_json's features (workspace unification): find hits by path.
     let hits = with_rule(&f, unicode::HOMOGLYPH);
     assert_eq!(hits.len(), 2, "{f:#?}");
-    assert_eq!(hits[0].path, "/description");
+    let desc = hits
+        .iter()
+        .find(|h| h.path == "/description")
+        .expect("a hit in the description");
     assert_eq!(
-        at(t["description"].as_str().unwrap(), hits[0]),
+        at(t["description"].as_str().unwrap(), desc),
         "\u{0440}\u{0430}ypal"
     );
-    assert!(
-        hits[0].evidence.contains("\"paypal\""),
-        "{}",
-        hits[0].evidence
-    );
-    assert_eq!(hits[0].severity, Severity::High);
-    assert_eq!(hits[1].path, "/name");
+    assert!(desc.evidence.contains("\"paypal\""), "{}", desc.evidence);
+    assert_eq!(desc.severity, Severity::High);
+    assert!(hits.iter().any(|h| h.path == "/name"), "{hits:#?}");
 
     let ru = tool(
         "read_file",
