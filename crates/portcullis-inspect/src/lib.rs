@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod dlp;
+pub mod eval;
 pub mod finding;
 pub mod inject;
 pub mod pin;
