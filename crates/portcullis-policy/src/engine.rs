@@ -20,6 +20,12 @@ use crate::load::{load, LoadError, Meta, Problem};
 pub struct Obligations {
     /// DLP class names to redact from the result (`@redact("secrets,pii")`), sorted, unique.
     pub redact: Vec<String>,
+    /// DLP class names whose presence withholds the whole result
+    /// (`@dlp_block("secrets")`), sorted, unique.
+    pub dlp_block: Vec<String>,
+    /// What injection markers in the result do (`@injection("wrap")`:
+    /// `flag`, `wrap` or `block`); with several, the strictest.
+    pub injection: Option<String>,
     /// The rate class (`@rate_class("slow")`); with several, the first by policy id.
     pub rate_class: Option<String>,
     /// Ask the human first (`@require_approval("message")`); several messages are joined by "; ".
@@ -482,6 +488,13 @@ impl Acc {
         for id in &self.permits {
             let Some(m) = meta.get(id) else { continue };
             ob.redact.extend(m.redact.iter().cloned());
+            ob.dlp_block.extend(m.dlp_block.iter().cloned());
+            if let Some(i) = &m.injection {
+                let rank = |a: &str| crate::load::INJECTION_ACTIONS.iter().position(|x| *x == a);
+                if ob.injection.as_deref().map(rank) < Some(rank(i)) {
+                    ob.injection = Some(i.clone());
+                }
+            }
             if ob.rate_class.is_none() {
                 ob.rate_class.clone_from(&m.rate_class);
             }
@@ -493,6 +506,8 @@ impl Acc {
         }
         ob.redact.sort();
         ob.redact.dedup();
+        ob.dlp_block.sort();
+        ob.dlp_block.dedup();
         if !approvals.is_empty() {
             ob.require_approval = Some(approvals.join("; "));
         }

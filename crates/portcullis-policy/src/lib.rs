@@ -32,7 +32,8 @@
 //!   (Cedar itself skips an erroring policy, so an erroring `forbid` would
 //!   otherwise fail open) and is listed in [`Decision::errors`].
 //! - Obligations come from annotations on the determining `permit`
-//!   policies: `@redact("secrets,pii")`, `@rate_class("slow")`,
+//!   policies: `@redact("secrets,pii")`, `@dlp_block("secrets")`,
+//!   `@injection("wrap")`, `@rate_class("slow")`,
 //!   `@require_approval("message")`. A forbid's `@reason("…")` becomes the
 //!   client-facing reason; `@id("…")` names a policy.
 //! - [`Engine`] is immutable and `Send + Sync`: hot reload builds a new one
@@ -61,4 +62,4 @@ pub use facts::{
     ResourceKind, SessionFacts, Strength, UserClaims, ACTION_IDS,
 };
 pub use fixture::RequestSpec;
-pub use load::{LoadError, Problem, SHIPPED_SCHEMA};
+pub use load::{LoadError, Problem, INJECTION_ACTIONS, SHIPPED_SCHEMA};

@@ -93,6 +93,8 @@ fn at_diagnostic(file: &str, text: &str, d: &dyn Diagnostic, message: String) ->
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Meta {
     pub redact: Vec<String>,
+    pub dlp_block: Vec<String>,
+    pub injection: Option<String>,
     pub rate_class: Option<String>,
     pub require_approval: Option<String>,
     pub reason: Option<String>,
@@ -289,26 +291,46 @@ fn strip_action_env(message: &str) -> String {
     out
 }
 
+/// What `@injection(...)` may ask for, mildest first.
+pub const INJECTION_ACTIONS: [&str; 3] = ["flag", "wrap", "block"];
+
 /// Reads and checks the obligation annotations of one policy.
 fn policy_meta(p: &Policy) -> Result<Meta, String> {
     let mut m = Meta::default();
     let permit = p.effect() == Effect::Permit;
-    for key in ["redact", "rate_class", "require_approval"] {
+    for key in [
+        "redact",
+        "dlp_block",
+        "injection",
+        "rate_class",
+        "require_approval",
+    ] {
         if p.annotation(key).is_some() && !permit {
             return Err(format!(
                 "@{key} is an obligation and only applies to permit policies"
             ));
         }
     }
-    if let Some(r) = p.annotation("redact") {
-        for class in r.split(',').map(str::trim) {
-            if !is_class_name(class) {
-                return Err(format!(
-                    "@redact(\"{r}\"): expected comma-separated DLP class names"
-                ));
+    for (key, into) in [("redact", &mut m.redact), ("dlp_block", &mut m.dlp_block)] {
+        if let Some(r) = p.annotation(key) {
+            for class in r.split(',').map(str::trim) {
+                if !is_class_name(class) {
+                    return Err(format!(
+                        "@{key}(\"{r}\"): expected comma-separated DLP class names"
+                    ));
+                }
+                into.push(class.to_owned());
             }
-            m.redact.push(class.to_owned());
         }
+    }
+    if let Some(a) = p.annotation("injection") {
+        if !INJECTION_ACTIONS.contains(&a.trim()) {
+            return Err(format!(
+                "@injection(\"{a}\"): expected one of {}",
+                INJECTION_ACTIONS.join(", ")
+            ));
+        }
+        m.injection = Some(a.trim().to_owned());
     }
     if let Some(c) = p.annotation("rate_class") {
         if !is_class_name(c) {

@@ -168,6 +168,39 @@ fn obligations_come_from_determining_permits() {
 }
 
 #[test]
+fn inspection_obligations_combine_strictest() {
+    let e = engine(
+        r#"@id("a") @dlp_block("secrets") @injection("wrap")
+           permit (principal, action == Portcullis::Action::"CallTool", resource == Portcullis::Tool::"t");
+           @id("b") @dlp_block("pii, secrets") @injection("block")
+           permit (principal, action == Portcullis::Action::"CallTool", resource in Portcullis::Server::"docs");
+           @id("c") @injection("flag")
+           permit (principal, action == Portcullis::Action::"CallTool", resource);"#,
+    );
+    let d = R::call("t").decide(&e);
+    assert_eq!(d.determining, vec!["a", "b", "c"]);
+    assert_eq!(d.obligations.dlp_block, vec!["pii", "secrets"]);
+    assert_eq!(d.obligations.injection.as_deref(), Some("block"));
+    let d = R::call("other").decide(&e);
+    assert_eq!(d.obligations.dlp_block, vec!["pii", "secrets"]);
+    assert_eq!(d.obligations.injection.as_deref(), Some("block"));
+    let e = engine(
+        r#"@id("a") @injection("wrap")
+           permit (principal, action == Portcullis::Action::"CallTool", resource == Portcullis::Tool::"t");
+           @id("c") @injection("flag")
+           permit (principal, action == Portcullis::Action::"CallTool", resource);"#,
+    );
+    assert_eq!(
+        R::call("t").decide(&e).obligations.injection.as_deref(),
+        Some("wrap")
+    );
+    assert_eq!(
+        R::call("u").decide(&e).obligations.injection.as_deref(),
+        Some("flag")
+    );
+}
+
+#[test]
 fn no_obligations_on_deny() {
     let e = engine(
         r#"@redact("pii") permit (principal, action, resource);
@@ -186,6 +219,10 @@ fn obligation_annotations_are_checked_at_load() {
         r#"@redact("pii") forbid (principal, action, resource);"#,
         r#"@redact("") permit (principal, action, resource);"#,
         r#"@redact("a b") permit (principal, action, resource);"#,
+        r#"@dlp_block("a b") permit (principal, action, resource);"#,
+        r#"@dlp_block("secrets") forbid (principal, action, resource);"#,
+        r#"@injection("ignore") permit (principal, action, resource);"#,
+        r#"@injection("block") forbid (principal, action, resource);"#,
         r#"@rate_class("a b") permit (principal, action, resource);"#,
         r#"@require_approval("") permit (principal, action, resource);"#,
         r#"@id("") permit (principal, action, resource);"#,
