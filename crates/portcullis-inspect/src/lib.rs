@@ -1,6 +1,9 @@
-//! Content inspection: what servers say is untrusted input. For now: DLP
-//! classes and redaction of results, used by the `redact` policy
-//! obligation.
+//! Content inspection: what servers say is untrusted input. DLP on results
+//! and arguments (`dlp`), suspicious arguments (`args`), tool pins against
+//! rug-pulls (`pin`), poisoning and invisible Unicode in definitions
+//! (`poison`, `unicode`), shadowing across servers (`shadow`) and injection
+//! markers in results (`inject`). Pure functions over JSON: no I/O, no MCP
+//! session state.
 #![forbid(unsafe_code)]
 
 pub mod args;
@@ -10,4 +13,5 @@ pub mod finding;
 pub mod inject;
 pub mod pin;
 pub mod poison;
+pub mod shadow;
 pub mod unicode;
