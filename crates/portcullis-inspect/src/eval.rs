@@ -108,19 +108,34 @@ impl Family {
         }
     }
 
-    /// Whether `id` is a rule or detector id of this family, so a label
-    /// naming one can be scored exactly.
+    /// Whether `id` names a rule or detector of this family (see
+    /// [`rule_is`]), so a label naming one can be scored exactly.
     pub fn knows(self, id: &str) -> bool {
-        match self {
-            Family::Poison => poison::RULES.contains(&id) || unicode::RULES.contains(&id),
-            Family::Inject => inject::RULES.contains(&id) || unicode::RULES.contains(&id),
-            Family::Secret => dlp::detectors()
+        let rules: Vec<&str> = match self {
+            Family::Poison => poison::RULES
                 .iter()
-                .any(|d| d.class == dlp::SECRETS && d.id == id),
-            Family::Pii => dlp::detectors()
+                .chain(unicode::RULES)
+                .copied()
+                .collect(),
+            Family::Inject => inject::RULES
                 .iter()
-                .any(|d| d.class == dlp::PII && d.id == id),
-        }
+                .chain(unicode::RULES)
+                .copied()
+                .collect(),
+            Family::Secret | Family::Pii => {
+                let class = if self == Family::Secret {
+                    dlp::SECRETS
+                } else {
+                    dlp::PII
+                };
+                dlp::detectors()
+                    .iter()
+                    .filter(|d| d.class == class)
+                    .map(|d| d.id)
+                    .collect()
+            }
+        };
+        rules.into_iter().any(|r| rule_is(r, id))
     }
 }
 
@@ -128,6 +143,16 @@ impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Whether finding rule `rule` is what label id `id` names: the same id,
+/// or `id` without the rule's family prefix (`encoded-payload` names
+/// `poison.encoded-payload`), so labels need not repeat the family.
+pub fn rule_is(rule: &str, id: &str) -> bool {
+    rule == id
+        || rule
+            .strip_suffix(id)
+            .is_some_and(|head| head.ends_with('.') && !head.contains(|c: char| c == ':'))
 }
 
 /// What a sample gives the detector, so definitions are scanned as
@@ -298,7 +323,10 @@ fn sample(file: &str, line: usize, v: &Value) -> Result<Sample, EvalError> {
     };
     let matches = strings("match")?;
     if let Input::Text(t) = &input {
-        if let Some(m) = matches.iter().find(|m| m.is_empty() || !t.contains(m.as_str())) {
+        if let Some(m) = matches
+            .iter()
+            .find(|m| m.is_empty() || !t.contains(m.as_str()))
+        {
             return Err(bad(format!("`match` value {m:?} is not in the text")));
         }
     }
@@ -440,7 +468,8 @@ pub struct Case {
     pub labels: Vec<String>,
     /// Its source.
     pub source: String,
-    /// The findings that count (at the operating point).
+    /// For a miss, every finding (those below the operating point show how
+    /// close it came); otherwise the findings that count.
     pub hits: Vec<Hit>,
 }
 
@@ -651,7 +680,7 @@ pub fn evaluate(samples: &[Sample], opts: &Options) -> Report {
                 let id = l.split_once(':').map(|(_, id)| id);
                 let exact = id
                     .filter(|id| s.family.knows(id))
-                    .map(|id| flagged && fired.contains(&id));
+                    .map(|id| flagged && fired.iter().any(|r| rule_is(r, id)));
                 let e = a.labels.entry(l.clone()).or_insert((0, 0, None));
                 e.0 += 1;
                 e.1 += usize::from(flagged);
@@ -668,7 +697,11 @@ pub fn evaluate(samples: &[Sample], opts: &Options) -> Report {
             family: s.family,
             labels: s.labels.clone(),
             source: s.source.clone(),
-            hits: live.iter().map(|h| (*h).clone()).collect(),
+            hits: if positive && !flagged {
+                hits.clone()
+            } else {
+                live.iter().map(|h| (*h).clone()).collect()
+            },
         };
         match (positive, flagged) {
             (true, false) => misses.push(case()),

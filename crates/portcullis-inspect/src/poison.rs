@@ -424,8 +424,12 @@ impl<'c> Scan<'c> {
                             for (name, sub) in children {
                                 let m2 = self.enter(name);
                                 self.text(name, Kind::Structural, None);
-                                let p = if names_params {
+                                // A boolean or number cannot carry data out:
+                                // its description is prose, not a destination.
+                                let p = if names_params && !scalar_only(sub) {
                                     Some(name.as_str())
+                                } else if names_params {
+                                    None
                                 } else {
                                     param
                                 };
@@ -466,6 +470,19 @@ impl<'c> Scan<'c> {
             }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
+    }
+}
+
+/// Whether a property schema admits only booleans, numbers or null (its
+/// `type` names no string, object or array), so it cannot hold smuggled text.
+fn scalar_only(schema: &Value) -> bool {
+    let scalar = |t: &str| matches!(t, "boolean" | "integer" | "number" | "null");
+    match schema.get("type") {
+        Some(Value::String(t)) => scalar(t),
+        Some(Value::Array(ts)) => {
+            !ts.is_empty() && ts.iter().all(|t| t.as_str().is_some_and(scalar))
+        }
+        _ => false,
     }
 }
 
@@ -924,7 +941,6 @@ const DIRECTIVE_DESCRIPTION: &[&str] = &[
     "pretend you are",
     "roleplay as",
     "always call this tool first",
-    "call this tool first",
     "call this tool before any",
     "must be called before any",
     "you must call this tool",
@@ -933,6 +949,9 @@ const DIRECTIVE_DESCRIPTION: &[&str] = &[
 ];
 
 const DIRECTIVE_SOFT: &[&str] = &[
+    // Real servers say it of a login or session tool; "always call this
+    // tool first" (above) is the standing order.
+    "call this tool first",
     "it is very important that you",
     "it is extremely important that you",
     "very very important",
@@ -1142,6 +1161,17 @@ const OBJ_CONVO_DESCRIPTION: &[&str] = &[
     "results of other tools",
     "output of other tools",
     "conversation transcript",
+    "messages the user has sent",
+    "every message the user",
+    "everything said in this chat",
+    "in this chat",
+    "this conversation",
+    "the current conversation",
+    "other tool call",
+    "other tool calls",
+    "every other tool",
+    "other tools' results",
+    "other tools' output",
 ];
 
 const OBJ_SECRET: &[&str] = &[
@@ -1402,7 +1432,7 @@ enum Shape {
 }
 
 /// The flexible form of "ignore previous instructions".
-pub(crate) const IGNORE_FLEX: &str = r"(?i)\b(?:(?:ignore|disregard|forget)\s+(?:(?:all|any|every|each|the|your|my|of|these|those)\s+){0,3}(?:previous|prior|above|earlier|preceding|former|original|initial|system|safety)\s+(?:\w+\s+)?|override\s+(?:your|the\s+system|all\s+previous|previous|prior)\s+(?:\w+\s+)?)(?:instructions?|prompts?|rules|guidelines|directives?|directions|guidance|messages|context|constraints|commands|restrictions|policies|guardrails)\b";
+pub(crate) const IGNORE_FLEX: &str = r"(?i)\b(?:(?:ignore|disregard|forget)\s+(?:(?:all|any|every|the|your)\s+)?(?:rules|instructions|guidelines|guidance|directions|directives)\s+(?:you\s+(?:were|have\s+been|had\s+been)\s+given|you\s+(?:have\s+)?received|given\s+to\s+you|(?:you\s+were\s+)?given\s+(?:earlier|before|previously)|from\s+before)\b|(?:instructions?|rules|guidelines|directives?|guidance)\s+(?:here\s+|below\s+|above\s+)?(?:take|takes|have|has|get|gets)\s+(?:precedence|priority)\s+over\s+(?:all|any|every|other|the\s+(?:system|user)|your|previous|prior|earlier)\b|(?:(?:ignore|disregard|forget)\s+(?:(?:all|any|every|each|the|your|my|of|these|those)\s+){0,3}(?:previous|prior|above|earlier|preceding|former|original|initial|system|safety)\s+(?:\w+\s+)?|override\s+(?:your|the\s+system|all\s+previous|previous|prior)\s+(?:\w+\s+)?)(?:instructions?|prompts?|rules|guidelines|directives?|directions|guidance|messages|context|constraints|commands|restrictions|policies|guardrails)\b)";
 /// "You are now a different assistant" and the like.
 pub(crate) const YOU_ARE_NOW: &str = r"(?i)\byou\s+are\s+now\s+(?:an?\s+|the\s+|my\s+)?(?:new\s+|different\s+|unrestricted\s+|unfiltered\s+|evil\s+|jailbroken\s+|helpful\s+)?(?:ai|assistant|model|llm|chatbot|agent|bot|persona|character|dan|in\s+(?:developer|dan|god|admin|unrestricted)\s+mode|acting\s+as|operating\s+as|free\s+from|no\s+longer)\b";
 /// Chat special tokens such as `<|im_start|>`.
@@ -1413,7 +1443,7 @@ const SHAPES: &[(Shape, &str)] = &[
     (Shape::YouAreNow, YOU_ARE_NOW),
     (
         Shape::Vocative,
-        r"(?i)\b(?:ai|assistant|llm|chatbot|claude|chatgpt|gemini|copilot)\s*[,:]\s*(?:you\b|please\b|always\b|never\b|do\s+not\b|don't\b|ignore\b|read\b|send\b|first\b|make\s+sure\b)",
+        r"(?i)\b(?:ai|assistant|llm|chatbot|claude|chatgpt|gemini|copilot)\s*[,:]\s*(?:you\b|please\b|always\b|never\b|do\s+not\b|don't\b|ignore\b|read\b|send\b|first\b|make\s+sure\b)|\b(?:please|hey|ok|okay|dear)\s*,\s*(?:ai|assistant|model|llm|agent)\s*,|\b(?:important|attention|reminder|notice)\s+(?:for|to)\s+(?:the\s+|any\s+|all\s+)?(?:ai|assistant|language\s+model|llm|ai\s+agent|chatbot)s?\b|\bthis\s+(?:text|note|section|message|part|paragraph|line|description)\s+is\s+(?:meant\s+|intended\s+|written\s+)?(?:only\s+|solely\s+)?for\s+(?:the\s+|an?\s+)?(?:ai|assistant|model|language\s+model|llm|agent)\b|\bfor\s+(?:the\s+)?(?:ai|assistant|model|llm)\s+only\b",
     ),
     (
         Shape::MarkupTag,
@@ -1570,6 +1600,22 @@ fn combine(hits: &[Hit], starts: &[usize], kind: Kind, param: Option<&str>, sink
         }
     }
     let carrier = param.is_some_and(|p| CARRIER_PARAMS.iter().any(|c| c.eq_ignore_ascii_case(p)));
+    let norm_text: &str = &sink.norm.text;
+    let word_at = |h: &Hit| norm_text.get(h.s..h.e).unwrap_or_default();
+    // "the notes field": the text itself names a carrier as the destination.
+    let carrier_word = |h: &Hit| {
+        let w = word_at(h);
+        CARRIER_PARAMS.iter().any(|c| c.eq_ignore_ascii_case(w))
+    };
+    // "any API keys", "all environment variables": harvesting, not one
+    // value the tool needs.
+    let harvest = |h: &Hit| {
+        let head = norm_text.get(..h.s).unwrap_or_default().trim_end();
+        let last = head.rsplit([' ', '\n']).next().unwrap_or_default();
+        ["any", "all", "every", "each"]
+            .iter()
+            .any(|w| last.eq_ignore_ascii_case(w))
+    };
     let implicit_dest = kind == Kind::ParamText;
     let empty: Vec<Hit> = Vec::new();
     for (i, cur) in by_sentence.iter().enumerate() {
@@ -1612,8 +1658,9 @@ fn combine(hits: &[Hit], starts: &[usize], kind: Kind, param: Option<&str>, sink
                     // A parameter's own description mentioning a key it
                     // takes ("the API key to send") is ordinary; asking for
                     // a secret in another field is not.
+                    let loud = dest.is_some_and(|d| carrier_word(&d)) || harvest(&s);
                     parts.push(s);
-                    let sev = if secrecy_or_coerce || carrier {
+                    let sev = if secrecy_or_coerce || carrier || loud {
                         Severity::High
                     } else {
                         Severity::Medium
@@ -1626,6 +1673,11 @@ fn combine(hits: &[Hit], starts: &[usize], kind: Kind, param: Option<&str>, sink
         } else if implicit_dest && carrier {
             if let Some(o) = convo.or(path_hit) {
                 exfil = Some((Severity::High, vec![o]));
+            }
+        } else if implicit_dest {
+            // A parameter described as "the content of the user's .env".
+            if let (Some(p), Some(f)) = (path_hit, file) {
+                exfil = Some((Severity::High, vec![f, p]));
             }
         }
         if let Some((sev, parts)) = exfil {

@@ -5,6 +5,12 @@
 //!
 //! Exit status: 0 when no finding reaches `--fail-on`, 1 when one does, 2 on
 //! usage errors or when the server cannot be reached or handshaken.
+//!
+//! `portcullis scan --eval FILE…` instead measures the detectors over a
+//! labelled JSON Lines corpus (`portcullis_inspect::eval`): recall and
+//! false-positive rate per detector family, label, rule and file, the misses
+//! and the false positives. Exit 0, 1 when a `--min-recall`/`--max-fpr`
+//! bound fails, 2 when a corpus file cannot be read or parsed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +22,7 @@ use clap::Args;
 use portcullis_gateway::upstream::http::{self, HttpSession, HttpTarget};
 use portcullis_gateway::upstream::stdio::{Launch, StdioUpstream};
 use portcullis_gateway::upstream::{Events, UpstreamError};
+use portcullis_inspect::eval::{self, Metric, Threshold};
 use portcullis_inspect::finding::{Finding, Severity};
 use portcullis_inspect::{pin, poison};
 use portcullis_wire::message::raw_u64;
@@ -39,6 +46,30 @@ pub struct ScanArgs {
     /// (low, medium, high, critical).
     #[arg(long, value_name = "SEVERITY", default_value = "high")]
     fail_on: Severity,
+    /// Evaluate the detectors over labelled JSON Lines corpus files (a
+    /// directory stands for its *.jsonl files) instead of scanning a server.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["url", "command"])]
+    eval: Vec<PathBuf>,
+    /// With --eval: lowest severity of a poison/inject finding that counts
+    /// as a detection (DLP matches always count).
+    #[arg(
+        long,
+        value_name = "SEVERITY",
+        default_value = "high",
+        requires = "eval"
+    )]
+    min_severity: Severity,
+    /// With --eval: exit 1 unless recall is at least RATE (0.95 or 95%), for
+    /// FAMILY (poison, secret, pii, inject) or every family (repeatable).
+    #[arg(long, value_name = "[FAMILY=]RATE", requires = "eval")]
+    min_recall: Vec<String>,
+    /// With --eval: exit 1 unless the false-positive rate is at most RATE,
+    /// for FAMILY or every family (repeatable).
+    #[arg(long, value_name = "[FAMILY=]RATE", requires = "eval")]
+    max_fpr: Vec<String>,
+    /// With --eval: list every miss and false positive (default: the first 20 of each).
+    #[arg(long, short, requires = "eval")]
+    verbose: bool,
     /// The server's Streamable HTTP endpoint, e.g. http://127.0.0.1:8080/mcp.
     url: Option<String>,
     /// A stdio server's command line, after `--`.
@@ -56,6 +87,9 @@ struct Row {
 
 /// Runs the command; prints `portcullis: <cause>` and exits 2 on failure.
 pub fn run(args: ScanArgs) -> ExitCode {
+    if !args.eval.is_empty() {
+        return run_eval(&args);
+    }
     let target = match (&args.url, args.command.is_empty()) {
         (Some(u), true) => Target::Url(u.clone()),
         (None, false) => Target::Command(args.command.clone()),
@@ -153,12 +187,11 @@ struct Listed {
 }
 
 fn scan(l: &Listed) -> Vec<Row> {
-    let names: Vec<String> = l
-        .tools
-        .iter()
-        .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
-        .collect();
-    let ctx = poison::Context::new(names);
+    // No known tools: a server's tools naming each other is ordinary (the
+    // cross-tool rule is about other servers' tools, and a scan sees one
+    // server). With its own names, 99 of 516 real definitions were flagged
+    // (docs/detection.md).
+    let ctx = poison::Context::default();
     let name_of = |v: &Value, key: &str| {
         v.get(key)
             .and_then(Value::as_str)
@@ -481,4 +514,285 @@ fn system_tls() -> Result<Arc<rustls::ClientConfig>, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
+}
+
+// ---------------------------------------------------------------------------
+// --eval
+
+/// Misses and false positives listed without `--verbose`.
+const LIST_LIMIT: usize = 20;
+
+/// `portcullis scan --eval FILE…`: reads the corpus, evaluates, prints,
+/// checks the thresholds.
+fn run_eval(args: &ScanArgs) -> ExitCode {
+    let mut thresholds = Vec::new();
+    for (metric, values) in [
+        (Metric::MinRecall, &args.min_recall),
+        (Metric::MaxFpr, &args.max_fpr),
+    ] {
+        for v in values {
+            match Threshold::parse(metric, v) {
+                Ok(t) => thresholds.push(t),
+                Err(e) => return usage(&format!("--{}: {e}", metric.as_str())),
+            }
+        }
+    }
+    let files = match corpus_files(&args.eval) {
+        Ok(f) => f,
+        Err(e) => return usage(&e),
+    };
+    let mut samples = Vec::new();
+    for f in &files {
+        let name = f.display().to_string();
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => return usage(&format!("{name}: {e}")),
+        };
+        match eval::parse_jsonl(&name, &text) {
+            Ok(s) => samples.extend(s),
+            Err(e) => return usage(&e.to_string()),
+        }
+    }
+    if samples.is_empty() {
+        return usage(&eval::EvalError::Empty.to_string());
+    }
+    let opts = eval::Options {
+        min_severity: args.min_severity,
+    };
+    let report = eval::evaluate(&samples, &opts);
+    let checks = eval::check(&report, &thresholds);
+    let ok = checks.iter().all(|c| c.ok);
+    if args.json {
+        let mut v = serde_json::to_value(&report).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "files".into(),
+                files.iter().map(|f| f.display().to_string()).collect(),
+            );
+            o.insert(
+                "checks".into(),
+                serde_json::to_value(&checks).unwrap_or(Value::Null),
+            );
+            o.insert("ok".into(), Value::Bool(ok));
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
+        );
+    } else {
+        print_eval(&report, files.len(), &checks, args.verbose);
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// The files named, a directory standing for its `*.jsonl` files (sorted).
+fn corpus_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let rd = std::fs::read_dir(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let mut inner: Vec<PathBuf> = rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "jsonl"))
+                .collect();
+            if inner.is_empty() {
+                return Err(format!("{}: no *.jsonl files", p.display()));
+            }
+            inner.sort();
+            out.extend(inner);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |x| format!("{:.2}%", x * 100.0))
+}
+
+/// Prints rows as left-aligned columns, two spaces apart, after `indent`.
+fn table(indent: &str, rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = Vec::new();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            let n = c.chars().count();
+            match width.get_mut(i) {
+                Some(w) => *w = (*w).max(n),
+                None => width.push(n),
+            }
+        }
+    }
+    for r in rows {
+        let mut out = String::from(indent);
+        for (c, w) in r.iter().zip(&width) {
+            out.push_str(c);
+            out.push_str(&" ".repeat(w.saturating_sub(c.chars().count()) + 2));
+        }
+        println!("{}", out.trim_end());
+    }
+}
+
+fn rates_row(first: Vec<String>, r: &eval::Rates) -> Vec<String> {
+    let mut row = first;
+    row.extend([
+        r.positives.to_string(),
+        r.detected.to_string(),
+        pct(r.recall),
+        r.negatives.to_string(),
+        r.false_positives.to_string(),
+        pct(r.fpr),
+    ]);
+    row
+}
+
+fn rates_header(first: &[&str]) -> Vec<String> {
+    first
+        .iter()
+        .chain(&[
+            "POSITIVES",
+            "DETECTED",
+            "RECALL",
+            "NEGATIVES",
+            "FALSE POS",
+            "FPR",
+        ])
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+fn print_eval(report: &eval::Report, nfiles: usize, checks: &[eval::Check], verbose: bool) {
+    println!(
+        "evaluated {} samples from {nfiles} file{} (poison/inject: findings at {} or above; secret/pii: any DLP match)",
+        report.samples,
+        if nfiles == 1 { "" } else { "s" },
+        report.min_severity
+    );
+    println!();
+    let mut rows = vec![rates_header(&["FAMILY"])];
+    for f in &report.families {
+        rows.push(rates_row(vec![f.family.to_string()], &f.rates));
+    }
+    table("", &rows);
+    for f in &report.families {
+        println!();
+        println!("{}:", f.family);
+        if !f.by_severity.is_empty() {
+            let parts: Vec<String> = f
+                .by_severity
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}: recall {} fpr {}",
+                        s.severity,
+                        pct(s.rates.recall),
+                        pct(s.rates.fpr)
+                    )
+                })
+                .collect();
+            println!("  by severity threshold: {}", parts.join(" | "));
+        }
+        let mut rows = vec![rates_header(&["FILE"])];
+        for file in &f.files {
+            rows.push(rates_row(vec![file.file.clone()], &file.rates));
+        }
+        table("  ", &rows);
+        if !f.labels.is_empty() {
+            let mut rows = vec![["LABEL", "POSITIVES", "DETECTED", "RECALL", "EXACT"]
+                .map(str::to_owned)
+                .to_vec()];
+            for l in &f.labels {
+                #[allow(clippy::cast_precision_loss)]
+                let recall = (l.positives > 0).then(|| l.detected as f64 / l.positives as f64);
+                rows.push(vec![
+                    l.label.clone(),
+                    l.positives.to_string(),
+                    l.detected.to_string(),
+                    pct(recall),
+                    l.exact.map_or_else(|| "-".to_owned(), |x| x.to_string()),
+                ]);
+            }
+            println!();
+            table("  ", &rows);
+        }
+        if !f.rules.is_empty() {
+            let mut rows = vec![["RULE", "ON POSITIVES", "ON NEGATIVES"]
+                .map(str::to_owned)
+                .to_vec()];
+            for r in &f.rules {
+                rows.push(vec![
+                    r.rule.clone(),
+                    r.on_positives.to_string(),
+                    r.on_negatives.to_string(),
+                ]);
+            }
+            println!();
+            table("  ", &rows);
+        }
+    }
+    let lists: [(&str, &[eval::Case]); 3] = [
+        ("misses", &report.misses),
+        ("false positives", &report.false_positives),
+        (
+            "found by another detector than labelled",
+            &report.other_detector,
+        ),
+    ];
+    for (title, cases) in lists {
+        if cases.is_empty() {
+            continue;
+        }
+        println!();
+        println!("{title} ({}):", cases.len());
+        let shown = if verbose { cases.len() } else { LIST_LIMIT };
+        for c in cases.iter().take(shown) {
+            println!(
+                "  {} {}:{} {} [{}]{}",
+                c.family,
+                c.file,
+                c.line,
+                c.id,
+                c.labels.join(","),
+                if c.source.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", c.source)
+                }
+            );
+            for h in c.hits.iter().take(if verbose { usize::MAX } else { 3 }) {
+                println!(
+                    "      {} {} {}{}",
+                    h.rule,
+                    h.severity,
+                    if h.path.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{} ", h.path)
+                    },
+                    h.evidence.replace(['\n', '\r', '\t'], " ")
+                );
+            }
+        }
+        if cases.len() > shown {
+            println!("  … {} more (--verbose lists all)", cases.len() - shown);
+        }
+    }
+    if !checks.is_empty() {
+        println!();
+        for c in checks {
+            println!(
+                "{} {} {}={}: {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.metric.as_str(),
+                c.family,
+                c.limit,
+                pct(c.value)
+            );
+        }
+    }
 }
