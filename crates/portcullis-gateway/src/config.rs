@@ -85,9 +85,9 @@ pub struct Config {
     /// Tool pinning against rug-pulls.
     #[serde(default)]
     pub pinning: crate::pins::PinCfg,
-    /// Poisoning detection on tool definitions.
+    /// Content inspection: poisoning, shadowing, DLP, injection markers.
     #[serde(default)]
-    pub inspection: crate::pins::InspectionCfg,
+    pub inspection: crate::inspection::InspectionCfg,
 }
 
 /// Where the Cedar policies come from.
@@ -659,14 +659,9 @@ impl Config {
                     None => invalid("audit", e),
                 })?;
         }
-        if portcullis_inspect::finding::Severity::parse(&self.inspection.poison_min_severity)
-            .is_none()
-        {
-            return Err(invalid(
-                "inspection.poison_min_severity",
-                "use low, medium, high or critical",
-            ));
-        }
+        self.inspection
+            .validate(&self.segments)
+            .map_err(|(k, why)| invalid(k, why))?;
         self.containment
             .validate()
             .map_err(|(k, why)| invalid(k, why))?;

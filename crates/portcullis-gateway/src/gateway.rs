@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, UpstreamConfig, UpstreamProtocol};
 use crate::conn::Conn;
+use crate::inspection::{self as inspection, Asks, Rules};
 use crate::monitor::{self, Out, RequestCtx, TraceContext};
 use crate::naming::Naming;
 use crate::protocol::{self, fit_result, has_cap};
@@ -110,7 +111,7 @@ struct Suspended {
     key: String,
     binding: String,
     progress: Option<Value>,
-    redact: Vec<String>,
+    rules: Arc<Rules>,
     expires: Instant,
 }
 
@@ -142,6 +143,8 @@ pub struct Gateway {
     stateless_facts: StdMutex<HashMap<String, Arc<crate::session::Facts>>>,
     /// Poisoning verdicts by tool-definition hash (`true`: may be shown).
     poison_seen: StdMutex<HashMap<String, bool>>,
+    /// The inspection stage's rules (DLP, injection markers).
+    pub(crate) inspection: crate::inspection::Inspection,
     /// Pending human approvals of 2026-07-28 clients, by token.
     approvals: StdMutex<HashMap<String, (String, Instant)>>,
 }
@@ -299,7 +302,9 @@ impl Gateway {
                     }
                 })
                 .collect();
+            let inspection = crate::inspection::Inspection::new(&cfg.inspection, &cfg.segments);
             Gateway {
+                inspection,
                 cfg,
                 upstreams,
                 naming,
@@ -409,7 +414,7 @@ impl Gateway {
                 json!({"path": f.path, "span": [f.span.0, f.span.1], "evidence": f.evidence, "severity": f.severity.as_str()}),
             );
         }
-        let ok = acting.is_empty() || cfg.poison_action == crate::pins::PoisonAction::Warn;
+        let ok = acting.is_empty() || cfg.poison_action == crate::inspection::PoisonAction::Warn;
         let mut seen = lock(&self.poison_seen);
         if seen.len() > 10_000 {
             seen.clear();
@@ -800,20 +805,28 @@ impl Gateway {
                             .await
                         {
                             Ok(d) => {
+                                let rules = self
+                                    .inspection
+                                    .rules(&res.segments, Asks::of(&d.obligations));
                                 let mut p = strip_input_if_approval(&params);
                                 protocol::set_path(&mut p, &["name"], Value::from(orig));
+                                if is_tool
+                                    && !self
+                                        .inspect_arguments(
+                                            client,
+                                            &rules,
+                                            name,
+                                            &mut p,
+                                            id.clone(),
+                                            out,
+                                        )
+                                        .await
+                                {
+                                    return;
+                                }
                                 self.note_read(client, &res.labels);
-                                self.forward(
-                                    client,
-                                    idx,
-                                    msg,
-                                    &method,
-                                    p,
-                                    forwarded,
-                                    &d.obligations.redact,
-                                    out,
-                                )
-                                .await;
+                                self.forward(client, idx, msg, &method, p, forwarded, &rules, out)
+                                    .await;
                             }
                             Err(r) => self.refuse(r, id, unknown, out).await,
                         }
@@ -854,11 +867,15 @@ impl Gateway {
                             .authorize(client, action, &method, &res, &params, id.clone(), out)
                             .await
                         {
-                            Ok(_) => {
+                            Ok(d) => {
                                 if method == "resources/read" {
                                     self.note_read(client, &res.labels);
                                 }
-                                Some(idx)
+                                Some((
+                                    idx,
+                                    self.inspection
+                                        .rules(&res.segments, Asks::of(&d.obligations)),
+                                ))
                             }
                             Err(r) => {
                                 self.refuse(r, id, not_found, out).await;
@@ -869,7 +886,7 @@ impl Gateway {
                     None => None,
                 };
                 match routed {
-                    Some(idx) => {
+                    Some((idx, rules)) => {
                         if method == "resources/subscribe" {
                             lock(&client.subscriptions).insert(uri.clone());
                         } else if method == "resources/unsubscribe" {
@@ -888,7 +905,7 @@ impl Gateway {
                             .await;
                             let _ = out.send(reply(json!({}))).await;
                         } else {
-                            self.forward(client, idx, msg, &method, params, forwarded, &[], out)
+                            self.forward(client, idx, msg, &method, params, forwarded, &rules, out)
                                 .await;
                         }
                     }
@@ -945,7 +962,7 @@ impl Gateway {
                             codes::INVALID_PARAMS,
                             "Unknown completion reference",
                         );
-                        if let Err(r) = self
+                        let rules = match self
                             .authorize(
                                 client,
                                 portcullis_policy::Action::Complete,
@@ -957,14 +974,19 @@ impl Gateway {
                             )
                             .await
                         {
-                            self.refuse(r, id, unknown, out).await;
-                            return;
-                        }
+                            Ok(d) => self
+                                .inspection
+                                .rules(&res.segments, Asks::of(&d.obligations)),
+                            Err(r) => {
+                                self.refuse(r, id, unknown, out).await;
+                                return;
+                            }
+                        };
                         let mut p = params.clone();
                         if let Some(o) = orig {
                             protocol::set_path(&mut p, &["ref", "name"], Value::from(o));
                         }
-                        self.forward(client, idx, msg, &method, p, forwarded, &[], out)
+                        self.forward(client, idx, msg, &method, p, forwarded, &rules, out)
                             .await;
                     }
                     None => {
@@ -1038,6 +1060,96 @@ impl Gateway {
         let f = client.facts();
         f.calls.fetch_add(1, Ordering::Relaxed);
         f.read(labels);
+    }
+
+    /// DLP on a call's arguments before they leave: redacted in place,
+    /// flagged, or — for a `block` class — the call refused here (`false`,
+    /// answered) so nothing reaches the upstream.
+    async fn inspect_arguments(
+        &self,
+        client: &Arc<Client>,
+        rules: &Rules,
+        tool: &str,
+        params: &mut Value,
+        id: Option<Box<RawValue>>,
+        out: &Out<'_>,
+    ) -> bool {
+        if rules.arguments.actions.is_empty() {
+            return true;
+        }
+        let Some(args) = params.get_mut("arguments") else {
+            return true;
+        };
+        let found = inspection::inspect_arguments(rules, args);
+        inspection::record_dlp(&self.pep, client, Some(tool), "arguments", &found);
+        if found.blocked {
+            let mut classes: Vec<&str> = found.findings.iter().map(|f| f.class).collect();
+            classes.dedup();
+            let _ = out
+                .send(Message::error(
+                    id,
+                    codes::POLICY_DENIED,
+                    "Denied by policy: the arguments carry sensitive data (DLP)",
+                    Some(json!({"reason": "dlp", "classes": classes})),
+                ))
+                .await;
+            return false;
+        }
+        true
+    }
+
+    /// Inspects a final result in place; `Err` when it must be withheld.
+    fn inspect_result(
+        &self,
+        client: &Client,
+        rules: &Rules,
+        target: Option<&str>,
+        m: &mut Message,
+    ) -> Result<(), inspection::Withheld> {
+        let mut r = m.result();
+        let rep = inspection::inspect_result(rules, &mut r);
+        inspection::record_dlp(&self.pep, client, target, "result", &rep.dlp);
+        inspection::record_injections(&self.pep, client, target, rules.injection, &rep.injections);
+        if let Some(w) = rep.withheld {
+            return Err(w);
+        }
+        if rep.changed() {
+            m.set_result(&r);
+        }
+        Ok(())
+    }
+
+    /// DLP on an interim notification (progress message, log line) of a
+    /// call: `false` when it must be dropped.
+    fn inspect_notification(
+        &self,
+        client: &Client,
+        rules: &Rules,
+        target: Option<&str>,
+        m: &mut Message,
+    ) -> bool {
+        if rules.results.actions.is_empty() {
+            return true;
+        }
+        let mut p = m.params();
+        let (keep, found) = inspection::inspect_notification(rules, &mut p);
+        if found.findings.is_empty() {
+            return true;
+        }
+        inspection::record_dlp(&self.pep, client, target, "notification", &found);
+        if keep && found.redactions > 0 {
+            m.set_params(&p);
+        }
+        keep
+    }
+
+    /// What a forwarded call is about, as the client names it: the tool or
+    /// prompt's client-facing name, else the resource URI.
+    fn target_name(&self, idx: usize, params: &Value) -> Option<String> {
+        match params.get("name").and_then(Value::as_str) {
+            Some(n) => Some(self.naming.outward(idx, n)),
+            None => params.get("uri").and_then(Value::as_str).map(str::to_owned),
+        }
     }
 
     fn server_name(&self, idx: usize) -> String {
@@ -1646,7 +1758,7 @@ impl Gateway {
         method: &str,
         mut params: Value,
         forwarded: &[(String, String)],
-        redact: &[String],
+        rules: &Arc<Rules>,
         out: &Out<'_>,
     ) {
         let client_id = msg.id_owned();
@@ -1693,7 +1805,7 @@ impl Gateway {
                     method,
                     &params,
                     client_id.clone(),
-                    redact,
+                    rules,
                     out,
                 )
                 .await;
@@ -1810,7 +1922,7 @@ impl Gateway {
         method: &str,
         params: &Value,
         client_id: Option<Box<RawValue>>,
-        redact: &[String],
+        rules: &Arc<Rules>,
         out: &Out<'_>,
     ) -> Driven {
         loop {
@@ -1851,24 +1963,20 @@ impl Gateway {
             };
             match m.kind() {
                 Kind::Response | Kind::Error => {
-                    if m.kind() == Kind::Response && !redact.is_empty() {
-                        // The `redact` obligation: named DLP classes out of the result.
-                        let mut r = m.result();
-                        let (n, unknown) = portcullis_inspect::dlp::redact(&mut r, redact);
-                        if !unknown.is_empty() {
-                            tracing::warn!(classes = ?unknown, "redact obligation names unknown DLP classes");
-                        }
-                        if n > 0 {
-                            tracing::info!(target: "portcullis::decision", redactions = n, classes = ?redact, "result redacted");
-                            self.pep.monitor.finding(
-                                &client.owner,
-                                "dlp",
-                                "redact-obligation",
-                                portcullis_monitor::risk::FindingSeverity::Low,
+                    if m.kind() == Kind::Response {
+                        // Inspection of the result: DLP, then injection markers.
+                        let target = self.target_name(idx, params);
+                        if let Err(withheld) =
+                            self.inspect_result(client, rules, target.as_deref(), &mut m)
+                        {
+                            self.pep.monitor.outcome(
+                                client,
+                                &self.server_name(idx),
                                 params.get("name").and_then(Value::as_str),
-                                json!({"redactions": n, "classes": redact}),
+                                Ok(&m),
                             );
-                            m.set_result(&r);
+                            let _ = out.send(withheld.to_error(client_id)).await;
+                            return Driven::Done;
                         }
                     }
                     self.pep.monitor.outcome(
@@ -1964,7 +2072,7 @@ impl Gateway {
                                 key,
                                 binding: binding_of(method, params),
                                 progress,
-                                redact: redact.to_vec(),
+                                rules: rules.clone(),
                                 expires: Instant::now() + SUSPEND_TTL,
                             },
                         );
@@ -1983,6 +2091,10 @@ impl Gateway {
                     let _ = out.send(m).await;
                 }
                 Kind::Notification => {
+                    let target = self.target_name(idx, params);
+                    if !self.inspect_notification(client, rules, target.as_deref(), &mut m) {
+                        continue;
+                    }
                     if let Some(fixed) =
                         restore_tokens(&m, uid, progress.as_ref(), client_id.as_deref())
                     {
@@ -2105,7 +2217,7 @@ impl Gateway {
         let _ = self
             .drive(
                 client, s.idx, &s.conn, s.uid, s.steps, s.progress, method, params, client_id,
-                &s.redact, out,
+                &s.rules, out,
             )
             .await;
     }

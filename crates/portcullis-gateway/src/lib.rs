@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod contain;
 pub mod gateway;
+pub mod inspection;
 mod listen;
 pub mod listener;
 pub mod monitor;

@@ -42,42 +42,6 @@ impl Default for PinCfg {
     }
 }
 
-/// `[inspection]`: what poisoning findings in tool definitions do.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InspectionCfg {
-    /// `warn` (audit the findings, keep the tool) or `hide` (also hide it).
-    #[serde(default)]
-    pub poison_action: PoisonAction,
-    /// The least severity that acts (`low`, `medium`, `high`, `critical`).
-    #[serde(default = "default_min")]
-    pub poison_min_severity: String,
-}
-
-fn default_min() -> String {
-    "high".into()
-}
-
-impl Default for InspectionCfg {
-    fn default() -> Self {
-        InspectionCfg {
-            poison_action: PoisonAction::default(),
-            poison_min_severity: default_min(),
-        }
-    }
-}
-
-/// What a poisoned tool definition gets.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum PoisonAction {
-    /// Findings are audited; the tool stays.
-    #[default]
-    Warn,
-    /// Findings are audited and the tool is hidden.
-    Hide,
-}
-
 /// What a changed tool definition hides.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]

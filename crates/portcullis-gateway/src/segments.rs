@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 /// One segment from config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentCfg {
     /// The segment's name (a Cedar `Segment` entity id).
@@ -26,6 +26,16 @@ pub struct SegmentCfg {
     /// Prompts, by client-facing name.
     #[serde(default)]
     pub prompts: Vec<String>,
+    /// DLP on its members' results, per class; replaces `[inspection]
+    /// results` for the classes it names.
+    #[serde(default)]
+    pub dlp: std::collections::BTreeMap<String, crate::inspection::ClassAction>,
+    /// DLP on the arguments of calls to its tools, per class.
+    #[serde(default)]
+    pub dlp_arguments: std::collections::BTreeMap<String, crate::inspection::ClassAction>,
+    /// What injection markers in its members' results do.
+    #[serde(default)]
+    pub injection: Option<crate::inspection::InjectionAction>,
 }
 
 /// What kind of item is being classified.
@@ -102,6 +112,7 @@ mod tests {
             tools: vec![],
             resources: vec![],
             prompts: vec![],
+            ..SegmentCfg::default()
         }
     }
 

@@ -76,6 +76,12 @@ struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    detector: &'static str,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -128,6 +134,7 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     risk: Histogram,
     containment: Family<ActionLabels, Counter>,
+    findings: Family<FindingLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     audit_records: Gauge,
     audit_checkpoints: Gauge,
@@ -189,6 +196,12 @@ impl Metrics {
             "Containment actions taken (revocations, session kills, quarantines)",
             containment.clone(),
         );
+        let findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "inspection_findings",
+            "Content-inspection findings (DLP, injection, poisoning, shadowing, pins), by detector family and what was done",
+            findings.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -222,6 +235,7 @@ impl Metrics {
             auth_failures,
             risk,
             containment,
+            findings,
             reloads,
             audit_records,
             audit_checkpoints,
@@ -281,6 +295,14 @@ impl Metrics {
         self.containment
             .get_or_create(&ActionLabels { action })
             .inc();
+    }
+
+    /// Counts inspection findings of one detector family and the action
+    /// taken (`flag`, `redact`, `block`, `wrap`, `hide`, `warn`).
+    pub fn findings(&self, detector: &'static str, action: &'static str, n: u64) {
+        self.findings
+            .get_or_create(&FindingLabels { detector, action })
+            .inc_by(n);
     }
 
     /// Counts a policy reload.

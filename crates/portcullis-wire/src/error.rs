@@ -34,6 +34,10 @@ pub mod codes {
     pub const POLICY_DENIED: i64 = -32030;
     /// The audit log cannot record the request: the gateway fails closed.
     pub const AUDIT_UNAVAILABLE: i64 = -32031;
+    /// Portcullis: the upstream answered, but inspection withheld the result
+    /// (DLP `block`, or injection markers under `block`); `data.reason` says
+    /// which (`dlp`, `injection`), never what was found.
+    pub const RESULT_WITHHELD: i64 = -32033;
     /// 2026-07-28: an `Mcp-*` header disagrees with the body.
     pub const HEADER_MISMATCH: i64 = -32020;
     /// 2026-07-28: a capability the request needs was not declared.

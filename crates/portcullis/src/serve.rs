@@ -62,8 +62,7 @@ fn demo_segments() -> Vec<portcullis_gateway::segments::SegmentCfg> {
         labels: vec![label.into()],
         servers: vec![],
         tools: vec![tool.into()],
-        resources: vec![],
-        prompts: vec![],
+        ..Default::default()
     };
     vec![
         seg("secrets", "confidential", "demo__read_secret"),
