@@ -259,8 +259,8 @@ static DETECTORS: &[Detector] = &[
         ahead: 4096,
         public_prefix: true,
         digits: 0,
-        pattern: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s\\:,.\-]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:,.\-]*)",
-        check: any,
+        pattern: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s\\:,.\-!]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:,.\-!]*)",
+        check: pem_key,
         pre: always,
     },
     Detector {
@@ -408,12 +408,12 @@ static DETECTORS: &[Detector] = &[
         class: SECRETS,
         severity: Severity::Critical,
         cix: S,
-        anchors: &["_live_"],
+        anchors: &["_live_", "_test_"],
         back: 2,
         ahead: 256,
         public_prefix: true,
         digits: 0,
-        pattern: r"(?-u:\b)[sr]k_live_[A-Za-z0-9]{20,}",
+        pattern: r"(?-u:\b)[sr]k_(?:live|test)_[A-Za-z0-9]{20,}",
         check: token,
         pre: always,
     },
@@ -516,6 +516,237 @@ static DETECTORS: &[Detector] = &[
         pre: always,
     },
     Detector {
+        id: "huggingface-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["hf_"],
+        back: 0,
+        ahead: 48,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)hf_[A-Za-z]{34}(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "digitalocean-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["dop_v1_", "doo_v1_", "dor_v1_"],
+        back: 0,
+        ahead: 80,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)do[opr]_v1_[a-f0-9]{64}(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "shopify-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["shpat_", "shpss_", "shpca_", "shppa_"],
+        back: 0,
+        ahead: 48,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "vault-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["hvs.", "hvb."],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)hv[sb]\.[A-Za-z0-9_\-]{24,}",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "grafana-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["glsa_", "glc_"],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)(?:glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}|glc_[A-Za-z0-9+/]{32,}={0,2})",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "databricks-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["dapi"],
+        back: 0,
+        ahead: 48,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)dapi[a-f0-9]{32}(?:-[0-9])?(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "linear-api-key",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["lin_api_"],
+        back: 0,
+        ahead: 56,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)lin_api_[A-Za-z0-9]{40}(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "sentry-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["sntrys_", "sntryu_"],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)sntry[su]_[A-Za-z0-9_\-=+/]{40,}",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "doppler-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &[
+            "dp.pt.",
+            "dp.st.",
+            "dp.ct.",
+            "dp.sa.",
+            "dp.scim.",
+            "dp.audit.",
+        ],
+        back: 0,
+        ahead: 64,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)dp\.(?:pt|st|ct|sa|scim|audit)\.[A-Za-z0-9]{40,44}(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "postman-api-key",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["PMAK-"],
+        back: 0,
+        ahead: 72,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)PMAK-[a-f0-9]{24}-[a-f0-9]{34}(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "figma-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["figd_"],
+        back: 0,
+        ahead: 64,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)figd_[A-Za-z0-9_\-]{40}(?:[^A-Za-z0-9_\-]|$)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "groq-api-key",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["gsk_"],
+        back: 0,
+        ahead: 64,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)gsk_[A-Za-z0-9]{52}(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "supabase-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["sbp_"],
+        back: 0,
+        ahead: 56,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)sbp_[a-f0-9]{40}(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "atlassian-api-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["ATATT3"],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)ATATT3[A-Za-z0-9_\-=]{150,}",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "age-secret-key",
+        class: SECRETS,
+        severity: Severity::Critical,
+        cix: S,
+        anchors: &["AGE-SECRET-KEY-1"],
+        back: 0,
+        ahead: 80,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "telegram-bot-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &[":AA"],
+        back: 10,
+        ahead: 48,
+        public_prefix: false,
+        digits: 0,
+        pattern: r"(?-u:\b)[0-9]{8,10}:AA[A-Za-z0-9_\-]{33}(?:[^A-Za-z0-9_\-]|$)",
+        check: token,
+        pre: always,
+    },
+    Detector {
         id: "url-credentials",
         class: SECRETS,
         severity: Severity::High,
@@ -555,7 +786,7 @@ static DETECTORS: &[Detector] = &[
         ahead: 256,
         public_prefix: false,
         digits: 0,
-        pattern: r#"(?i:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]{0,32}\\{0,2}["']?\\{0,2}["']?\s*(?::=|=>|[:=])\s*\\{0,2}["'`]?([^\s"'`,;<>(){}\[\]\\&=]{16,}={0,2})|(?i:bearer)\s+([A-Za-z0-9\-._~+/]{16,}=*)"#,
+        pattern: r#"(?i:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]{0,32}\\{0,2}["']?\\{0,2}["']?\s*(?::=|=>|[:=])\s*\\{0,2}["'`]?([^\s"'`,;<>(){}\[\]\\&=]{8,}={0,2})|(?i:bearer)\s+([A-Za-z0-9\-._~+/]{16,}=*)"#,
         check: generic,
         pre: pre_generic,
     },
@@ -908,6 +1139,34 @@ const PUBLIC_PREFIXES: &[&str] = &[
     "xoxs-",
     "sk_live_",
     "rk_live_",
+    "sk_test_",
+    "rk_test_",
+    "hf_",
+    "dop_v1_",
+    "doo_v1_",
+    "dor_v1_",
+    "shpat_",
+    "shpss_",
+    "shpca_",
+    "shppa_",
+    "hvs.",
+    "hvb.",
+    "glsa_",
+    "glc_",
+    "dapi",
+    "lin_api_",
+    "sntrys_",
+    "sntryu_",
+    "dp.pt.",
+    "dp.st.",
+    "dp.ct.",
+    "dp.sa.",
+    "PMAK-",
+    "figd_",
+    "gsk_",
+    "sbp_",
+    "ATATT3",
+    "AGE-SECRET-KEY-1",
     "sk-ant-",
     "sk-proj-",
     "sk-svcacct-",
@@ -1536,7 +1795,13 @@ fn ends_value(c: u8) -> bool {
 
 /// `<key>[suffix]["']* *[:=]` then sixteen value bytes, or `Bearer <16
 /// token bytes>`.
-fn pre_generic(b: &[u8], _: usize, end: usize) -> bool {
+fn pre_generic(b: &[u8], start: usize, end: usize) -> bool {
+    // Passwords are judged from eight characters (see `password_like`),
+    // everything else from sixteen.
+    let min = match b.get(start..end) {
+        Some(b"assw" | b"ASSW" | b"pwd" | b"PWD") => 8,
+        _ => 16,
+    };
     let mut j = end;
     if byte(b, j).is_ascii_whitespace() {
         while byte(b, j).is_ascii_whitespace() {
@@ -1571,10 +1836,10 @@ fn pre_generic(b: &[u8], _: usize, end: usize) -> bool {
         j += 1;
     }
     let v = j;
-    while j < v + 16 && !ends_value(byte(b, j)) {
+    while j < v + min && !ends_value(byte(b, j)) {
         j += 1;
     }
-    j - v >= 16
+    j - v >= min
 }
 
 /// `user:password@` before the end of the authority.
@@ -1667,6 +1932,19 @@ fn slice<'a>(text: &'a str, r: &Range<usize>) -> &'a str {
 
 fn any(_: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
     Some(s)
+}
+
+/// A private key with key material: a header alone ("keys begin with
+/// `-----BEGIN PRIVATE KEY-----`") names a format, it leaks nothing. A
+/// header at the very end of the text is kept (the body may follow in the
+/// next chunk of a stream).
+fn pem_key(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
+    let t = slice(text, &s);
+    let close = t.get(10..)?.find("-----")? + 15;
+    let body = t.get(close..).unwrap_or("");
+    let material = body.bytes().filter(u8::is_ascii_alphanumeric).count();
+    let at_end = text.get(s.end..).is_some_and(|rest| rest.trim().is_empty());
+    (material >= 32 || at_end).then_some(s)
 }
 
 /// Shannon entropy in bits per byte.
@@ -1856,7 +2134,14 @@ fn benign_key(key: &str) -> bool {
 /// Random-looking: long enough, high entropy, letters and digits, and not
 /// an identifier (`snake_case`, `CONSTANT_NAME`, dotted or slashed words).
 fn looks_random(v: &str) -> bool {
-    if v.len() < 16 || entropy(v) < 3.5 {
+    // Hex has at most 4 bits per character: a random 32-digit key often
+    // measures below 3.5, so hex is held to a lower bar.
+    let floor = if v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        3.0
+    } else {
+        3.5
+    };
+    if v.len() < 16 || entropy(v) < floor {
         return false;
     }
     if !v.bytes().any(|b| b.is_ascii_alphabetic()) {
@@ -1920,11 +2205,46 @@ fn key_around(text: &str, at: usize, sep: usize) -> &str {
 
 fn generic(text: &str, whole: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
     let t = slice(text, &s);
+    let key = key_around(text, whole.start, s.start);
+    // Code, not a literal: a call (`RsaPrivateKey::from_pkcs1_der(…)`,
+    // `KEY_PEM.parse()`) or a path.
+    let call = text.get(s.end..).is_some_and(|r| r.starts_with('('));
+    if benign_key(key) || call || t.contains("::") {
+        return None;
+    }
+    // A password is what a person chose: short, but with mixed classes.
+    let k = key.to_ascii_lowercase();
+    if (k.contains("passw") || k.contains("pwd")) && password_like(t) {
+        return Some(s);
+    }
     let value = t.trim_end_matches(['.', ':', '!', '?']);
-    if benign_key(key_around(text, whole.start, s.start)) || !looks_random(value) {
+    if !looks_random(value) {
         return None;
     }
     Some(s.start..s.start + value.len())
+}
+
+/// A value a person would choose as a password (`Summer2024!`,
+/// `Tr0ub4dor&3`): 8 to 64 characters with letters, digits and a capital or
+/// symbol, and not a placeholder or a reference (`${PASS}`, `%(pw)s`,
+/// `********`).
+fn password_like(v: &str) -> bool {
+    if !(8..=64).contains(&v.len()) {
+        return false;
+    }
+    let b = v.as_bytes();
+    let lower = b.iter().any(u8::is_ascii_lowercase);
+    let upper = b.iter().any(u8::is_ascii_uppercase);
+    let digit = b.iter().any(u8::is_ascii_digit);
+    let symbol = b.iter().any(|c| c.is_ascii_punctuation());
+    let lowered = v.to_ascii_lowercase();
+    let placeholder = [
+        "xxxx", "****", "...", "${", "{{", "%(", "<", "changeme", "example",
+    ]
+    .iter()
+    .any(|p| lowered.contains(p))
+        || matches!(b.first(), Some(b'$' | b'%' | b'@' | b'#' | b'&' | b'*'));
+    (lower || upper) && digit && (upper || symbol) && !placeholder
 }
 
 /// Structured content: a string under a key such as `password` or

@@ -7,7 +7,7 @@
 //! | field | meaning |
 //! |-------|---------|
 //! | `label` | `"benign"`, or what should be found: `FAMILY` or `FAMILY:ID` (e.g. `poison`, `poison:hidden-markup`, `secret:aws-access-key-id`, `pii:email`); a list of such labels when a sample holds several |
-//! | `family` (or `detector`, `kind`) | `poison`, `secret`, `pii` or `inject`; needed for benign samples, otherwise taken from the label |
+//! | `family` (or `detector`, `kind`) | `poison`, `secret`, `pii` or `inject`; needed for benign samples, otherwise taken from the label; a benign sample may list several (it is then a negative in each) |
 //! | `text` | the text inspected (a description for `poison`, a tool result for the others) |
 //! | `tool`, `prompt`, `resource` | for `poison`: a whole definition instead of `text` |
 //! | `match` | for `secret`/`pii` positives: the value (or list of values) that must be found; a sample counts as detected only when a finding overlaps each one |
@@ -224,7 +224,32 @@ pub fn parse_jsonl(file: &str, text: &str) -> Result<Vec<Sample>, EvalError> {
             line,
             why: e.to_string(),
         })?;
-        out.push(sample(file, line, &v)?);
+        out.extend(samples(file, line, &v)?);
+    }
+    Ok(out)
+}
+
+/// One line's samples: a benign line may name several families
+/// (`"family": ["secret", "inject"]`) and then counts as a negative in each.
+fn samples(file: &str, line: usize, v: &Value) -> Result<Vec<Sample>, EvalError> {
+    let Some(Value::Array(families)) = v.get("family") else {
+        return Ok(vec![sample(file, line, v)?]);
+    };
+    let benign = v.get("label").and_then(Value::as_str) == Some("benign");
+    if !benign || families.is_empty() {
+        return Err(EvalError::Sample {
+            file: file.to_owned(),
+            line,
+            why: "a list of families is only allowed on a benign sample".into(),
+        });
+    }
+    let mut out = Vec::new();
+    for f in families {
+        let mut one = v.clone();
+        if let Some(o) = one.as_object_mut() {
+            o.insert("family".into(), f.clone());
+        }
+        out.push(sample(file, line, &one)?);
     }
     Ok(out)
 }
