@@ -101,12 +101,26 @@ async fn approve_pin(
         Err(r) => return r,
     };
     let by = format!("admin:{}", who.0);
-    let Some(p) = st.gw.pep.pins.approve(&req.server, &req.tool, &by) else {
+    // A pending change, else a definition held for poisoning findings.
+    let approved = st
+        .gw
+        .pep
+        .pins
+        .approve(&req.server, &req.tool, &by)
+        .or_else(|| {
+            st.gw
+                .defs
+                .held(&req.server, &req.tool)
+                .then(|| st.gw.pep.pins.acknowledge(&req.server, &req.tool, &by))
+                .flatten()
+        });
+    let Some(p) = approved else {
         return reply(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no pending change for {}/{}", req.server, req.tool)}),
         );
     };
+    st.gw.defs.release(&req.server, &req.tool);
     st.gw.pep.monitor.containment(
         "pin-approve",
         &format!("tool:{}/{}", req.server, req.tool),

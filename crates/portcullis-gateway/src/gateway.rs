@@ -27,6 +27,8 @@ use crate::upstream::http::{self as uphttp, HttpSession, HttpTarget, StatelessHt
 use crate::upstream::stdio::{Launch, StdioUpstream};
 use crate::upstream::UpstreamError;
 
+mod admit;
+
 /// Prefix of `requestState` values minted by the gateway itself (when it
 /// bridges a 2026-07-28 client to a handshake-era upstream); any other
 /// `requestState` belongs to the upstream and passes through unchanged.
@@ -141,8 +143,8 @@ pub struct Gateway {
     tool_meta: StdMutex<HashMap<String, portcullis_policy::Annotations>>,
     /// Policy facts of 2026-07-28 clients, per identity (they have no session).
     stateless_facts: StdMutex<HashMap<String, Arc<crate::session::Facts>>>,
-    /// Poisoning verdicts by tool-definition hash (`true`: may be shown).
-    poison_seen: StdMutex<HashMap<String, bool>>,
+    /// Verdicts on definitions: poisoning and shadowing.
+    pub(crate) defs: crate::defs::Defs,
     /// The inspection stage's rules (DLP, injection markers).
     pub(crate) inspection: crate::inspection::Inspection,
     /// Pending human approvals of 2026-07-28 clients, by token.
@@ -303,6 +305,8 @@ impl Gateway {
                 })
                 .collect();
             let inspection = crate::inspection::Inspection::new(&cfg.inspection, &cfg.segments);
+            let names: Vec<String> = cfg.upstreams.iter().map(|u| u.name.clone()).collect();
+            let defs = crate::defs::Defs::new(&cfg.inspection, &names);
             Gateway {
                 inspection,
                 cfg,
@@ -316,7 +320,7 @@ impl Gateway {
                 pep,
                 tool_meta: StdMutex::new(HashMap::new()),
                 approvals: StdMutex::new(HashMap::new()),
-                poison_seen: StdMutex::new(HashMap::new()),
+                defs,
                 stateless_facts: StdMutex::new(HashMap::new()),
             }
         })
@@ -325,102 +329,6 @@ impl Gateway {
     /// Names of the configured upstreams, in order.
     pub fn upstream_names(&self) -> Vec<String> {
         self.upstreams.iter().map(|u| u.name.clone()).collect()
-    }
-
-    /// Pins a tool on first sight, or checks it against its pin; `false`
-    /// hides it (changed and not approved, or its server is hidden). A new
-    /// pin or a newly seen change is stored and a change is audited.
-    fn admit_tool(&self, idx: usize, tool: &Value) -> bool {
-        use crate::pins::{Admission, Pins, NS_PENDING, NS_PIN};
-        let server = self.server_name(idx);
-        let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
-        let store = |ns: &'static str, p: crate::pins::Pin| {
-            let state = self.pep.contain.state.clone();
-            if let (Ok(rt), Ok(v)) = (
-                tokio::runtime::Handle::try_current(),
-                serde_json::to_value(&p),
-            ) {
-                rt.spawn(async move {
-                    if let Err(e) = state.store().put(ns, &Pins::store_key(&p), v, None).await {
-                        tracing::warn!(error = %e, "pin not stored");
-                    }
-                });
-            }
-        };
-        match self.pep.pins.admit(&server, tool) {
-            Admission::Trusted => {}
-            Admission::Restored(key) => {
-                tracing::info!(server = %server, tool = name, "tool back to its pinned definition");
-                let state = self.pep.contain.state.clone();
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let _ = state.store().remove(NS_PENDING, &key).await;
-                    });
-                }
-            }
-            Admission::FirstSeen(p) => {
-                tracing::info!(server = %server, tool = name, hash = %p.hash, "tool pinned on first use");
-                store(NS_PIN, p);
-            }
-            Admission::Changed(first) => {
-                if let Some(p) = first {
-                    tracing::warn!(server = %server, tool = name, hash = %p.hash, "tool definition changed since pinned: hidden until approved (portcullis pins diff/approve)");
-                    self.pep.monitor.record_finding(
-                        "-",
-                        "pin",
-                        "pin.changed",
-                        portcullis_monitor::risk::FindingSeverity::High,
-                        Some(&self.naming.outward(idx, name)),
-                        json!({"server": server, "tool": name, "hash": p.hash}),
-                    );
-                    store(NS_PENDING, p);
-                }
-                return false;
-            }
-        }
-        self.pep.pins.usable(&server, name) && self.unpoisoned(idx, tool)
-    }
-
-    /// Runs the poisoning detectors over a tool definition (once per
-    /// definition): findings at or above the configured severity are
-    /// audited, and with `poison_action = "hide"` the tool is hidden.
-    fn unpoisoned(&self, idx: usize, tool: &Value) -> bool {
-        use portcullis_inspect::finding::Severity;
-        let cfg = &self.cfg.inspection;
-        let min = Severity::parse(&cfg.poison_min_severity).unwrap_or(Severity::High);
-        let hash = portcullis_inspect::pin::hash(tool);
-        if let Some(v) = lock(&self.poison_seen).get(&hash) {
-            return *v;
-        }
-        let findings = portcullis_inspect::poison::scan_tool(
-            tool,
-            &portcullis_inspect::poison::Context::default(),
-        );
-        let acting: Vec<_> = findings.iter().filter(|f| f.severity >= min).collect();
-        let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
-        let outward = self.naming.outward(idx, name);
-        for f in &acting {
-            tracing::warn!(server = %self.server_name(idx), tool = name, rule = f.rule, severity = f.severity.as_str(), "tool definition looks poisoned");
-            self.pep.monitor.record_finding(
-                "-",
-                "poison",
-                f.rule,
-                if f.severity >= Severity::High {
-                    portcullis_monitor::risk::FindingSeverity::High
-                } else {
-                    portcullis_monitor::risk::FindingSeverity::Medium
-                },
-                Some(&outward),
-                json!({"path": f.path, "span": [f.span.0, f.span.1], "evidence": f.evidence, "severity": f.severity.as_str()}),
-            );
-        }
-        let ok = acting.is_empty() || cfg.poison_action == crate::inspection::PoisonAction::Warn;
-        let mut seen = lock(&self.poison_seen);
-        if seen.len() > 10_000 {
-            seen.clear();
-        }
-        seen.insert(hash, ok);
-        ok
     }
 
     /// Each upstream's circuit breaker, by name.
@@ -769,10 +677,9 @@ impl Gateway {
                     &format!("Unknown {what}: {name}"),
                 );
                 match self.naming.inward(name) {
-                    Some((idx, orig))
-                        if is_tool && !self.pep.pins.usable(&self.server_name(idx), &orig) =>
-                    {
-                        // Changed and not approved: as if it did not exist.
+                    Some((idx, orig)) if !self.offered(idx, is_tool, &orig) => {
+                        // Changed and not approved, poisoned or shadowing
+                        // (and hidden by config): as if it did not exist.
                         let _ = out.send(unknown).await;
                     }
                     Some((idx, orig)) => {
@@ -851,6 +758,15 @@ impl Gateway {
                     Some(json!({"uri": uri})),
                 );
                 let routed = match self.route_uri(client, &uri).await {
+                    Some(idx)
+                        if self
+                            .defs
+                            .hidden(&self.server_name(idx), ItemKind::Resource, &uri) =>
+                    {
+                        // Its definition is poisoned (and hidden by config).
+                        let _ = out.send(not_found).await;
+                        return;
+                    }
                     Some(idx) => {
                         let res = self.pep.resource(
                             ItemKind::Resource,
@@ -1152,6 +1068,19 @@ impl Gateway {
         }
     }
 
+    /// Whether a tool (or prompt) of upstream `idx` may be called now: not
+    /// a changed definition waiting for approval, not hidden by the
+    /// poisoning or shadowing verdicts.
+    fn offered(&self, idx: usize, is_tool: bool, orig: &str) -> bool {
+        let server = self.server_name(idx);
+        let kind = if is_tool {
+            ItemKind::Tool
+        } else {
+            ItemKind::Prompt
+        };
+        !(is_tool && !self.pep.pins.usable(&server, orig)) && !self.defs.hidden(&server, kind, orig)
+    }
+
     fn server_name(&self, idx: usize) -> String {
         self.upstreams
             .get(idx)
@@ -1183,6 +1112,7 @@ impl Gateway {
                 .simple_call(client, idx, &conn, "tools/list", p)
                 .await?;
             if let Some(tools) = r.get("tools").and_then(Value::as_array) {
+                self.offer_tools(idx, tools);
                 for t in tools {
                     if let Some(n) = t.get("name").and_then(Value::as_str) {
                         if self.admit_tool(idx, t) {
@@ -1577,7 +1507,16 @@ impl Gateway {
         });
         let mut items = Vec::new();
         let mut next = BTreeMap::new();
-        for r in futures_util::future::join_all(calls).await {
+        let results = futures_util::future::join_all(calls).await;
+        if items_key == "tools" {
+            // Shadowing is judged across every server's tools at once.
+            for (idx, r) in results.iter().flatten() {
+                if let Some(arr) = r.get("tools").and_then(Value::as_array) {
+                    self.offer_tools(*idx, arr);
+                }
+            }
+        }
+        for r in results {
             let (idx, result) = match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -1629,6 +1568,9 @@ impl Gateway {
                     }
                     "prompts" => {
                         let n = item.get("name").and_then(Value::as_str).unwrap_or_default();
+                        if !self.admit_item(idx, ItemKind::Prompt, n, &item, false) {
+                            continue;
+                        }
                         (
                             ItemKind::Prompt,
                             portcullis_policy::Action::GetPrompt,
@@ -1647,6 +1589,9 @@ impl Gateway {
                             .and_then(Value::as_str)
                             .unwrap_or_default()
                             .to_owned();
+                        if !self.admit_item(idx, ItemKind::Resource, &u, &item, false) {
+                            continue;
+                        }
                         (
                             ItemKind::Resource,
                             portcullis_policy::Action::ReadResource,
@@ -2235,6 +2180,9 @@ impl Gateway {
         }
         match (m.kind(), m.method()) {
             (Kind::Notification, Some(method)) if method.ends_with("/list_changed") => {
+                if method == "notifications/tools/list_changed" {
+                    self.recheck_tools(None, idx);
+                }
                 for c in self.sessions.all() {
                     let _ = c.deliver(m.clone());
                 }
@@ -2312,6 +2260,7 @@ impl Gateway {
         let Conn::Session(s) = conn else { return };
         let s = s.clone();
         let weak_client = Arc::downgrade(client);
+        let weak_gw = Arc::downgrade(self);
         tokio::spawn(async move {
             let (tx, mut rx) = mpsc::channel::<Message>(64);
             let listener = s.listen(&tx);
@@ -2326,6 +2275,11 @@ impl Gateway {
                     }
                     Some(mut m) = rx.recv() => {
                         let Some(client) = weak_client.upgrade() else { break };
+                        if m.method() == Some("notifications/tools/list_changed") {
+                            if let Some(g) = weak_gw.upgrade() {
+                                g.recheck_tools(Some(client.clone()), idx);
+                            }
+                        }
                         if m.kind() == Kind::Request {
                             let their_id = m.id_owned().unwrap_or_else(|| raw_u64(0));
                             let gid = client.register_server_request(ServerRequest::Upstream { idx, their_id });

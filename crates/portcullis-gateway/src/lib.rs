@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod contain;
+pub mod defs;
 pub mod gateway;
 pub mod inspection;
 mod listen;

@@ -197,6 +197,25 @@ impl Pins {
         Some(p)
     }
 
+    /// Whether an admin approved exactly this definition of the tool (so
+    /// its poisoning findings are recorded but do not hide it).
+    pub fn approved_by_admin(&self, server: &str, tool: &str, def: &Value) -> bool {
+        read(&self.pinned).get(&key(server, tool)).is_some_and(|p| {
+            p.by.starts_with("admin:") && p.hash == portcullis_inspect::pin::hash(def)
+        })
+    }
+
+    /// Marks the current pin of a tool as approved by `by` (for a tool held
+    /// for poisoning, which has no pending change to approve). `None` when
+    /// the tool has no pin.
+    pub fn acknowledge(&self, server: &str, tool: &str, by: &str) -> Option<Pin> {
+        let mut pinned = write(&self.pinned);
+        let p = pinned.get_mut(&key(server, tool))?;
+        p.by = by.to_owned();
+        p.at = portcullis_contain::now_unix();
+        Some(p.clone())
+    }
+
     /// The pin and the pending change of a tool.
     pub fn get(&self, server: &str, tool: &str) -> (Option<Pin>, Option<Pin>) {
         let k = key(server, tool);

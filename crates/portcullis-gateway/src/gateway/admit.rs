@@ -1,0 +1,229 @@
+//! What the gateway lets a server offer: each listed tool is checked against
+//! its pin (rug-pull), every tool, prompt and resource definition against
+//! the poisoning detectors, and the tools of all servers against each other
+//! (shadowing). Verdicts are kept in `Pins` and `Defs`; this module records
+//! what they find and answers "may this item be shown and used".
+
+use std::sync::Arc;
+
+use portcullis_inspect::finding::{Finding, Severity};
+use portcullis_monitor::risk::FindingSeverity;
+use serde_json::{json, Value};
+
+use super::Gateway;
+use crate::inspection::PoisonAction;
+use crate::segments::ItemKind;
+use crate::session::Client;
+
+fn risk(s: Severity) -> FindingSeverity {
+    match s {
+        Severity::Low => FindingSeverity::Low,
+        Severity::Medium => FindingSeverity::Medium,
+        Severity::High | Severity::Critical => FindingSeverity::High,
+    }
+}
+
+fn kind_str(k: ItemKind) -> &'static str {
+    match k {
+        ItemKind::Tool | ItemKind::Server => "tool",
+        ItemKind::Prompt => "prompt",
+        ItemKind::Resource => "resource",
+    }
+}
+
+impl Gateway {
+    /// Pins a tool on first sight, or checks it against its pin; then its
+    /// definition against the poisoning detectors and the shadowing
+    /// verdict. `false` hides it. A new pin or a newly seen change is
+    /// stored, and changes and findings are audited.
+    pub(super) fn admit_tool(&self, idx: usize, tool: &Value) -> bool {
+        use crate::pins::{Admission, Pins, NS_PENDING, NS_PIN};
+        let server = self.server_name(idx);
+        let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+        let store = |ns: &'static str, p: crate::pins::Pin| {
+            let state = self.pep.contain.state.clone();
+            if let (Ok(rt), Ok(v)) = (
+                tokio::runtime::Handle::try_current(),
+                serde_json::to_value(&p),
+            ) {
+                rt.spawn(async move {
+                    if let Err(e) = state.store().put(ns, &Pins::store_key(&p), v, None).await {
+                        tracing::warn!(error = %e, "pin not stored");
+                    }
+                });
+            }
+        };
+        match self.pep.pins.admit(&server, tool) {
+            Admission::Trusted => {}
+            Admission::Restored(key) => {
+                tracing::info!(server = %server, tool = name, "tool back to its pinned definition");
+                let state = self.pep.contain.state.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = state.store().remove(NS_PENDING, &key).await;
+                    });
+                }
+            }
+            Admission::FirstSeen(p) => {
+                tracing::info!(server = %server, tool = name, hash = %p.hash, "tool pinned on first use");
+                store(NS_PIN, p);
+            }
+            Admission::Changed(first) => {
+                if let Some(p) = first {
+                    tracing::warn!(server = %server, tool = name, hash = %p.hash, "tool definition changed since pinned: hidden until approved (portcullis pins diff/approve)");
+                    self.pep.monitor.metrics.findings("pin", "hide", 1);
+                    self.pep.monitor.record_finding(
+                        "-",
+                        "pin",
+                        "pin.changed",
+                        FindingSeverity::High,
+                        Some(&self.naming.outward(idx, name)),
+                        json!({"server": server, "tool": name, "hash": p.hash}),
+                    );
+                    store(NS_PENDING, p);
+                }
+                return false;
+            }
+        }
+        if !self.pep.pins.usable(&server, name) {
+            return false;
+        }
+        let approved = self.pep.pins.approved_by_admin(&server, name, tool);
+        self.admit_item(idx, ItemKind::Tool, name, tool, approved)
+            && !self.defs.hidden(&server, ItemKind::Tool, name)
+    }
+
+    /// Runs the poisoning detectors over one definition (once per
+    /// definition): findings at or above the configured severity are
+    /// audited; `false` when `poison_action` hides it (or its server).
+    pub(super) fn admit_item(
+        &self,
+        idx: usize,
+        kind: ItemKind,
+        name: &str,
+        def: &Value,
+        approved: bool,
+    ) -> bool {
+        let server = self.server_name(idx);
+        let j = self.defs.judge(&server, kind, name, def, approved);
+        if !j.new_findings.is_empty() {
+            let shown = match kind {
+                ItemKind::Tool | ItemKind::Prompt => self.naming.outward(idx, name),
+                _ => name.to_owned(),
+            };
+            self.record_poison(&server, kind, &shown, &j.new_findings, approved);
+        }
+        j.visible
+    }
+
+    fn record_poison(
+        &self,
+        server: &str,
+        kind: ItemKind,
+        shown: &str,
+        findings: &[Finding],
+        approved: bool,
+    ) {
+        let action = match (self.cfg.inspection.poison_action, approved) {
+            (_, true) | (PoisonAction::Warn, _) => "warn",
+            (PoisonAction::Hide, _) => "hide",
+            (PoisonAction::HideServer, _) => "hide-server",
+        };
+        for f in findings {
+            tracing::warn!(server = %server, kind = kind_str(kind), name = %shown, rule = f.rule, severity = f.severity.as_str(), action, "definition looks poisoned");
+            self.pep.monitor.record_finding(
+                "-",
+                "poison",
+                f.rule,
+                risk(f.severity),
+                Some(shown),
+                json!({"server": server, "kind": kind_str(kind), "action": action, "path": f.path, "span": [f.span.0, f.span.1], "evidence": f.evidence, "severity": f.severity.as_str()}),
+            );
+        }
+        self.pep.monitor.metrics.findings(
+            "poison",
+            action,
+            u64::try_from(findings.len()).unwrap_or(u64::MAX),
+        );
+    }
+
+    /// Notes the tools upstream `idx` lists now and re-checks shadowing
+    /// across every server's tools; new findings are audited.
+    pub(super) fn offer_tools(&self, idx: usize, tools: &[Value]) {
+        let server = self.server_name(idx);
+        self.defs.offer(
+            &server,
+            tools.iter().filter_map(|t| {
+                let n = t.get("name")?.as_str()?;
+                Some((self.naming.outward(idx, n), t))
+            }),
+        );
+        for (f, hides) in self.defs.shadowing() {
+            let action = if hides { "hide" } else { "warn" };
+            let shown = self
+                .upstreams
+                .iter()
+                .position(|u| u.name == f.server)
+                .map(|i| self.naming.outward(i, &f.tool))
+                .unwrap_or_else(|| f.tool.clone());
+            tracing::warn!(server = %f.server, tool = %f.tool, other_server = %f.other_server, other_tool = %f.other_tool, rule = f.rule, action, "tool shadows another server's tool");
+            self.pep.monitor.metrics.findings("shadow", action, 1);
+            self.pep.monitor.record_finding(
+                "-",
+                "shadow",
+                f.rule,
+                risk(f.severity),
+                Some(&shown),
+                json!({"server": f.server, "tool": f.tool, "other_server": f.other_server, "other_tool": f.other_tool, "action": action, "path": f.path, "evidence": f.evidence, "severity": f.severity.as_str()}),
+            );
+        }
+    }
+
+    /// A server said its tool list changed: list it again now, so a
+    /// changed definition is pinned-checked, scanned and hidden before any
+    /// client calls it (clients may never re-list).
+    pub(super) fn recheck_tools(self: &Arc<Self>, client: Option<Arc<Client>>, idx: usize) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let client = match client.or_else(|| me.sessions.all().into_iter().next()) {
+                Some(c) => c,
+                None => return,
+            };
+            let conn = match me.conn(&client, idx).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tool list not re-checked");
+                    return;
+                }
+            };
+            let mut cursor: Option<String> = None;
+            for _ in 0..50 {
+                let p = match &cursor {
+                    Some(c) => json!({"cursor": c}),
+                    None => json!({}),
+                };
+                let r = match me.simple_call(&client, idx, &conn, "tools/list", p).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tool list not re-checked");
+                        return;
+                    }
+                };
+                if let Some(tools) = r.get("tools").and_then(Value::as_array) {
+                    me.offer_tools(idx, tools);
+                    for t in tools {
+                        me.admit_tool(idx, t);
+                    }
+                }
+                cursor = r
+                    .get("nextCursor")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            tracing::debug!(upstream = idx, "tool list re-checked after list_changed");
+        });
+    }
+}
