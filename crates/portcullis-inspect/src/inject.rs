@@ -69,6 +69,7 @@ enum Shape {
     SpecialToken,
     SystemLine,
     SystemTag,
+    SecrecyFlex,
 }
 
 const SHAPES: &[(Shape, &str)] = &[
@@ -82,6 +83,11 @@ const SHAPES: &[(Shape, &str)] = &[
     (
         Shape::SystemTag,
         r"(?i)<\s*/?\s*(?:system|system[_-]?prompt|system[_-]?instructions|instructions|important)\s*>",
+    ),
+    // "don't mention this note to the user", "a secret instruction".
+    (
+        Shape::SecrecyFlex,
+        r"(?i)\b(?:do\s+not|don't|never)\s+(?:mention|reveal|tell|show|disclose|say)\s+(?:this|these|that|it|anything)(?:\s+\w+){0,2}\s+to\s+the\s+user\b|\bsecret\s+instructions?\b",
     ),
 ];
 
@@ -157,6 +163,7 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
                 Shape::IgnoreFlex => IGNORE_PREVIOUS,
                 Shape::YouAreNow => MODEL_DIRECTIVE,
                 Shape::SpecialToken | Shape::SystemLine | Shape::SystemTag => FAKE_SYSTEM,
+                Shape::SecrecyFlex => SECRECY,
             };
             push(rule, Severity::High, m.start(), m.end());
         }
@@ -166,13 +173,18 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
     out.extend(found);
 }
 
-/// Whether only list, quote or heading marks precede `at` on its line, so
-/// `SYSTEM:` counts only where a prompt would put it.
+/// Whether only list, quote, heading or comment marks (`2.`, `//`) precede
+/// `at` on its line, so `SYSTEM:` counts only where a prompt would put it.
 fn starts_line(n: &str, at: usize) -> bool {
     let head = n.get(..at).unwrap_or_default();
     let line = head.rsplit('\n').next().unwrap_or_default();
-    line.bytes()
-        .all(|b| matches!(b, b' ' | b'\t' | b'>' | b'#' | b'*' | b'[' | b'(' | b'-'))
+    line.bytes().all(|b| {
+        b.is_ascii_digit()
+            || matches!(
+                b,
+                b' ' | b'\t' | b'>' | b'#' | b'*' | b'[' | b'(' | b')' | b'-' | b'.' | b'/'
+            )
+    })
 }
 
 /// Scans every text of an MCP `CallToolResult`: `content[].text`, the
