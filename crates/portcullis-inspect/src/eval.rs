@@ -152,7 +152,7 @@ pub fn rule_is(rule: &str, id: &str) -> bool {
     rule == id
         || rule
             .strip_suffix(id)
-            .is_some_and(|head| head.ends_with('.') && !head.contains(|c: char| c == ':'))
+            .is_some_and(|head| head.ends_with('.') && !head.contains(':'))
 }
 
 /// What a sample gives the detector, so definitions are scanned as

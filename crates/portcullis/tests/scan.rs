@@ -202,3 +202,131 @@ fn usage_errors_exit_2() {
     let (code, _, err) = scan(&["http://127.0.0.1:9/mcp", "--", BIN, "demo-server"], &[]);
     assert_eq!(code, 2, "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// --eval: the detectors measured over the committed corpus.
+
+/// The labelled corpus (tests/corpus at the repository root).
+fn corpus() -> String {
+    format!("{}/../../tests/corpus", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bounds the committed corpus meets (docs/detection.md has the run):
+/// a detector regression below them turns this test red.
+const BOUNDS: &[&str] = &[
+    "--min-recall",
+    "poison=0.94",
+    "--max-fpr",
+    "poison=0.01",
+    "--min-recall",
+    "secret=0.96",
+    "--max-fpr",
+    "secret=0.01",
+    "--min-recall",
+    "pii=0.90",
+    "--max-fpr",
+    "pii=0.01",
+    "--min-recall",
+    "inject=0.85",
+    "--max-fpr",
+    "inject=0.01",
+];
+
+#[test]
+fn eval_over_the_corpus_meets_the_bounds() {
+    let dir = corpus();
+    let mut args = vec!["--eval", dir.as_str(), "--json"];
+    args.extend_from_slice(BOUNDS);
+    let (code, out, err) = scan(&args, &[]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let checks = v["checks"].as_array().unwrap();
+    let failed: Vec<&Value> = checks.iter().filter(|c| c["ok"] != true).collect();
+    assert!(failed.is_empty(), "bounds failed: {failed:?}");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["ok"], true);
+    assert_eq!(checks.len(), BOUNDS.len() / 2);
+    assert_eq!(v["min_severity"], "high");
+    // Every family is there, with real counts (the corpus was read whole).
+    let fams: Vec<&str> = v["families"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["family"].as_str().unwrap())
+        .collect();
+    assert_eq!(fams, ["poison", "secret", "pii", "inject"]);
+    let poison = &v["families"][0];
+    assert!(poison["positives"].as_u64().unwrap() >= 250, "{poison}");
+    assert!(poison["negatives"].as_u64().unwrap() >= 600, "{poison}");
+    // The real-world definitions file alone: no false positive at all.
+    let real = poison["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == "benign-definitions.jsonl")
+        .unwrap();
+    assert!(real["negatives"].as_u64().unwrap() >= 500, "{real}");
+    assert_eq!(real["false_positives"], 0, "{real}");
+    assert!(v["samples"].as_u64().unwrap() > 2500);
+    for key in ["misses", "false_positives", "other_detector", "files"] {
+        assert!(v[key].is_array(), "{key}");
+    }
+}
+
+#[test]
+fn eval_prints_a_table_and_gates_on_bounds() {
+    let dir = corpus();
+    let secrets = format!("{dir}/secrets.jsonl");
+    let (code, out, err) = scan(&["--eval", &secrets], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.starts_with("evaluated "), "{out}");
+    assert!(out.contains("FAMILY  POSITIVES"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("secret ")), "{out}");
+    assert!(out.contains("misses ("), "{out}");
+    // An unmet bound exits 1 and says which.
+    let (code, out, _) = scan(&["--eval", &secrets, "--min-recall", "secret=100%"], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL min-recall secret=1"), "{out}");
+    // A bound on a family the files do not hold fails too.
+    let (code, _, _) = scan(&["--eval", &secrets, "--min-recall", "poison=0.5"], &[]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn eval_input_errors_exit_2() {
+    let dir = tempdir("scan-eval");
+    let (code, _, err) = scan(&["--eval", "/nonexistent/corpus.jsonl"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("portcullis: /nonexistent/corpus.jsonl"),
+        "{err}"
+    );
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"label\":\"benign\",\"text\":\"x\"}\n").unwrap();
+    let (code, _, err) = scan(&["--eval", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.jsonl:1:"), "{err}");
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    let (code, _, err) = scan(&["--eval", empty.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    let good = dir.join("good.jsonl");
+    std::fs::write(
+        &good,
+        "{\"label\":\"pii:email\",\"text\":\"a@example.com\"}\n",
+    )
+    .unwrap();
+    let (code, _, err) = scan(
+        &["--eval", good.to_str().unwrap(), "--max-fpr", "lots"],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    // --eval and a server are exclusive; eval flags need --eval.
+    let (code, _, _) = scan(
+        &["--eval", good.to_str().unwrap(), "--", BIN, "demo-server"],
+        &[],
+    );
+    assert_eq!(code, 2);
+    let (code, _, _) = scan(&["--min-recall", "0.5", "http://127.0.0.1:9/mcp"], &[]);
+    assert_eq!(code, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
