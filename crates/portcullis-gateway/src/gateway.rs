@@ -1022,6 +1022,9 @@ impl Gateway {
         target: Option<&str>,
         m: &mut Message,
     ) -> Result<(), inspection::Withheld> {
+        if !rules.inspects_results() {
+            return Ok(());
+        }
         let mut r = m.result();
         let rep = inspection::inspect_result(rules, &mut r);
         inspection::record_dlp(&self.pep, client, target, "result", &rep.dlp);

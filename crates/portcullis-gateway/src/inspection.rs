@@ -188,6 +188,8 @@ impl ClassAction {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum InjectionAction {
+    /// Not looked for (a trusted segment, or a benchmark baseline).
+    Off,
     /// Audited, the session's risk rises and it is marked `injected`.
     #[default]
     Flag,
@@ -201,6 +203,7 @@ pub enum InjectionAction {
 impl InjectionAction {
     fn parse(s: &str) -> Option<InjectionAction> {
         match s {
+            "off" => Some(InjectionAction::Off),
             "flag" => Some(InjectionAction::Flag),
             "wrap" => Some(InjectionAction::Wrap),
             "block" => Some(InjectionAction::Block),
@@ -227,18 +230,9 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// No inspection at all (calls the gateway makes for itself).
-    pub fn none() -> Rules {
-        Rules {
-            results: DlpPolicy {
-                actions: BTreeMap::new(),
-            },
-            arguments: DlpPolicy {
-                actions: BTreeMap::new(),
-            },
-            injection: InjectionAction::Flag,
-            injection_min: Severity::Critical,
-        }
+    /// Whether results need looking at at all (else they pass unparsed).
+    pub fn inspects_results(&self) -> bool {
+        !self.results.actions.is_empty() || self.injection != InjectionAction::Off
     }
 }
 
@@ -456,6 +450,9 @@ pub fn inspect_result(rules: &Rules, result: &mut Value) -> ResultReport {
         r.withheld = Some(Withheld::Dlp(classes));
         return r;
     }
+    if rules.injection == InjectionAction::Off {
+        return r;
+    }
     r.injections = inject::scan_result(result)
         .into_iter()
         .filter(|f| f.severity >= rules.injection_min)
@@ -464,7 +461,7 @@ pub fn inspect_result(rules: &Rules, result: &mut Value) -> ResultReport {
         return r;
     }
     match rules.injection {
-        InjectionAction::Flag => {}
+        InjectionAction::Off | InjectionAction::Flag => {}
         InjectionAction::Block => {
             let mut rules: Vec<&'static str> = r.injections.iter().map(|f| f.rule).collect();
             rules.sort_unstable();
@@ -603,7 +600,7 @@ pub fn record_injections(
         return;
     }
     let act = match action {
-        InjectionAction::Flag => "flag",
+        InjectionAction::Off | InjectionAction::Flag => "flag",
         InjectionAction::Wrap => "wrap",
         InjectionAction::Block => "block",
     };

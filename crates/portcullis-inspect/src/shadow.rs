@@ -17,12 +17,14 @@
 //! tool of the server listed later, so a caller resolving by "first server
 //! wins" can hide `server`/`tool` directly.
 //!
-//! Cost: names and descriptions are indexed once per call; pairs are only
-//! compared when they share a name or a rare word pair, so a list of a few
-//! hundred tools costs well under a millisecond.
+//! Cost: one Aho-Corasick pass over each definition finds the few that
+//! name another server's tool (only those get the poisoning scan that
+//! judges the mention); names are grouped by their folded form; and
+//! descriptions are only compared when they share an uncommon word pair.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -118,11 +120,13 @@ fn server_rank<'a>(tools: &[Offered<'a>]) -> HashMap<&'a str, usize> {
 }
 
 fn cross_references(tools: &[Offered<'_>], out: &mut Vec<Shadowing>) {
-    // Names of each server's tools, and who owns each name.
+    // Every identifier-like name (original and client-facing) and the
+    // servers offering it. A plain word ("query", "search") names a tool
+    // only by coincidence, so it is left out.
     let mut owners: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
     for t in tools {
         for n in [t.name(), t.outward] {
-            if !n.is_empty() {
+            if n.len() >= 3 && identifier_like(n) {
                 let v = owners.entry(n).or_default();
                 if !v.iter().any(|(s, _)| *s == t.server) {
                     v.push((t.server, t.name()));
@@ -130,61 +134,118 @@ fn cross_references(tools: &[Offered<'_>], out: &mut Vec<Shadowing>) {
             }
         }
     }
-    let servers: BTreeSet<&str> = tools.iter().map(|t| t.server).collect();
-    for server in servers {
-        // Everything the other servers offer, by name.
-        let known: Vec<String> = owners
-            .iter()
-            .filter(|(_, o)| o.iter().any(|(s, _)| *s != server))
-            .map(|(n, _)| (*n).to_owned())
-            .collect();
-        if known.is_empty() {
-            continue;
-        }
-        let ctx = poison::Context::new(known);
-        for t in tools.iter().filter(|t| t.server == server) {
-            let mut seen = HashSet::new();
-            for f in poison::scan_tool(t.tool, &ctx) {
-                if f.rule != poison::CROSS_TOOL {
-                    continue;
-                }
-                // Which of the other servers' tools does the text name?
-                let Some(named) = mentioned(&f.evidence, &owners, server) else {
+    let names: Vec<&str> = owners.keys().copied().collect();
+    // A contiguous NFA: built in well under a millisecond for a thousand
+    // names (a DFA takes several), and lists are short texts.
+    let Ok(ac) = AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .kind(Some(AhoCorasickKind::ContiguousNFA))
+        .build(&names)
+    else {
+        return;
+    };
+    for t in tools {
+        // One pass over the definition finds the names of other servers'
+        // tools it mentions — not names this server offers too (then the
+        // mention is of its own tool).
+        let mut named: Vec<&str> = Vec::new();
+        each_string(t.tool, 0, &mut |text| {
+            for m in ac.find_iter(text) {
+                let bounded = !text
+                    .as_bytes()
+                    .get(m.start().wrapping_sub(1))
+                    .is_some_and(|b| is_ident(*b))
+                    && !text.as_bytes().get(m.end()).is_some_and(|b| is_ident(*b));
+                let Some(n) = names.get(m.pattern().as_usize()) else {
                     continue;
                 };
-                if !seen.insert((named.0, named.1)) {
-                    continue;
-                }
-                out.push(Shadowing {
-                    rule: CROSS_REFERENCE,
-                    severity: if f.severity >= Severity::High {
-                        Severity::High
-                    } else {
-                        Severity::Medium
-                    },
-                    server: t.server.to_owned(),
-                    tool: t.name().to_owned(),
-                    other_server: named.0.to_owned(),
-                    other_tool: named.1.to_owned(),
-                    path: f.path.clone(),
-                    evidence: f.evidence.clone(),
+                let foreign = owners.get(n).is_some_and(|o| {
+                    o.iter().any(|(s, _)| *s != t.server) && !o.iter().any(|(s, _)| *s == t.server)
                 });
+                if bounded && foreign && !named.contains(n) {
+                    named.push(n);
+                }
             }
+        });
+        if named.is_empty() {
+            continue;
+        }
+        // The poisoning scan, told of exactly those names, judges how each
+        // mention is meant (a bare mention, or an order to prefer this).
+        let ctx = poison::Context::new(named.iter().map(|n| (*n).to_owned()).collect());
+        let mut seen = HashSet::new();
+        for f in poison::scan_tool(t.tool, &ctx) {
+            if f.rule != poison::CROSS_TOOL {
+                continue;
+            }
+            let Some(other) = mentioned(&f.evidence, &named, &owners, t.server) else {
+                continue;
+            };
+            if !seen.insert(other) {
+                continue;
+            }
+            out.push(Shadowing {
+                rule: CROSS_REFERENCE,
+                severity: if f.severity >= Severity::High {
+                    Severity::High
+                } else {
+                    Severity::Medium
+                },
+                server: t.server.to_owned(),
+                tool: t.name().to_owned(),
+                other_server: other.0.to_owned(),
+                other_tool: other.1.to_owned(),
+                path: f.path.clone(),
+                evidence: f.evidence.clone(),
+            });
         }
     }
 }
 
-/// The longest other-server tool name inside `evidence`.
+/// Calls `f` on every string and object key of a definition (bounded depth).
+fn each_string(v: &Value, depth: usize, f: &mut impl FnMut(&str)) {
+    if depth > poison::MAX_DEPTH {
+        return;
+    }
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter().for_each(|x| each_string(x, depth + 1, f)),
+        Value::Object(o) => {
+            for (k, x) in o {
+                f(k);
+                each_string(x, depth + 1, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// A name that reads as an identifier rather than a word: it has a
+/// separator, a digit or inner upper case (`send_email`, `getUser`).
+fn identifier_like(name: &str) -> bool {
+    name.bytes()
+        .any(|b| matches!(b, b'_' | b'-' | b'.' | b'/') || b.is_ascii_digit())
+        || name.chars().skip(1).any(char::is_uppercase)
+}
+
+/// The longest of `named` inside `evidence`, and the other server's tool
+/// it names.
 fn mentioned<'a>(
     evidence: &str,
+    named: &[&str],
     owners: &HashMap<&'a str, Vec<(&'a str, &'a str)>>,
     server: &str,
 ) -> Option<(&'a str, &'a str)> {
-    owners
+    named
         .iter()
-        .filter(|(n, _)| evidence.contains(*n))
-        .max_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| b.0.cmp(a.0)))
-        .and_then(|(_, o)| o.iter().find(|(s, _)| *s != server).copied())
+        .filter(|n| evidence.contains(**n))
+        .max_by(|a, b| a.len().cmp(&b.len()).then_with(|| b.cmp(a)))
+        .and_then(|n| owners.get(n))
+        .and_then(|o| o.iter().find(|(s, _)| *s != server).copied())
 }
 
 /// A name folded so look-alikes compare equal: lower case, separators
@@ -241,71 +302,108 @@ fn collisions(tools: &[Offered<'_>], out: &mut Vec<Shadowing>) {
     }
 }
 
-/// The description's words, lower-cased, punctuation dropped.
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
+/// The description's adjacent word pairs (lower-cased, punctuation
+/// dropped), hashed, sorted and unique — so word order counts but a
+/// reordered sentence still mostly matches, and two sets compare by merge.
+fn pairs(text: &str) -> Vec<u64> {
+    // FNV-1a of each lower-cased word; a pair is its two hashes mixed.
+    let words: Vec<u64> = text
+        .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
-}
-
-/// Adjacent word pairs, so word order counts but a reordered sentence
-/// still mostly matches.
-fn pairs(words: &[String]) -> HashSet<(String, String)> {
-    words
+        .map(|w| {
+            w.chars()
+                .flat_map(char::to_lowercase)
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, c| {
+                    (h ^ u64::from(u32::from(c))).wrapping_mul(0x0100_0000_01b3)
+                })
+        })
+        .collect();
+    if words.len() < CLONE_MIN_WORDS {
+        return Vec::new();
+    }
+    let mut v: Vec<u64> = words
         .windows(2)
         .filter_map(|w| match w {
-            [a, b] => Some((a.clone(), b.clone())),
+            [a, b] => Some(a.rotate_left(17) ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             _ => None,
         })
-        .collect()
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
-fn jaccard<T: Eq + std::hash::Hash>(a: &HashSet<T>, b: &HashSet<T>) -> f64 {
-    let inter = a.intersection(b).count();
-    let union = a.len() + b.len() - inter;
-    if union == 0 {
-        0.0
-    } else {
-        inter as f64 / union as f64
+/// Size of the intersection of two sorted, unique lists.
+fn shared(a: &[u64], b: &[u64]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
+        match x.cmp(y) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
     }
+    n
 }
 
 fn clones(tools: &[Offered<'_>], out: &mut Vec<Shadowing>) {
     let rank = server_rank(tools);
-    let shingles: Vec<Option<HashSet<(String, String)>>> = tools
-        .iter()
-        .map(|t| {
-            let w = words(t.description());
-            (w.len() >= CLONE_MIN_WORDS).then(|| pairs(&w))
-        })
-        .collect();
-    // Candidate pairs: tools sharing an uncommon word pair.
-    let mut index: HashMap<&(String, String), Vec<usize>> = HashMap::new();
-    for (i, s) in shingles.iter().enumerate() {
-        for p in s.iter().flatten() {
-            index.entry(p).or_default().push(i);
+    let sets: Vec<Vec<u64>> = tools.iter().map(|t| pairs(t.description())).collect();
+    // Posting lists of each pair; candidates are tools of different servers
+    // sharing an uncommon pair, counted per candidate.
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, set) in sets.iter().enumerate() {
+        for p in set {
+            index.entry(*p).or_default().push(i);
         }
     }
-    let mut candidates: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let common = |p: &u64| index.get(p).is_some_and(|v| v.len() > COMMON_PAIR);
+    let commons: Vec<usize> = sets
+        .iter()
+        .map(|s| s.iter().filter(|p| common(p)).count())
+        .collect();
+    let mut counts: HashMap<(usize, usize), usize> = HashMap::new();
     for ids in index.values().filter(|v| v.len() <= COMMON_PAIR) {
         for (k, &a) in ids.iter().enumerate() {
             for &b in ids.iter().skip(k + 1) {
-                candidates.insert((a.min(b), a.max(b)));
+                let same = tools.get(a).map(|t| t.server) == tools.get(b).map(|t| t.server);
+                if !same {
+                    *counts.entry((a.min(b), a.max(b))).or_default() += 1;
+                }
             }
         }
     }
-    for (a, b) in candidates {
-        let (Some(ta), Some(tb)) = (tools.get(a), tools.get(b)) else {
+    let mut candidates: Vec<((usize, usize), usize)> = counts.into_iter().collect();
+    candidates.sort_unstable();
+    for ((a, b), uncommon) in candidates {
+        let (Some(ta), Some(tb), Some(sa), Some(sb)) =
+            (tools.get(a), tools.get(b), sets.get(a), sets.get(b))
+        else {
             continue;
         };
-        if ta.server == tb.server {
+        // Clones share at least CLONE_SIMILARITY of the larger set; the
+        // common pairs can add at most the smaller count of them.
+        let bound = uncommon
+            + commons
+                .get(a)
+                .copied()
+                .unwrap_or(0)
+                .min(commons.get(b).copied().unwrap_or(0));
+        let larger = sa.len().max(sb.len());
+        if (bound as f64) < CLONE_SIMILARITY * larger as f64 {
             continue;
         }
-        let (Some(Some(sa)), Some(Some(sb))) = (shingles.get(a), shingles.get(b)) else {
-            continue;
+        let inter = shared(sa, sb);
+        let union = sa.len() + sb.len() - inter;
+        let sim = if union == 0 {
+            0.0
+        } else {
+            inter as f64 / union as f64
         };
-        let sim = jaccard(sa, sb);
         if sim < CLONE_SIMILARITY {
             continue;
         }
