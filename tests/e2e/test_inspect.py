@@ -37,11 +37,14 @@ What is proven:
    reported (``--json``), its benign ones are not, exit 1; server-everything
    has no findings, exit 0.
 
-Known gaps, each a strict ``xfail`` that turns into a failure once fixed
-(then drop the mark): passwords with punctuation (``P4ss;word99!``) are not
-redacted whole; a poisoned prompt got, or a shadowing tool called, before any
-list reaches its server on a fresh gateway; a hidden prompt answers unlike a
-missing one (the gateway forwards unknown prompt names upstream).
+A poisoned prompt got, or a shadowing tool called, before any list is
+refused on a fresh gateway (the gateway reads the lists it needs first), and
+a hidden prompt answers exactly like a missing one (unknown prompt names are
+answered by the gateway, never forwarded).
+
+Known gap, a strict ``xfail`` that turns into a failure once fixed (then
+drop the mark): passwords with punctuation (``P4ss;word99!``) are not
+redacted whole.
 
 Cast (loopback): ``portcullis serve --config … --allow-anonymous-loopback``
 (plain HTTP) in front of server-everything (stdio, Node) and the malicious
@@ -567,11 +570,6 @@ async def test_a_hidden_tool_called_before_any_list_is_refused(fresh_strict: Ins
     assert fresh_strict.evil_calls() == [], f"evil received {fresh_strict.evil_calls()}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: prompts are judged only when listed, so on a fresh gateway a poisoned "
-    "prompt got before any prompts/list is forwarded to its server",
-)
 async def test_a_hidden_prompt_got_before_any_list_is_refused(fresh_strict: InspectGateway) -> None:
     async with connect(fresh_strict) as c:
         e = await refusal(c.get_prompt("evil__summarize", {"document": "x"}))
@@ -588,12 +586,6 @@ def fresh_strict_py(everything_js: Path, logs_dir: Path, tmp_path_factory: pytes
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a call before any tools/list judges shadowing against the called "
-    "server's tools only, so evil__get_sum (collides with everything__get-sum) reaches evil; "
-    "with server-everything its own tools/list_changed at start happens to list it first",
-)
 async def test_a_shadowing_tool_called_before_any_list_is_refused(fresh_strict_py: InspectGateway) -> None:
     async with connect(fresh_strict_py) as c:
         e = await refusal(c.call_tool("evil__get_sum", {"a": 1, "b": 2}))
@@ -601,12 +593,6 @@ async def test_a_shadowing_tool_called_before_any_list_is_refused(fresh_strict_p
     assert fresh_strict_py.evil_calls() == [], f"evil received {fresh_strict_py.evil_calls()}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: prompts/get of a name no upstream lists is forwarded to the upstream "
-    "(its own error, here code 0 'Unknown prompt: no_such_prompt'), while a hidden prompt is "
-    "answered by the gateway (-32602 'Unknown prompt: evil__summarize'): an oracle for hidden prompts",
-)
 async def test_a_hidden_prompt_answers_like_a_missing_one(strict: InspectGateway) -> None:
     async with connect(strict) as c:
         await all_prompts(c)

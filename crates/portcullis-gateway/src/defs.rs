@@ -60,6 +60,8 @@ struct State {
     offered: BTreeMap<(usize, String), (String, String, Value)>,
     /// Tools hidden for shadowing, `(server, tool)`.
     shadowed: HashSet<(String, String)>,
+    /// Ranks of the servers whose tool list has been read (even if empty).
+    listed: HashSet<usize>,
     /// Whether `offered` changed since shadowing was last checked.
     dirty: bool,
     /// Shadowing findings already handed out, so each is recorded once.
@@ -231,10 +233,16 @@ impl Defs {
             .unwrap_or(usize::MAX)
     }
 
+    /// Whether the tool list of `server` has been read.
+    pub fn has_offered(&self, server: &str) -> bool {
+        read(&self.state).listed.contains(&self.rank(server))
+    }
+
     /// Notes the tools a server lists now: `(client-facing name, definition)`.
     pub fn offer<'a>(&self, server: &str, tools: impl IntoIterator<Item = (String, &'a Value)>) {
         let rank = self.rank(server);
         let mut st = write(&self.state);
+        st.listed.insert(rank);
         for (outward, def) in tools {
             let Some(name) = def.get("name").and_then(Value::as_str) else {
                 continue;

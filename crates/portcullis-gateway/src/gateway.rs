@@ -141,6 +141,8 @@ pub struct Gateway {
     pub pep: Arc<crate::pep::Pep>,
     /// Tool annotations by client-facing name, learned from tool lists.
     tool_meta: StdMutex<HashMap<String, portcullis_policy::Annotations>>,
+    /// Client-facing names of the prompts admitted from prompt lists.
+    prompt_seen: StdMutex<std::collections::HashSet<String>>,
     /// Policy facts of 2026-07-28 clients, per identity (they have no session).
     stateless_facts: StdMutex<HashMap<String, Arc<crate::session::Facts>>>,
     /// Verdicts on definitions: poisoning and shadowing.
@@ -319,6 +321,7 @@ impl Gateway {
                 hub: tokio::sync::broadcast::channel(1024).0,
                 pep,
                 tool_meta: StdMutex::new(HashMap::new()),
+                prompt_seen: StdMutex::new(Default::default()),
                 approvals: StdMutex::new(HashMap::new()),
                 defs,
                 stateless_facts: StdMutex::new(HashMap::new()),
@@ -700,12 +703,30 @@ impl Gateway {
                             };
                             (ItemKind::Tool, portcullis_policy::Action::CallTool, ann)
                         } else {
+                            // Likewise a prompt no upstream lists.
+                            match self.prompt_known(client, idx, name).await {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    let _ = out.send(unknown).await;
+                                    return;
+                                }
+                                Err(e) => {
+                                    let _ = out.send(e.to_message(id)).await;
+                                    return;
+                                }
+                            }
                             (
                                 ItemKind::Prompt,
                                 portcullis_policy::Action::GetPrompt,
                                 Default::default(),
                             )
                         };
+                        if !self.offered(idx, is_tool, &orig) {
+                            // Learning the lists may have found it poisoned
+                            // or shadowing: as if it did not exist.
+                            let _ = out.send(unknown).await;
+                            return;
+                        }
                         let res = self.pep.resource(kind, &server, name, ann);
                         match self
                             .authorize(client, action, &method, &res, &params, id.clone(), out)
@@ -999,7 +1020,13 @@ impl Gateway {
         let found = inspection::inspect_arguments(rules, args);
         inspection::record_dlp(&self.pep, client, Some(tool), "arguments", &found);
         if found.blocked {
-            let mut classes: Vec<&str> = found.findings.iter().map(|f| f.class).collect();
+            let mut classes: Vec<&str> = found
+                .findings
+                .iter()
+                .filter(|f| f.action == portcullis_inspect::dlp::Action::Block)
+                .map(|f| f.class)
+                .collect();
+            classes.sort_unstable();
             classes.dedup();
             let _ = out
                 .send(Message::error(
@@ -1081,7 +1108,7 @@ impl Gateway {
         } else {
             ItemKind::Prompt
         };
-        !(is_tool && !self.pep.pins.usable(&server, orig)) && !self.defs.hidden(&server, kind, orig)
+        (!is_tool || self.pep.pins.usable(&server, orig)) && !self.defs.hidden(&server, kind, orig)
     }
 
     fn server_name(&self, idx: usize) -> String {
@@ -1089,51 +1116,6 @@ impl Gateway {
             .get(idx)
             .map(|u| u.name.clone())
             .unwrap_or_default()
-    }
-
-    /// Tool annotations for a client-facing tool name, learning them from
-    /// the upstream's list when not seen yet (so a call before any list is
-    /// judged on the same facts).
-    async fn tool_annotations(
-        self: &Arc<Self>,
-        client: &Arc<Client>,
-        idx: usize,
-        name: &str,
-    ) -> Result<Option<portcullis_policy::Annotations>, UpstreamError> {
-        if let Some(a) = lock(&self.tool_meta).get(name).copied() {
-            return Ok(Some(a));
-        }
-        // Not seen yet: read that upstream's whole tool list.
-        let conn = self.conn(client, idx).await?;
-        let mut cursor: Option<String> = None;
-        for _ in 0..50 {
-            let p = match &cursor {
-                Some(c) => json!({"cursor": c}),
-                None => json!({}),
-            };
-            let r = self
-                .simple_call(client, idx, &conn, "tools/list", p)
-                .await?;
-            if let Some(tools) = r.get("tools").and_then(Value::as_array) {
-                self.offer_tools(idx, tools);
-                for t in tools {
-                    if let Some(n) = t.get("name").and_then(Value::as_str) {
-                        if self.admit_tool(idx, t) {
-                            lock(&self.tool_meta)
-                                .insert(self.naming.outward(idx, n), crate::pep::annotations(t));
-                        }
-                    }
-                }
-            }
-            cursor = r
-                .get("nextCursor")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if cursor.is_none() || lock(&self.tool_meta).contains_key(name) {
-                break;
-            }
-        }
-        Ok(lock(&self.tool_meta).get(name).copied())
     }
 
     /// Decides a request on `res`: first whether the principal may see it at
@@ -1574,6 +1556,7 @@ impl Gateway {
                         if !self.admit_item(idx, ItemKind::Prompt, n, &item, false) {
                             continue;
                         }
+                        lock(&self.prompt_seen).insert(self.naming.outward(idx, n));
                         (
                             ItemKind::Prompt,
                             portcullis_policy::Action::GetPrompt,

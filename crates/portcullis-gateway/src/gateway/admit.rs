@@ -13,7 +13,11 @@ use serde_json::{json, Value};
 use super::Gateway;
 use crate::inspection::PoisonAction;
 use crate::segments::ItemKind;
-use crate::session::Client;
+use crate::session::{lock, Client};
+use crate::upstream::UpstreamError;
+
+/// Most pages read from one list, so a looping cursor cannot hang a call.
+const MAX_PAGES: usize = 50;
 
 fn risk(s: Severity) -> FindingSeverity {
     match s {
@@ -225,5 +229,113 @@ impl Gateway {
             }
             tracing::debug!(upstream = idx, "tool list re-checked after list_changed");
         });
+    }
+
+    /// Every item of one list of upstream `idx` (all pages), read for the
+    /// gateway's own bookkeeping: no policy filtering, nothing sent to a
+    /// client.
+    async fn read_list(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        idx: usize,
+        method: &str,
+        key: &str,
+    ) -> Result<Vec<Value>, UpstreamError> {
+        let conn = self.conn(client, idx).await?;
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let p = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let r = self.simple_call(client, idx, &conn, method, p).await?;
+            if let Some(a) = r.get(key).and_then(Value::as_array) {
+                items.extend(a.iter().cloned());
+            }
+            cursor = r
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
+    /// Tool annotations for a client-facing tool name, learning them from
+    /// the lists when not seen yet, so a call before any list is judged on
+    /// the same facts: its upstream's list is read (pins, poisoning), and
+    /// so are the lists of every upstream not offered yet (shadowing is
+    /// judged across servers). `None`: no upstream offers it, or it is
+    /// hidden.
+    pub(super) async fn tool_annotations(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        idx: usize,
+        name: &str,
+    ) -> Result<Option<portcullis_policy::Annotations>, UpstreamError> {
+        if let Some(a) = lock(&self.tool_meta).get(name).copied() {
+            return Ok(Some(a));
+        }
+        let targets: Vec<usize> = (0..self.upstreams.len())
+            .filter(|i| *i == idx || !self.defs.has_offered(&self.server_name(*i)))
+            .collect();
+        let lists = futures_util::future::join_all(targets.iter().map(|i| {
+            let me = self.clone();
+            let client = client.clone();
+            let i = *i;
+            async move { (i, me.read_list(&client, i, "tools/list", "tools").await) }
+        }))
+        .await;
+        let mut own = Ok(());
+        for (i, r) in &lists {
+            match r {
+                Ok(tools) => self.offer_tools(*i, tools),
+                Err(e) if *i == idx => own = Err(e.clone()),
+                Err(e) => tracing::debug!(error = %e, upstream = i, "tool list not read"),
+            }
+        }
+        own?;
+        for (i, r) in lists {
+            let Ok(tools) = r else { continue };
+            for t in &tools {
+                if let Some(n) = t.get("name").and_then(Value::as_str) {
+                    if self.admit_tool(i, t) {
+                        lock(&self.tool_meta)
+                            .insert(self.naming.outward(i, n), crate::pep::annotations(t));
+                    }
+                }
+            }
+        }
+        Ok(lock(&self.tool_meta).get(name).copied())
+    }
+
+    /// Whether upstream `idx` offers the prompt (client-facing `name`) and
+    /// it passed the poisoning check, reading its prompt list when the
+    /// name was not seen yet: a prompt no upstream lists is answered by
+    /// the gateway exactly as a hidden one.
+    pub(super) async fn prompt_known(
+        self: &Arc<Self>,
+        client: &Arc<Client>,
+        idx: usize,
+        name: &str,
+    ) -> Result<bool, UpstreamError> {
+        if lock(&self.prompt_seen).contains(name) {
+            return Ok(true);
+        }
+        for p in self
+            .read_list(client, idx, "prompts/list", "prompts")
+            .await?
+        {
+            let Some(n) = p.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if self.admit_item(idx, ItemKind::Prompt, n, &p, false) {
+                lock(&self.prompt_seen).insert(self.naming.outward(idx, n));
+            }
+        }
+        Ok(lock(&self.prompt_seen).contains(name))
     }
 }
