@@ -90,6 +90,12 @@ pub struct Case {
     /// If given: exactly these redact classes.
     #[serde(default)]
     pub redact: Option<Vec<String>>,
+    /// If given: exactly these `@dlp_block` classes.
+    #[serde(default)]
+    pub dlp_block: Option<Vec<String>>,
+    /// If given: this `@injection` action (`""` for none).
+    #[serde(default)]
+    pub injection: Option<String>,
     /// If given: this rate class.
     #[serde(default)]
     pub rate_class: Option<String>,
@@ -176,15 +182,23 @@ pub fn check(engine: &Engine, case: &Case) -> Outcome {
             ));
         }
     }
-    if let Some(want) = &case.redact {
-        let mut want = want.clone();
-        want.sort();
-        want.dedup();
-        if want != d.obligations.redact {
-            why.push(format!(
-                "expected redact {want:?}, got {:?}",
-                d.obligations.redact
-            ));
+    for (key, want, got) in [
+        ("redact", &case.redact, &d.obligations.redact),
+        ("dlp_block", &case.dlp_block, &d.obligations.dlp_block),
+    ] {
+        if let Some(want) = want {
+            let mut want = want.clone();
+            want.sort();
+            want.dedup();
+            if &want != got {
+                why.push(format!("expected {key} {want:?}, got {got:?}"));
+            }
+        }
+    }
+    if let Some(want) = &case.injection {
+        let got = d.obligations.injection.as_deref().unwrap_or("");
+        if want != got {
+            why.push(format!("expected injection {want:?}, got {got:?}"));
         }
     }
     if let Some(want) = &case.rate_class {

@@ -186,12 +186,14 @@ fn print_decision(d: &Decision) {
     if d.allow {
         let o = &d.obligations;
         println!(
-            "obligations: redact=[{}] rate_class={} require_approval={}",
+            "obligations: redact=[{}] rate_class={} require_approval={} dlp_block=[{}] injection={}",
             o.redact.join(","),
             o.rate_class.as_deref().unwrap_or("-"),
             o.require_approval
                 .as_deref()
-                .map_or_else(|| "-".to_owned(), |m| format!("{m:?}"))
+                .map_or_else(|| "-".to_owned(), |m| format!("{m:?}")),
+            o.dlp_block.join(","),
+            o.injection.as_deref().unwrap_or("-"),
         );
     }
 }

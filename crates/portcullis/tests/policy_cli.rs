@@ -169,7 +169,7 @@ fn test_reports_failures_and_exits_non_zero() {
     write(
         &d,
         "p.cedar",
-        "@id(\"calls\") @redact(\"pii\") permit (principal, action == Portcullis::Action::\"CallTool\", resource);\n",
+        "@id(\"calls\") @redact(\"pii\") @dlp_block(\"secrets\") @injection(\"wrap\") permit (principal, action == Portcullis::Action::\"CallTool\", resource);\n",
     );
     let toml = r#"
 policies = ["p.cedar"]
@@ -178,6 +178,8 @@ name = "call allowed"
 expect = "allow"
 determining = ["calls"]
 redact = ["pii"]
+dlp_block = ["secrets"]
+injection = "wrap"
 [case.request]
 action = "CallTool"
 principal = { type = "anonymous" }
@@ -189,6 +191,15 @@ expect = "deny"
 action = "tools/list"
 principal = { type = "anonymous" }
 resource = { type = "server", id = "a" }
+[[case]]
+name = "wrong inspection obligations"
+expect = "allow"
+dlp_block = []
+injection = "block"
+[case.request]
+action = "CallTool"
+principal = { type = "anonymous" }
+resource = { type = "tool", id = "a__c", server = "a" }
 [[case]]
 name = "wrong expectation"
 expect = "allow"
@@ -206,9 +217,15 @@ resource = { type = "prompt", id = "a__p", server = "a" }
         stdout.contains("FAIL: wrong expectation: expected allow, got deny"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(
+            "FAIL: wrong inspection obligations: expected dlp_block [], got [\"secrets\"]; expected injection \"block\", got \"wrap\""
+        ),
+        "{stdout}"
+    );
     assert_eq!(
         stdout.lines().last(),
-        Some("2 passed, 1 failed"),
+        Some("2 passed, 2 failed"),
         "{stdout}"
     );
 
