@@ -1017,8 +1017,13 @@ impl Gateway {
         let Some(args) = params.get_mut("arguments") else {
             return true;
         };
+        let began = Instant::now();
         let found = inspection::inspect_arguments(rules, args);
         inspection::record_dlp(&self.pep, client, Some(tool), "arguments", &found);
+        self.pep
+            .monitor
+            .metrics
+            .stage(portcullis_monitor::metrics::Stage::Inspect, began.elapsed());
         if found.blocked {
             let mut classes: Vec<&str> = found
                 .findings
@@ -1052,17 +1057,22 @@ impl Gateway {
         if !rules.inspects_results() {
             return Ok(());
         }
+        let began = Instant::now();
         let mut r = m.result();
         let rep = inspection::inspect_result(rules, &mut r);
         inspection::record_dlp(&self.pep, client, target, "result", &rep.dlp);
         inspection::record_injections(&self.pep, client, target, rules.injection, &rep.injections);
-        if let Some(w) = rep.withheld {
-            return Err(w);
-        }
         if rep.changed() {
             m.set_result(&r);
         }
-        Ok(())
+        self.pep
+            .monitor
+            .metrics
+            .stage(portcullis_monitor::metrics::Stage::Inspect, began.elapsed());
+        match rep.withheld {
+            Some(w) => Err(w),
+            None => Ok(()),
+        }
     }
 
     /// DLP on an interim notification (progress message, log line) of a

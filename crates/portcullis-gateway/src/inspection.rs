@@ -582,7 +582,11 @@ pub fn record_dlp(
             pep.monitor
                 .record_finding(&client.owner, "dlp", detector, sev, tool, detail);
         }
-        tracing::info!(target: "portcullis::decision", identity = %client.owner, tool, detector, action, count = fs.len(), direction, "DLP");
+        if action == "flag" {
+            tracing::debug!(target: "portcullis::decision", identity = %client.owner, tool, detector, action, count = fs.len(), direction, "DLP");
+        } else {
+            tracing::info!(target: "portcullis::decision", identity = %client.owner, tool, detector, action, count = fs.len(), direction, "DLP");
+        }
     }
 }
 

@@ -93,6 +93,9 @@ pub enum Stage {
     Identity,
     /// One policy decision, including the risk update before it.
     Policy,
+    /// Content inspection of one call: argument DLP, then result DLP and
+    /// injection markers (recording included).
+    Inspect,
     /// The upstream round trip of a forwarded call.
     Upstream,
     /// Waiting for the call's audit records to be durable.
@@ -106,6 +109,7 @@ impl Stage {
         match self {
             Stage::Identity => "identity",
             Stage::Policy => "policy",
+            Stage::Inspect => "inspect",
             Stage::Upstream => "upstream",
             Stage::Audit => "audit",
             Stage::Total => "total",
