@@ -52,3 +52,32 @@ ab_rounds() { # BASE_URL BASE_LABEL OTHER_URL OTHER_LABEL
     done
     printf '%s\n' "${diffs[@]}" | sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "median added p50 over %d rounds: %+g µs\n", NR, m }'
 }
+
+# Common start of a bench script: a scratch WORK folder and a PIDS list
+# whose processes are stopped (and WORK removed) on exit; the release
+# build unless SKIP_BUILD=1; the machine header. Needs ROOT.
+bench_start() {
+    WORK=$(mktemp -d)
+    PIDS=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        echo "## build"
+        cargo build --release -p portcullis -p portcullis-bench
+    fi
+    echo "## machine"
+    echo "cores: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "kernel: $(uname -sr); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "source: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "not a git checkout")"
+}
+
+bench_cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}

@@ -193,38 +193,16 @@ impl Gateway {
                 Some(c) => c,
                 None => return,
             };
-            let conn = match me.conn(&client, idx).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(error = %e, "tool list not re-checked");
-                    return;
-                }
-            };
-            let mut cursor: Option<String> = None;
-            for _ in 0..50 {
-                let p = match &cursor {
-                    Some(c) => json!({"cursor": c}),
-                    None => json!({}),
-                };
-                let r = match me.simple_call(&client, idx, &conn, "tools/list", p).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "tool list not re-checked");
-                        return;
-                    }
-                };
-                if let Some(tools) = r.get("tools").and_then(Value::as_array) {
-                    me.offer_tools(idx, tools);
-                    for t in tools {
+            match me.read_list(&client, idx, "tools/list", "tools").await {
+                Ok(tools) => {
+                    me.offer_tools(idx, &tools);
+                    for t in &tools {
                         me.admit_tool(idx, t);
                     }
                 }
-                cursor = r
-                    .get("nextCursor")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                if cursor.is_none() {
-                    break;
+                Err(e) => {
+                    tracing::debug!(error = %e, "tool list not re-checked");
+                    return;
                 }
             }
             tracing::debug!(upstream = idx, "tool list re-checked after list_changed");
