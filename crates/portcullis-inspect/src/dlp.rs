@@ -3,15 +3,19 @@
 //! data (class `pii`), one action per class (redact in place, block the
 //! result, or flag it), and a streaming scanner for SSE results.
 //!
-//! How it stays fast on large results (about 1.4 ms per MiB of mixed
+//! How it stays fast on large results (about 1.5 ms per MiB of mixed
 //! prose, code and logs):
 //! - every detector that starts at (or a few bytes after) a fixed string —
 //!   `AKIA`, `ghp_`, `-----BEGIN`, `eyJ`, `passw`, `oken` … — is found by
-//!   one case-sensitive Aho-Corasick pass (so its SIMD prefilter applies;
-//!   the case variants that matter are listed), `@` by a byte search; a
-//!   cheap byte test at the hit (a separator and sixteen value bytes after
-//!   `password`, `user:pass@` after `://` …) comes next, and only then the
-//!   detector's regex, in a small window around the hit;
+//!   a case-sensitive Aho-Corasick pass (so its SIMD prefilter applies;
+//!   the case variants that matter are listed): the main automaton holds
+//!   the frequent anchors, a second small one the rare provider prefixes
+//!   and `pass` spellings (see the anchor budget above `DETECTORS`), and
+//!   their hits are merged in text order; `@` is found by a byte search; a
+//!   cheap byte test at the hit (the key word's first letters, a separator
+//!   and eight or sixteen value bytes after `password`, `user:pass@` after
+//!   `://` …) comes next, and only then the detector's regex, in a small
+//!   window around the hit;
 //! - the personal-data detectors with no literal to hang on (card and phone
 //!   numbers, IBANs, national ids) share one scalar pass over runs of
 //!   digits that reads each run's shape (digit counts, group lengths, the
@@ -40,6 +44,22 @@
 //!   are everywhere): the generic detector needs a key such as `password=`,
 //!   `"token":`, `api_key:` or `Bearer` before the value, or an object key
 //!   of that kind in structured content;
+//! - the generic detector reads the key, its separator and the value in
+//!   code: a quoted value is the secret whole (`"P4ss;word99!"`,
+//!   `"correct horse battery staple"`), an unquoted one runs to the next
+//!   blank (`Tr0ub4dor&3x`), less a following `&key=`/`;key=` pair, so a
+//!   redaction never leaves part of a password behind; it also reads
+//!   `--password '…'`, `-p'…'`, `<password>…</password>`, `key="…"
+//!   value="…"`, `define('DB_PASSWORD', '…')` and keys ending in `pass`
+//!   (`WIFI_PASS`). After a password key a value a person chose counts
+//!   (`Summer2024!`, `letmein2023`, a passphrase of plain words when
+//!   delimited); after other keys (`secret`, `token`, `api_key` …) a
+//!   random-looking value, or a quoted short one with three character
+//!   classes (`'P@ssw0rd123'`). Placeholders, references, masks, UUIDs,
+//!   ARNs, URLs, regular expressions, code (`get_token(user)`,
+//!   `settings.SECRET_KEY`, `NAME: Type = …`) and keys that say the value
+//!   is no secret (`token_type`, `password_policy`, `--change-token`) are
+//!   not taken;
 //! - bare nine-digit numbers are not SSNs, and bare ten-digit numbers are
 //!   not phone numbers: both need their usual separators.
 
@@ -235,13 +255,15 @@ const P: usize = 1;
 /// The detectors, most specific first (ties in overlap resolution go to the
 /// earlier entry).
 ///
-/// Anchor budget: the anchors of all detectors share one Aho-Corasick
-/// automaton whose SIMD prefilter slows down as literals are added — 59
-/// anchors cost what 50 did on 1 MiB, 63 cost 30% more. So providers whose
-/// tokens have no long distinctive prefix (Shopify, Vault, Databricks,
-/// Sentry, Doppler, Postman, Telegram) have no detector of their own; the
-/// generic detector still finds them after a key such as `token=`
-/// (docs/detection.md).
+/// Anchor budget: the main anchors share one Aho-Corasick automaton whose
+/// SIMD prefilter (Teddy) takes at most 64 literals and slows down as
+/// literals crowd its 16 buckets (53 anchors: 0.38 ms per MiB; adding six
+/// provider prefixes: 0.55 ms; past 64 it is not used at all: 1.6 ms). So
+/// the rarer literals added later — the provider prefixes without a long
+/// distinctive form (Shopify, Vault, Databricks, Sentry, Doppler, Postman,
+/// Telegram) and the `pass` key spellings — ride on a second, small
+/// automaton (`SECONDARY`: 12 literals, 0.05 ms per MiB), and the two
+/// streams of hits are merged in text order.
 static DETECTORS: &[Detector] = &[
     Detector {
         id: "gcp-service-account-key",
@@ -650,6 +672,104 @@ static DETECTORS: &[Detector] = &[
         pre: always,
     },
     Detector {
+        id: "shopify-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["shp"],
+        back: 0,
+        ahead: 48,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}(?-u:\b)",
+        check: token,
+        pre: pre_shopify,
+    },
+    Detector {
+        id: "vault-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["hvs.", "hvb."],
+        back: 0,
+        ahead: 256,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)(hv[sb]\.[A-Za-z0-9_\-]{24,})(?:[^A-Za-z0-9_\-]|$)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "databricks-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["dapi"],
+        back: 0,
+        ahead: 48,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)dapi[a-f0-9]{32}(?:-[0-9]{1,2})?(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "sentry-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["sntry"],
+        back: 0,
+        ahead: 512,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)(sntrys_[A-Za-z0-9+/=_\-]{60,}|sntryu_[a-f0-9]{64})(?:[^A-Za-z0-9+/=_\-]|$)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "doppler-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["dp."],
+        back: 0,
+        ahead: 64,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44}(?-u:\b)",
+        check: token,
+        pre: pre_doppler,
+    },
+    Detector {
+        id: "postman-api-key",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &["PMAK-"],
+        back: 0,
+        ahead: 72,
+        public_prefix: true,
+        digits: 0,
+        pattern: r"(?-u:\b)PMAK-[a-f0-9]{24}-[a-f0-9]{34}(?-u:\b)",
+        check: token,
+        pre: always,
+    },
+    Detector {
+        id: "telegram-bot-token",
+        class: SECRETS,
+        severity: Severity::High,
+        cix: S,
+        anchors: &[":AA"],
+        back: 13,
+        ahead: 40,
+        public_prefix: false,
+        digits: 0,
+        pattern: r"(?:(?-u:\b)|bot)([0-9]{8,10}:AA[A-Za-z0-9_\-]{33})(?:[^A-Za-z0-9_\-]|$)",
+        check: token,
+        pre: pre_telegram,
+    },
+    Detector {
         id: "url-credentials",
         class: SECRETS,
         severity: Severity::High,
@@ -684,12 +804,17 @@ static DETECTORS: &[Detector] = &[
             "key",
             "Key",
             "KEY",
+            // Second automaton (see `SECONDARY`).
+            "PASS",
+            "pass",
+            "-p'",
+            "-p\"",
         ],
         back: 8,
         ahead: 256,
         public_prefix: false,
         digits: 0,
-        pattern: r#"(?i:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]{0,32}\\{0,2}["']?\\{0,2}["']?\s*(?::=|=>|[:=])\s*\\{0,2}["'`]?([^\s"'`,;<>(){}\[\]\\&=]{8,}={0,2})|(?i:bearer)\s+([A-Za-z0-9\-._~+/]{16,}=*)"#,
+        pattern: r#"(?i:password|passwd|passphrase|pwd|pass|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|app(?:lication)?[_\-]?key|private[_\-]?key|credentials?|bearer)|\s-p["']"#,
         check: generic,
         pre: pre_generic,
     },
@@ -791,6 +916,12 @@ static DETECTORS: &[Detector] = &[
         check: phone,
         pre: always,
     },
+];
+
+/// Anchors searched by the second automaton (see the anchor budget above
+/// `DETECTORS`).
+const SECONDARY: &[&str] = &[
+    "PASS", "pass", "-p'", "-p\"", "shp", "hvs.", "hvb.", "dapi", "sntry", "dp.", "PMAK-", ":AA",
 ];
 
 /// Every detector, so callers can list ids, classes and severities.
@@ -1064,6 +1195,22 @@ const PUBLIC_PREFIXES: &[&str] = &[
     "npm_",
     "pypi-",
     "SG.",
+    "shpat_",
+    "shpss_",
+    "shpca_",
+    "shppa_",
+    "hvs.",
+    "hvb.",
+    "dapi",
+    "sntrys_",
+    "sntryu_",
+    "dp.pt.",
+    "dp.st.",
+    "dp.sa.",
+    "dp.ct.",
+    "dp.scim.",
+    "dp.audit.",
+    "PMAK-",
 ];
 
 /// A public prefix (when the detector's matches start with one) and, for
@@ -1098,6 +1245,9 @@ struct Engine {
     anchors: AhoCorasick,
     /// Anchor pattern id to the detectors it starts.
     owners: Vec<Vec<usize>>,
+    /// The second automaton (`SECONDARY`) and its owners.
+    anchors2: AhoCorasick,
+    owners2: Vec<Vec<usize>>,
     /// The detectors anchored at `@` (a single byte is found faster alone).
     at: Vec<usize>,
     /// The detectors found by the digit-run pass.
@@ -1138,39 +1288,65 @@ fn build() -> Option<Engine> {
             }
         }
     }
+    let (main, second): (Vec<usize>, Vec<usize>) =
+        (0..lits.len()).partition(|&k| lits.get(k).is_some_and(|l| !SECONDARY.contains(l)));
+    let (anchors, owners1) = automaton(&lits, &owners, &main)?;
+    let (anchors2, owners2) = automaton(&lits, &owners, &second)?;
+    Some(Engine {
+        regexes,
+        grouped,
+        anchors,
+        owners: owners1,
+        anchors2,
+        owners2,
+        at,
+        numeric,
+        key_end: Regex::new(r"\A-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----").ok()?,
+    })
+}
+
+/// One anchor automaton over the literals `pick` (indexes into `lits`),
+/// and the detectors each of its patterns starts.
+fn automaton(
+    lits: &[&str],
+    owners: &[Vec<usize>],
+    pick: &[usize],
+) -> Option<(AhoCorasick, Vec<Vec<usize>>)> {
     // Not overlapping (the fast mode), longest literal first (so the first
     // listed at a position is the longest there); a literal also starts the
     // detectors of every anchor it contains (`_live_` holds nothing else,
     // but a longer anchor holding `Key` would).
-    let mut all: Vec<Vec<usize>> = Vec::with_capacity(lits.len());
-    for l in &lits {
+    let mut all: Vec<Vec<usize>> = Vec::with_capacity(pick.len());
+    for &k in pick {
+        let l = lits.get(k)?;
         let mut o: Vec<usize> = Vec::new();
-        for (k, m) in lits.iter().enumerate() {
-            if l.contains(m) {
-                o.extend(owners.get(k)?.iter().copied());
+        for (m, other) in lits.iter().enumerate() {
+            if l.contains(other) {
+                o.extend(owners.get(m)?.iter().copied());
             }
         }
         o.sort_unstable();
         o.dedup();
         all.push(o);
     }
-    let mut order: Vec<usize> = (0..lits.len()).collect();
-    order.sort_by_key(|&k| std::cmp::Reverse(lits.get(k).map_or(0, |l| l.len())));
-    let lits: Vec<&str> = order.iter().filter_map(|&k| lits.get(k).copied()).collect();
+    let mut order: Vec<usize> = (0..pick.len()).collect();
+    order.sort_by_key(|&k| {
+        std::cmp::Reverse(
+            pick.get(k)
+                .and_then(|&i| lits.get(i))
+                .map_or(0, |l| l.len()),
+        )
+    });
+    let pats: Vec<&str> = order
+        .iter()
+        .filter_map(|&k| pick.get(k).and_then(|&i| lits.get(i)).copied())
+        .collect();
     let owners: Vec<Vec<usize>> = order.iter().filter_map(|&k| all.get(k).cloned()).collect();
-    let anchors = AhoCorasick::builder()
+    let ac = AhoCorasick::builder()
         .match_kind(MatchKind::LeftmostFirst)
-        .build(&lits)
+        .build(&pats)
         .ok()?;
-    Some(Engine {
-        regexes,
-        grouped,
-        anchors,
-        owners,
-        at,
-        numeric,
-        key_end: Regex::new(r"\A-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----").ok()?,
-    })
+    Some((ac, owners))
 }
 
 /// How many detectors, for per-detector arrays.
@@ -1205,8 +1381,27 @@ impl Engine {
         let mut hidden = [0usize; N];
         let mut covered = [(0usize, 0usize); N];
         let enabled = |d: &Detector| on.get(d.cix).is_some_and(Option::is_some);
-        for m in self.anchors.find_iter(text) {
-            let Some(owners) = self.owners.get(m.pattern().as_usize()) else {
+        // The two automata's hits, merged in text order.
+        let mut one = self.anchors.find_iter(text);
+        let mut two = self.anchors2.find_iter(text);
+        let (mut a, mut b) = (one.next(), two.next());
+        loop {
+            let first = match (&a, &b) {
+                (Some(x), Some(y)) => x.start() <= y.start(),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let (m, owners) = if first {
+                let Some(m) = a.take() else { break };
+                a = one.next();
+                (m, self.owners.get(m.pattern().as_usize()))
+            } else {
+                let Some(m) = b.take() else { break };
+                b = two.next();
+                (m, self.owners2.get(m.pattern().as_usize()))
+            };
+            let Some(owners) = owners else {
                 continue;
             };
             for &i in owners {
@@ -1681,17 +1876,67 @@ fn ends_value(c: u8) -> bool {
     c == 0 || c.is_ascii_whitespace() || b"\"'`,;<>(){}[]\\&=".contains(&c)
 }
 
-/// `<key>[suffix]["']* *[:=]` then sixteen value bytes, or `Bearer <16
-/// token bytes>`.
-fn pre_generic(b: &[u8], start: usize, end: usize) -> bool {
-    // Passwords are judged from eight characters (see `password_like`),
-    // everything else from sixteen.
-    let min = match b.get(start..end) {
-        Some(b"assw" | b"ASSW" | b"pwd" | b"PWD") => 8,
-        _ => 16,
+/// Whether the bytes before an anchor complete its key word (`api` before
+/// `key`, `t` before `oken` …): most anchor hits in code are other words.
+fn key_word_before(b: &[u8], start: usize, anchor: &[u8]) -> bool {
+    let at = |k: usize| {
+        start
+            .checked_sub(k)
+            .map_or(0, |i| byte(b, i).to_ascii_lowercase())
     };
+    match anchor {
+        b"key" | b"Key" | b"KEY" => {
+            // `api`, `access`, `auth`, `app`, `application`, `private`
+            // before it, with at most one `_` or `-` between.
+            let gap = usize::from(matches!(at(1), b'_' | b'-'));
+            let ends = |w: &[u8]| {
+                w.iter()
+                    .rev()
+                    .enumerate()
+                    .all(|(k, &c)| at(gap + 1 + k) == c)
+            };
+            [
+                &b"api"[..],
+                b"access",
+                b"auth",
+                b"app",
+                b"application",
+                b"private",
+            ]
+            .iter()
+            .any(|w| ends(w))
+        }
+        b"oken" | b"OKEN" => at(1) == b't',
+        b"ecret" | b"ECRET" => at(1) == b's',
+        b"assw" | b"ASSW" => at(1) == b'p',
+        b"redential" | b"REDENTIAL" => at(1) == b'c',
+        b"earer" | b"EARER" => at(1) == b'b',
+        _ => true,
+    }
+}
+
+/// The generic detector's shapes, read from the bytes: `<key>[suffix]`, a
+/// closing quote, then `:`/`=` and a value (eight bytes when quoted or
+/// after a password key, sixteen otherwise); a quoted key then `,` or
+/// `value=` (`define('DB_PASSWORD', '…')`, `<add key="ApiSecret"
+/// value="…">`); `<password>…`; a flag (`--password '…'`); `-p'…'`; or
+/// `Bearer <16 token bytes>`.
+fn pre_generic(b: &[u8], start: usize, end: usize) -> bool {
+    let anchor = b.get(start..end).unwrap_or_default();
+    if anchor.first() == Some(&b'-') && anchor.get(1) == Some(&b'p') && anchor.len() == 3 {
+        // `mysql -p'…'`: a short flag glued to a quoted value.
+        let before = start.checked_sub(1).map_or(b' ', |i| byte(b, i));
+        return before.is_ascii_whitespace() && !matches!(byte(b, end), b'\n' | 0);
+    }
+    if !key_word_before(b, start, anchor) {
+        return false;
+    }
+    let password = matches!(
+        anchor,
+        b"assw" | b"ASSW" | b"pwd" | b"PWD" | b"PASS" | b"pass"
+    );
     let mut j = end;
-    if byte(b, j).is_ascii_whitespace() {
+    if byte(b, j).is_ascii_whitespace() && matches!(anchor, b"earer" | b"EARER") {
         while byte(b, j).is_ascii_whitespace() {
             j += 1;
         }
@@ -1700,34 +1945,94 @@ fn pre_generic(b: &[u8], start: usize, end: usize) -> bool {
         {
             j += 1;
         }
-        if j - v >= 16 {
-            return true;
-        }
-        j = end;
+        return j - v >= 16;
     }
     while j < end + 32 && is_key_byte(byte(b, j)) {
         j += 1;
     }
-    while matches!(byte(b, j), b'\\' | b'"' | b'\'') {
+    let kend = j;
+    if byte(b, kend) == b'>' {
+        // `<password>value</password>`
+        return (kend + 1..kend + 9).all(|k| !matches!(byte(b, k), b'<' | b'\n' | 0));
+    }
+    let mut quoted_key = false;
+    while j < kend + 4 && matches!(byte(b, j), b'\\' | b'"' | b'\'') {
+        quoted_key |= byte(b, j) != b'\\';
         j += 1;
     }
-    while byte(b, j).is_ascii_whitespace() {
+    let gap = j;
+    while matches!(byte(b, j), b' ' | b'\t') {
         j += 1;
     }
-    if !matches!(byte(b, j), b':' | b'=') {
-        return false;
+    let spaced = j > gap;
+    match byte(b, j) {
+        b':' | b'=' => {
+            // Not a comparison (`==`) or a path (`Token::new`).
+            if byte(b, j + 1) == byte(b, j) {
+                return false;
+            }
+            j += 1;
+            if matches!(byte(b, j), b'=' | b'>') {
+                j += 1;
+            }
+            // After a password key, a value may be a line with blanks in
+            // it (`key=four plain words` in a `.properties` file).
+            if password {
+                value_bytes(b, j, 8, true)
+            } else {
+                value_bytes(b, j, 16, false)
+            }
+        }
+        b',' if quoted_key => {
+            // `'DB_PASSWORD', '…'`: a quoted value follows.
+            let mut k = j + 1;
+            while matches!(byte(b, k), b' ' | b'\t') && k < j + 1 + MAX_BLANKS {
+                k += 1;
+            }
+            matches!(byte(b, k), b'"' | b'\'') && value_bytes(b, k, 8, false)
+        }
+        b'v' | b'V' => {
+            quoted_key
+                && spaced
+                && b.get(j..j + 5)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"value"))
+        }
+        _ if spaced && !quoted_key => {
+            // A flag: the key starts with `-`.
+            let mut k = start;
+            while k > 0 && start - k < 40 && is_key_byte(byte(b, k - 1)) {
+                k -= 1;
+            }
+            byte(b, k) == b'-' && value_bytes(b, j, 8, false)
+        }
+        _ => false,
     }
-    j += 1;
-    while matches!(byte(b, j), b'=' | b'>' | b'\\' | b'"' | b'\'' | b'`')
-        || byte(b, j).is_ascii_whitespace()
-    {
+}
+
+/// At least `min` value bytes at `j` (after blanks): up to the closing
+/// quote (eight are enough) when quoted, else up to a blank (or, with
+/// `blanks`, the end of the line) or a quote.
+fn value_bytes(b: &[u8], mut j: usize, min: usize, blanks: bool) -> bool {
+    while matches!(byte(b, j), b' ' | b'\t') {
         j += 1;
     }
-    let v = j;
-    while j < v + min && !ends_value(byte(b, j)) {
+    let mut quoted = false;
+    while matches!(byte(b, j), b'\\' | b'"' | b'\'' | b'`') {
+        quoted |= byte(b, j) != b'\\';
         j += 1;
     }
-    j - v >= min
+    let (min, stop): (usize, fn(u8) -> bool) = if quoted {
+        (8, |c| matches!(c, 0 | b'\n' | b'\r' | b'"' | b'\'' | b'`'))
+    } else if blanks {
+        (min, |c| {
+            matches!(c, 0 | b'\n' | b'\r' | b'"' | b'\'' | b'`' | b'<')
+        })
+    } else {
+        (min, |c| {
+            c == 0 || c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'`' | b'<')
+        })
+    };
+    (j..j + min).all(|k| !stop(byte(b, k)))
 }
 
 /// `user:password@` before the end of the authority.
@@ -1786,6 +2091,30 @@ fn pre_openai(b: &[u8], _: usize, end: usize) -> bool {
 
 fn pre_anthropic(b: &[u8], _: usize, end: usize) -> bool {
     b.get(end..).is_some_and(|r| r.starts_with(b"ant-")) && token_bytes(b, end + 4, 20)
+}
+
+/// `shp` then a Shopify token kind (`shpat_`, `shpss_`, `shpca_`, `shppa_`).
+fn pre_shopify(b: &[u8], _: usize, end: usize) -> bool {
+    let rest = b.get(end..).unwrap_or_default();
+    ["at_", "ss_", "ca_", "pa_"]
+        .iter()
+        .any(|k| rest.starts_with(k.as_bytes()))
+}
+
+/// `dp.` then a Doppler token kind (`dp.pt.`, `dp.st.` …).
+fn pre_doppler(b: &[u8], _: usize, end: usize) -> bool {
+    let rest = b.get(end..).unwrap_or_default();
+    ["pt.", "st.", "sa.", "ct.", "scim.", "audit."]
+        .iter()
+        .any(|k| rest.starts_with(k.as_bytes()))
+}
+
+/// A bot id (digits) before `:AA`, and token bytes after it.
+fn pre_telegram(b: &[u8], start: usize, end: usize) -> bool {
+    start
+        .checked_sub(1)
+        .is_some_and(|i| byte(b, i).is_ascii_digit())
+        && token_bytes(b, end, 31)
 }
 
 /// `eyJ` at the start of a word, and eight more token bytes.
@@ -1969,9 +2298,11 @@ fn url_password(text: &str, _: Range<usize>, s: Range<usize>) -> Option<Range<us
     (!template).then_some(s)
 }
 
-/// Parts of key names that say the value is not a secret (a page token, a
-/// token's type or lifetime, a file holding the secret …).
-const BENIGN_KEY_PARTS: &[&str] = &[
+/// Words of key names that say the value is not a secret (a page token, a
+/// token's type or lifetime, a file holding the secret, a password's
+/// rules …); matched against the key's words (`snake_case`, `camelCase`,
+/// dotted and dashed names are split).
+const BENIGN_KEY_WORDS: &[&str] = &[
     "page",
     "cursor",
     "next",
@@ -1983,19 +2314,22 @@ const BENIGN_KEY_PARTS: &[&str] = &[
     "min",
     "type",
     "length",
+    "len",
     "size",
     "usage",
     "public",
+    "pub",
     "hash",
+    "hashed",
     "sha",
     "digest",
     "checksum",
     "fingerprint",
-    "expir",
     "ttl",
     "name",
     "path",
     "file",
+    "dir",
     "url",
     "uri",
     "endpoint",
@@ -2005,18 +2339,169 @@ const BENIGN_KEY_PARTS: &[&str] = &[
     "policy",
     "rotation",
     "timeout",
-    "_at",
-    "_in",
+    "at",
+    "in",
     "prompt",
     "label",
     "hint",
     "placeholder",
     "field",
+    "id",
+    "ids",
+    "help",
+    "stdin",
+    "rules",
+    "strength",
+    "arn",
+    "starting",
+    "continuation",
+    "change",
+    "lock",
+    "idempotency",
+    "request",
+    "regex",
+    "pattern",
+    "allow",
 ];
+
+/// Endings of key names with the same meaning, for keys written as one
+/// word (`secretName`, `passfile`, `tokenUrl`, `keyId`).
+const BENIGN_KEY_ENDINGS: &[&str] = &[
+    "name",
+    "file",
+    "path",
+    "url",
+    "uri",
+    "type",
+    "hash",
+    "policy",
+    "format",
+    "header",
+    "prompt",
+    "label",
+    "hint",
+    "field",
+    "timeout",
+    "ttl",
+    "count",
+    "length",
+    "size",
+    "digest",
+    "checksum",
+    "fingerprint",
+    "endpoint",
+    "cursor",
+    "id",
+    "ids",
+];
+
+/// The lower-case words of a key name: split at `_`, `-`, `.`, `:` and
+/// at case changes (`apiKey`, `APIKey`).
+fn key_words(key: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = key.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if !c.is_ascii_alphanumeric() {
+            if !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+            continue;
+        }
+        let prev = i.checked_sub(1).and_then(|k| chars.get(k)).copied();
+        let next = chars.get(i + 1).copied();
+        let boundary = c.is_ascii_uppercase()
+            && prev.is_some_and(|p| {
+                p.is_ascii_lowercase()
+                    || p.is_ascii_digit()
+                    || (p.is_ascii_uppercase() && next.is_some_and(|n| n.is_ascii_lowercase()))
+            });
+        if boundary && !cur.is_empty() {
+            words.push(std::mem::take(&mut cur));
+        }
+        cur.push(c.to_ascii_lowercase());
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
 
 fn benign_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    BENIGN_KEY_PARTS.iter().any(|p| k.contains(p)) || k.ends_with("id") || k.ends_with("ids")
+    key_words(key)
+        .iter()
+        .any(|w| BENIGN_KEY_WORDS.contains(&w.as_str()) || w.starts_with("expir"))
+        || BENIGN_KEY_ENDINGS.iter().any(|e| k.ends_with(e))
+}
+
+/// What a key says its value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyKind {
+    /// A password or passphrase: chosen by a person, judged as such.
+    Password,
+    /// A secret, token or key: judged by randomness (or, quoted, as a
+    /// strong short secret).
+    Other,
+}
+
+/// The kind of secret a key names; `None` for keys that name no secret
+/// (`bypass`, `pass_rate`) or say the value is not one (`token_type`).
+fn key_kind(key: &str) -> Option<KeyKind> {
+    if benign_key(key) {
+        return None;
+    }
+    let words = key_words(key);
+    let compact: String = words.concat();
+    if compact.contains("passw") || compact.contains("pwd") || compact.contains("passphrase") {
+        return Some(KeyKind::Password);
+    }
+    // `WIFI_PASS`, `db_pass`, `--pass`: `pass` as the key's last word.
+    if words.last().is_some_and(|w| w == "pass") {
+        return Some(KeyKind::Password);
+    }
+    [
+        "secret",
+        "token",
+        "apikey",
+        "accesskey",
+        "authkey",
+        "appkey",
+        "applicationkey",
+        "privatekey",
+        "credential",
+    ]
+    .iter()
+    .any(|w| compact.contains(w))
+    .then_some(KeyKind::Other)
+}
+
+/// Whether a key's last word names a secret (`DB_PASSWORD`, `ApiSecret`,
+/// `api_key`, `dbpassword`).
+fn names_secret(key: &str) -> bool {
+    let words = key_words(key);
+    let Some(last) = words.last() else {
+        return false;
+    };
+    let before = words.len().checked_sub(2).and_then(|i| words.get(i));
+    [
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "passphrase",
+        "secret",
+        "token",
+        "credential",
+        "credentials",
+    ]
+    .iter()
+    .any(|w| last.ends_with(w))
+        || (last == "key"
+            && before.is_some_and(|b| {
+                ["api", "access", "auth", "app", "application", "private"].contains(&b.as_str())
+            }))
+        || last.ends_with("apikey")
 }
 
 /// Random-looking: long enough, high entropy, letters and digits, and not
@@ -2037,6 +2522,14 @@ fn looks_random(v: &str) -> bool {
     }
     if !v.bytes().any(|b| b.is_ascii_digit()) && !random_case(v) {
         return false;
+    }
+    // A CamelCase name (`HTTPPasswordMgrWithDefaultRealm`): words, not noise.
+    if v.bytes().all(|b| b.is_ascii_alphabetic()) {
+        let words = key_words(v);
+        let letters: usize = words.iter().map(String::len).sum();
+        if words.iter().all(|w| w.len() >= 2) && letters >= 3 * words.len() {
+            return false;
+        }
     }
     let lower = v.to_ascii_lowercase();
     if ["xxxx", "****", "....", "${", "{{", "%("]
@@ -2076,48 +2569,416 @@ fn random_case(v: &str) -> bool {
     caps >= 2 && flips >= 2
 }
 
-/// The identifier-ish run of text around `at` (the key of a key/value).
-fn key_around(text: &str, at: usize, sep: usize) -> &str {
-    let b = text.as_bytes();
-    let is_key = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
-    let mut start = at;
-    while start > 0 && b.get(start - 1).copied().is_some_and(is_key) {
-        start -= 1;
-    }
-    let mut end = at;
-    while end < sep && b.get(end).copied().is_some_and(is_key) {
-        end += 1;
-    }
-    text.get(start..end).unwrap_or("")
+/// Most blanks read around a generic secret's separator.
+const MAX_BLANKS: usize = 16;
+/// Longest value the generic detector reads after a key.
+const MAX_VALUE: usize = 512;
+/// Longest quoted value with blanks in it (well inside the context a
+/// stream holds back, `StreamScanner::CONTEXT`).
+const MAX_SPACED: usize = 128;
+
+/// How a value follows its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// `key = value`, `key: value`, `"key": "value"`, `key => value`.
+    Assign,
+    /// `?key=value&…`: the value ends at `&`.
+    Query,
+    /// `"key", "value"` (`define('DB_PASSWORD', '…')`) or
+    /// `key="…" value="…"`: the value must be quoted.
+    Pair,
+    /// `<password>value</password>`.
+    Element,
+    /// `--password value`.
+    Flag,
 }
 
-fn generic(text: &str, whole: Range<usize>, s: Range<usize>) -> Option<Range<usize>> {
-    let t = slice(text, &s);
-    let key = key_around(text, whole.start, s.start);
-    // Code, not a literal: a call (`RsaPrivateKey::from_pkcs1_der(…)`,
-    // `KEY_PEM.parse()`) or a path.
-    let call = text.get(s.end..).is_some_and(|r| r.starts_with('('));
-    if benign_key(key) || call || t.contains("::") {
+/// Where the value after the key `text[kstart..kend]` starts, and how it
+/// is written; `None` when no value follows.
+fn separator(text: &str, kstart: usize, kend: usize) -> Option<(usize, Form)> {
+    let b = text.as_bytes();
+    let before = kstart.checked_sub(1).map_or(0, |i| byte(b, i));
+    let mut j = kend;
+    if before == b'<' && byte(b, j) == b'>' {
+        return Some((j + 1, Form::Element));
+    }
+    let mut quoted_key = false;
+    while j < kend + 4 && matches!(byte(b, j), b'\\' | b'"' | b'\'') {
+        quoted_key |= byte(b, j) != b'\\';
+        j += 1;
+    }
+    let skip = |mut j: usize| {
+        let from = j;
+        while matches!(byte(b, j), b' ' | b'\t') && j < from + MAX_BLANKS {
+            j += 1;
+        }
+        j
+    };
+    let gap = j;
+    j = skip(j);
+    let spaced = j > gap;
+    match byte(b, j) {
+        b':' | b'=' => {
+            if byte(b, j + 1) == byte(b, j) {
+                return None;
+            }
+            j += 1;
+            if matches!(byte(b, j), b'=' | b'>') {
+                j += 1;
+            }
+            let form = if matches!(before, b'?' | b'&') {
+                Form::Query
+            } else {
+                Form::Assign
+            };
+            Some((skip(j), form))
+        }
+        b',' if quoted_key => Some((skip(j + 1), Form::Pair)),
+        b'v' | b'V' if quoted_key && spaced => {
+            let w = b.get(j..j + 5)?;
+            if !w.eq_ignore_ascii_case(b"value") {
+                return None;
+            }
+            let k = skip(j + 5);
+            (byte(b, k) == b'=').then(|| (skip(k + 1), Form::Pair))
+        }
+        c if spaced && !quoted_key && c != 0 && !c.is_ascii_whitespace() => {
+            (b.get(kstart) == Some(&b'-')).then_some((j, Form::Flag))
+        }
+        _ => None,
+    }
+}
+
+/// A value found after a key: its span, whether quotes delimit it, and
+/// whether it is the whole rest of its line (`KEY=value` in a `.env` or
+/// `.properties` file).
+struct Found {
+    span: Range<usize>,
+    quoted: bool,
+    line: bool,
+}
+
+/// The value at `at`: the whole quoted string (on one line; a JSON string
+/// inside a string closes with the same escapes it opened with), or an
+/// unquoted run up to a blank — cut before a following `&key=`, `;key=`
+/// or `,key=` pair, at `&` in a query string, and without the punctuation
+/// that ends a sentence.
+fn value_at(text: &str, at: usize, form: Form) -> Option<Found> {
+    let b = text.as_bytes();
+    let mut i = at;
+    let mut esc = 0;
+    while byte(b, i) == b'\\' && esc < 2 {
+        i += 1;
+        esc += 1;
+    }
+    let q = byte(b, i);
+    if matches!(q, b'"' | b'\'' | b'`') {
+        let start = i + 1;
+        let mut k = start;
+        // A quoted value with blanks in it (a passphrase) closes within
+        // `MAX_SPACED` bytes, so a stream, which holds back that much
+        // context, judges it as the whole text would.
+        let mut limit = start + MAX_VALUE;
+        while k < limit {
+            let c = byte(b, k);
+            if matches!(c, 0 | b'\n' | b'\r') {
+                break;
+            }
+            if c == b' ' || c == b'\t' {
+                limit = limit.min(start + MAX_SPACED);
+            }
+            if c == q {
+                let mut n = 0;
+                while k - n > start && byte(b, k - n - 1) == b'\\' {
+                    n += 1;
+                }
+                if n <= esc {
+                    return Some(Found {
+                        span: start..k - n,
+                        quoted: true,
+                        line: false,
+                    });
+                }
+            }
+            k += 1;
+        }
+        // No closing quote on the line: read it as unquoted.
+        return unquoted(text, start, form);
+    }
+    if form == Form::Pair {
         return None;
     }
-    // A password is what a person chose: short, but with mixed classes.
-    let k = key.to_ascii_lowercase();
-    if (k.contains("passw") || k.contains("pwd")) && password_like(t) {
-        return Some(s);
+    unquoted(text, i, form)
+}
+
+fn unquoted(text: &str, start: usize, form: Form) -> Option<Found> {
+    let b = text.as_bytes();
+    let mut k = start;
+    // A backslash ends an unquoted value (`\n` inside a string literal); in
+    // a query string so do the characters a URL does not hold unencoded
+    // (and `)`, the end of a Markdown link).
+    let query = form == Form::Query;
+    while k < start + MAX_VALUE {
+        let c = byte(b, k);
+        if c == 0
+            || c.is_ascii_whitespace()
+            || matches!(c, b'"' | b'\'' | b'`' | b'<' | b'\\')
+            || (query && matches!(c, b'&' | b'#' | b')' | b']' | b'['))
+        {
+            break;
+        }
+        k += 1;
     }
-    let value = t.trim_end_matches(['.', ':', '!', '?']);
-    if !looks_random(value) {
+    if k >= start + MAX_VALUE {
         return None;
     }
-    Some(s.start..s.start + value.len())
+    // `NAME: Type = value` declares a type: the "value" is its name.
+    let mut after = k;
+    while matches!(byte(b, after), b' ' | b'\t') && after < k + MAX_BLANKS {
+        after += 1;
+    }
+    if byte(b, after) == b'=' && byte(b, after + 1) != b'=' {
+        return None;
+    }
+    // A following `key=` pair (`&remember=1`, `;Encrypt=true`) is not part
+    // of the value; in a query string `&` always ends it.
+    let pair_at = |p: usize| {
+        let mut q = p;
+        while q < k
+            && (byte(b, q).is_ascii_alphanumeric() || matches!(byte(b, q), b'_' | b'.' | b'-'))
+        {
+            q += 1;
+        }
+        q > p && byte(b, q) == b'='
+    };
+    for p in start..k {
+        let c = byte(b, p);
+        if matches!(c, b'&' | b';' | b',') && pair_at(p + 1) {
+            k = p;
+            break;
+        }
+    }
+    // Punctuation that ends a sentence or a list, and closing brackets
+    // the value did not open.
+    loop {
+        let v = text.get(start..k)?;
+        let Some(last) = v.bytes().last() else { break };
+        let open = |o: u8| v.bytes().filter(|&c| c == o).count();
+        let unbalanced = match last {
+            b')' => open(b'(') < open(b')'),
+            b']' => open(b'[') < open(b']'),
+            b'}' => open(b'{') < open(b'}'),
+            b',' | b';' | b'.' | b':' => true,
+            _ => false,
+        };
+        if !unbalanced {
+            break;
+        }
+        k -= 1;
+    }
+    let rest = text.get(k..).unwrap_or_default();
+    let line = rest.trim_start_matches([' ', '\t']).is_empty()
+        || rest
+            .trim_start_matches([' ', '\t'])
+            .starts_with(['\n', '\r']);
+    Some(Found {
+        span: start..k,
+        quoted: false,
+        line,
+    })
+}
+
+/// Words that a passphrase does not hold but descriptions, placeholders
+/// and prose do.
+const NOT_PASSPHRASE_WORDS: &[&str] = &[
+    "the",
+    "a",
+    "an",
+    "of",
+    "for",
+    "to",
+    "and",
+    "or",
+    "is",
+    "are",
+    "be",
+    "with",
+    "in",
+    "on",
+    "at",
+    "by",
+    "from",
+    "as",
+    "if",
+    "it",
+    "this",
+    "that",
+    "your",
+    "my",
+    "our",
+    "use",
+    "used",
+    "enter",
+    "here",
+    "see",
+    "set",
+    "not",
+    "no",
+    "none",
+    "change",
+    "replace",
+    "insert",
+    "todo",
+    "fixme",
+    "default",
+    "example",
+    "sample",
+    "placeholder",
+    "dummy",
+    "password",
+    "passphrase",
+    "pass",
+    "secret",
+    "token",
+    "key",
+    "value",
+    "user",
+    "username",
+    "required",
+    "optional",
+    "empty",
+    "hidden",
+    "masked",
+    "redacted",
+    "string",
+];
+
+/// A reference, template or mask rather than a value (`${DB_PASSWORD}`,
+/// `{{ .Values.pw }}`, `%(pw)s`, `$(cat …)`, `<password>`, `********`,
+/// `sk-...a1b2`), a UUID (request and idempotency tokens), an ARN or a
+/// URL (names of secrets, not secrets), or a regular expression.
+fn not_a_value(v: &str) -> bool {
+    let lower = v.to_ascii_lowercase();
+    let b = v.as_bytes();
+    let uuid = v.len() == 36
+        && v.bytes().enumerate().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == b'-'
+            } else {
+                c.is_ascii_alphanumeric()
+            }
+        });
+    [
+        "xxxx", "****", "...", "…", "${", "{{", "%(", "$(", "<", ">", "\\d", "\\w", "\\s", "[a-z",
+        "[a-za-z", "[0-9", ".*", ".+", "{1,",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+        || matches!(b.first(), Some(b'$' | b'%' | b'{' | b'*' | b'@' | b'<'))
+        || ["arn:", "urn:", "http://", "https://"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+        || distinct(v) < 4
+        || uuid
+}
+
+/// A placeholder a person wrote in place of a value (`your-password-here`,
+/// `changeme`, `[REDACTED]`, `example-secret`).
+fn placeholder(v: &str) -> bool {
+    let lower = v.to_ascii_lowercase();
+    [
+        "changeme",
+        "change_me",
+        "change-me",
+        "example",
+        "placeholder",
+        "redacted",
+        "your_",
+        "your-",
+        "yourpass",
+        "dummy",
+        "replace_with",
+        "replace-with",
+        "todo",
+        "fixme",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+        || lower.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| {
+            matches!(
+                w,
+                "your" | "here" | "redacted" | "hidden" | "masked" | "none" | "null"
+            )
+        })
+}
+
+/// Code rather than a literal: a path (`rsa::RsaPrivateKey::…`), a call or
+/// an index (`get_token(user)`, `os.environ[…]`, `Jobs[-1].JobId`), a
+/// dotted name (`settings.SECRET_KEY`, `process.env.DB_PASSWORD`), a tuple
+/// or list. A quoted value is code only when all of it is a call or an
+/// index (`"Rainy(Day)42"` is a password).
+fn code_like(v: &str, quoted: bool) -> bool {
+    if v.contains("::") {
+        return true;
+    }
+    let ident = |s: &str| {
+        s.chars()
+            .next()
+            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == '$')
+            && s.chars()
+                .all(|x| x.is_ascii_alphanumeric() || matches!(x, '_' | '$' | '.' | '!'))
+            && !s.contains("..")
+    };
+    if quoted {
+        // `name(…)` or `name[…]`, then only more of a path.
+        let Some(i) = v.find(['(', '[']) else {
+            return false;
+        };
+        let close = if v.get(i..i + 1) == Some("(") {
+            ')'
+        } else {
+            ']'
+        };
+        let Some(j) = v.get(i..).and_then(|r| r.find(close)).map(|j| i + j) else {
+            return false;
+        };
+        let tail = v.get(j + 1..).unwrap_or_default();
+        return ident(v.get(..i).unwrap_or_default())
+            && (tail.is_empty()
+                || (tail.starts_with('.') && ident(tail.get(1..).unwrap_or_default())));
+    }
+    if v.starts_with(['(', '[', '{']) {
+        return true;
+    }
+    // A constant or type name (`WIN32_ERROR`, `DOT11_ADHOC_CONNECT_FAIL_REASON`).
+    if v.contains('_')
+        && v.bytes()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
+        && v.starts_with(|c: char| c.is_ascii_uppercase())
+    {
+        return true;
+    }
+    if let Some(i) = v.find(['(', '[']) {
+        if ident(v.get(..i).unwrap_or_default()) {
+            return true;
+        }
+    }
+    // A dotted name: every part an identifier (`Summer.2024` is not one).
+    v.contains('.')
+        && v.split('.').all(|p| {
+            p.chars()
+                .next()
+                .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == '$')
+                && p.chars()
+                    .all(|x| x.is_ascii_alphanumeric() || x == '_' || x == '$')
+        })
 }
 
 /// A value a person would choose as a password (`Summer2024!`,
 /// `Tr0ub4dor&3`): 8 to 64 characters with letters, digits and a capital or
-/// symbol, and not a placeholder or a reference (`${PASS}`, `%(pw)s`,
-/// `********`).
+/// symbol.
 fn password_like(v: &str) -> bool {
-    if !(8..=64).contains(&v.len()) {
+    if !(8..=64).contains(&v.len()) || v.contains(char::is_whitespace) {
         return false;
     }
     let b = v.as_bytes();
@@ -2125,46 +2986,202 @@ fn password_like(v: &str) -> bool {
     let upper = b.iter().any(u8::is_ascii_uppercase);
     let digit = b.iter().any(u8::is_ascii_digit);
     let symbol = b.iter().any(|c| c.is_ascii_punctuation());
-    let lowered = v.to_ascii_lowercase();
-    let placeholder = [
-        "xxxx", "****", "...", "${", "{{", "%(", "<", "changeme", "example",
-    ]
-    .iter()
-    .any(|p| lowered.contains(p))
-        || matches!(b.first(), Some(b'$' | b'%' | b'@' | b'#' | b'&' | b'*'));
-    (lower || upper) && digit && (upper || symbol) && !placeholder
+    (lower || upper) && digit && (upper || symbol)
+}
+
+/// Letters and digits only (`letmein2023`): a weak password, still one.
+fn letters_and_digits(v: &str) -> bool {
+    (8..=64).contains(&v.len())
+        && v.bytes().all(|c| c.is_ascii_alphanumeric())
+        && v.bytes().any(|c| c.is_ascii_alphabetic())
+        && v.bytes().any(|c| c.is_ascii_digit())
+}
+
+/// A passphrase: three to eight words of letters (and digits) joined by
+/// spaces, dashes, dots or underscores (`correct horse battery staple`,
+/// `Blue-Ocean-Sunrise`), twelve characters or more, none of them a word
+/// of prose or of a placeholder.
+fn passphrase(v: &str) -> bool {
+    if !(12..=128).contains(&v.len()) {
+        return false;
+    }
+    let words: Vec<&str> = v.split([' ', '-', '_', '.']).collect();
+    (3..=8).contains(&words.len())
+        && words.iter().all(|w| {
+            (2..=24).contains(&w.len())
+                && w.bytes().all(|c| c.is_ascii_alphanumeric())
+                && w.bytes().any(|c| c.is_ascii_alphabetic())
+                && !NOT_PASSPHRASE_WORDS.contains(&w.to_ascii_lowercase().as_str())
+        })
+}
+
+/// A short secret someone typed under a secret's key (`'P@ssw0rd123'`,
+/// `"s3cr3t-Sauce!"`): 8 to 64 characters, no blanks, lower case, upper
+/// case and digits (or two of them and a symbol), and not a version.
+fn strong_short(v: &str) -> bool {
+    if !(8..=64).contains(&v.len()) || v.contains(char::is_whitespace) {
+        return false;
+    }
+    let b = v.as_bytes();
+    let lower = b.iter().any(u8::is_ascii_lowercase);
+    let upper = b.iter().any(u8::is_ascii_uppercase);
+    let digit = b.iter().any(u8::is_ascii_digit);
+    let symbol = b
+        .iter()
+        .any(|c| c.is_ascii_punctuation() && !matches!(c, b'.' | b'_' | b'-' | b'/'));
+    let classes = [lower, upper, digit, symbol].iter().filter(|&&x| x).count();
+    let version = b
+        .windows(3)
+        .any(|w| matches!(w, [x, b'.', y] if x.is_ascii_digit() && y.is_ascii_digit()));
+    digit && classes >= 3 && !version
+}
+
+/// Whether `v` is a secret under a key of this kind — `quoted` when quotes
+/// delimit it, `line` when it is the whole rest of its line; the length of
+/// the secret part when it is (sentence punctuation left out).
+fn secret_value(v: &str, kind: KeyKind, quoted: bool, line: bool) -> Option<usize> {
+    if v.len() < 8 || not_a_value(v) || code_like(v, quoted) {
+        return None;
+    }
+    match kind {
+        KeyKind::Password => {
+            if placeholder(v) {
+                return None;
+            }
+            let ok = if v.contains(char::is_whitespace) {
+                quoted && passphrase(v)
+            } else {
+                password_like(v)
+                    || letters_and_digits(v)
+                    || ((quoted || line) && passphrase(v))
+                    || looks_random(v)
+            };
+            ok.then_some(v.len())
+        }
+        KeyKind::Other => {
+            if v.contains(char::is_whitespace) {
+                return None;
+            }
+            if quoted && strong_short(v) && !placeholder(v) {
+                return Some(v.len());
+            }
+            let t = if quoted {
+                v
+            } else {
+                v.trim_end_matches(['!', '?'])
+            };
+            looks_random(t).then_some(t.len())
+        }
+    }
+}
+
+/// The generic detector: the regex finds a key word (or `Bearer`, or
+/// `-p'`); the key, its separator and its value are read here.
+fn generic(text: &str, whole: Range<usize>, _: Range<usize>) -> Option<Range<usize>> {
+    let b = text.as_bytes();
+    let word = slice(text, &whole);
+    if word.eq_ignore_ascii_case("bearer") {
+        let mut i = whole.end;
+        while byte(b, i).is_ascii_whitespace() && i < whole.end + 8 {
+            i += 1;
+        }
+        let mut k = i;
+        while k < i + MAX_VALUE
+            && (byte(b, k).is_ascii_alphanumeric() || b"-._~+/".contains(&byte(b, k)))
+        {
+            k += 1;
+        }
+        while byte(b, k) == b'=' {
+            k += 1;
+        }
+        let t = text.get(i..k)?.trim_end_matches(['.', ':', '!', '?']);
+        return (t.len() >= 16 && looks_random(t)).then(|| i..i + t.len());
+    }
+    if word.ends_with("-p'") || word.ends_with("-p\"") {
+        let f = value_at(text, whole.end - 1, Form::Pair)?;
+        let n = secret_value(slice(text, &f.span), KeyKind::Password, f.quoted, f.line)?;
+        return Some(f.span.start..f.span.start + n);
+    }
+    // The whole key around the word (`DB_PASSWORD`, `spring.datasource.password`);
+    // at most 32 bytes before it, well inside the left context a stream
+    // keeps (`StreamScanner::LEFT`).
+    let mut kstart = whole.start;
+    while kstart > 0 && whole.start - kstart < 32 && is_key_byte(byte(b, kstart - 1)) {
+        kstart -= 1;
+    }
+    let mut kend = whole.end;
+    while kend < whole.end + 32 && is_key_byte(byte(b, kend)) {
+        kend += 1;
+    }
+    let key = text.get(kstart..kend)?;
+    let kind = key_kind(key)?;
+    let (at, form) = separator(text, kstart, kend)?;
+    // Two quoted strings side by side are a setting only when the first
+    // names a secret (`'DB_PASSWORD', '…'`), not in any list of names
+    // (`'HTTPPasswordMgr', 'HTTPPasswordMgrWithDefaultRealm'`).
+    if form == Form::Pair && !names_secret(key) {
+        return None;
+    }
+    // `'password', 'localhost:22'` in a tuple of fields is not a setting:
+    // a bare `password` before a comma names a field, `DB_PASSWORD` one.
+    let comma = text
+        .get(kend..at)
+        .is_some_and(|sep| sep.contains(',') && !sep.to_ascii_lowercase().contains("value"));
+    if comma && key_words(key).len() < 2 && key.bytes().any(|c| c.is_ascii_lowercase()) {
+        return None;
+    }
+    // `:secret:` inside an ARN (`arn:aws:secretsmanager:…:secret:name`).
+    if kstart.checked_sub(1).is_some_and(|i| byte(b, i) == b':') {
+        return None;
+    }
+    let f = value_at(text, at, form)?;
+    if let Some(n) = secret_value(slice(text, &f.span), kind, f.quoted, f.line) {
+        return Some(f.span.start..f.span.start + n);
+    }
+    // A line of a `.properties`, `.ini` or `.env` file (`key = value` at
+    // the start of a line): the value is the rest of the line, blanks
+    // included (`keystore.password=Seven Silver Swans Swim`).
+    if kind == KeyKind::Password && form == Form::Assign && !f.quoted && starts_line(text, kstart) {
+        let rest = text.get(f.span.start..)?;
+        let end = rest.find(['\n', '\r']).unwrap_or(rest.len());
+        let v = rest.get(..end)?.trim_end();
+        if v.len() <= MAX_SPACED && v.contains(' ') && passphrase(v) && !placeholder(v) {
+            return Some(f.span.start..f.span.start + v.len());
+        }
+    }
+    None
+}
+
+/// Whether only blanks precede `at` on its line.
+fn starts_line(text: &str, at: usize) -> bool {
+    let head = text.get(..at).unwrap_or_default();
+    let line = head.rsplit('\n').next().unwrap_or_default();
+    line.bytes().all(|c| c == b' ' || c == b'\t')
 }
 
 /// Structured content: a string under a key such as `password` or
-/// `SecretAccessKey` is judged as that key's value.
+/// `SecretAccessKey` is judged as that key's value (a quoted one: the
+/// string is the whole value).
 fn key_context(key: &str, value: &str) -> Option<Hit> {
     let k = key.to_ascii_lowercase().replace(['_', '-'], "");
     let start = value.len() - value.trim_start().len();
     let v = value.trim();
-    let span = start..start + v.len();
     if k.contains("secretaccesskey") {
         let det = DETECTORS
             .iter()
             .position(|d| d.id == "aws-secret-access-key")?;
-        return aws_secret_value(v).then_some(Hit { det, span });
+        return aws_secret_value(v).then_some(Hit {
+            det,
+            span: start..start + v.len(),
+        });
     }
-    let secretish = [
-        "password",
-        "passwd",
-        "pwd",
-        "secret",
-        "token",
-        "apikey",
-        "accesskey",
-        "authkey",
-        "privatekey",
-        "credential",
-    ];
-    if !secretish.iter().any(|w| k.contains(w)) || benign_key(key) || !looks_random(v) {
-        return None;
-    }
+    let kind = key_kind(key)?;
+    let n = secret_value(v, kind, true, true)?;
     let det = DETECTORS.iter().position(|d| d.id == "generic-secret")?;
-    Some(Hit { det, span })
+    Some(Hit {
+        det,
+        span: start..start + n,
+    })
 }
 
 const FILE_EXTENSIONS: &[&str] = &[
@@ -2538,8 +3555,9 @@ impl StreamScanner {
     /// Most bytes held back for an open private key block.
     pub const KEY_HOLD: usize = 32 * 1024;
     /// Released bytes kept as left context, so a match right after a cut is
-    /// judged as it would be in the whole text.
-    const LEFT: usize = 64;
+    /// judged as it would be in the whole text (a generic secret's key, its
+    /// suffix and separator take at most about 100 bytes before the value).
+    const LEFT: usize = 128;
 
     /// A scanner applying `policy` to one stream.
     pub fn new(policy: &DlpPolicy) -> StreamScanner {
@@ -2565,8 +3583,8 @@ impl StreamScanner {
         self.step(true)
     }
 
-    /// Bytes held now, context included: at most `KEY_HOLD` plus 64 between
-    /// pushes, and at most `HOLD + CONTEXT` plus 64 outside a private key.
+    /// Bytes held now, context included: at most `KEY_HOLD` plus 128 between
+    /// pushes, and at most `HOLD + CONTEXT` plus 128 outside a private key.
     pub fn buffered(&self) -> usize {
         self.pending.len()
     }

@@ -380,6 +380,155 @@ fn generic_secrets_need_context() {
     misses("password=hunter2");
 }
 
+#[test]
+fn delimited_passwords_are_taken_whole() {
+    // A quoted value is the secret, punctuation and blanks included (what
+    // server-everything's get-env prints); unquoted, the value runs to the
+    // next blank, so a partial redaction cannot leak the rest.
+    for (text, v) in [
+        (r#"{"DB_PASSWORD": "P4ss;word99!", "X": 1}"#, "P4ss;word99!"),
+        (r#""API_PASSWORD": "xK9#mQ2$vL7(pW4)","#, "xK9#mQ2$vL7(pW4)"),
+        (r#""SMTP_PASSWORD": "Zx8!qW3=rT6&yU1""#, "Zx8!qW3=rT6&yU1"),
+        (
+            r#""password": "correct horse battery staple""#,
+            "correct horse battery staple",
+        ),
+        ("DB_PASSWORD=Tr0ub4dor&3x\n", "Tr0ub4dor&3x"),
+        ("PASSWORD=Summer2024,Go\n", "Summer2024,Go"),
+        ("password: 'Rainy(Day)42'", "Rainy(Day)42"),
+        (r#"{\"password\": \"P4ss;word99!\"}"#, "P4ss;word99!"),
+    ] {
+        finds("generic-secret", text, v);
+    }
+    // Inside structured content the string under the key is the value.
+    let mut v = json!({"env": {"DB_PASSWORD": "P4ss;word99!", "HOME": "/root"}});
+    let out = inspect(&mut v, &DlpPolicy::default());
+    assert_eq!(out.redactions, 1);
+    assert_eq!(v["env"]["DB_PASSWORD"], "[REDACTED:generic-secret]");
+}
+
+#[test]
+fn password_forms_without_an_equals_sign() {
+    let v = "l!ucugR3VuZN%BkM";
+    for text in [
+        format!("--password '{v}'"),
+        format!("docker login -u ci --password \"{v}\" registry.example.com"),
+        format!("mysql -u root -p'{v}' shop"),
+        format!("<add key=\"ApiSecret\" value=\"{v}\" />"),
+        format!("<property name=\"password\" value=\"{v}\"/>"),
+        format!("<password>{v}</password>"),
+        format!("define('DB_PASSWORD', '{v}');"),
+        format!("WIFI_PASS={v}"),
+        format!("db_pass: \"{v}\""),
+        format!("SECRET_KEY = '{v}'"),
+    ] {
+        finds("generic-secret", &text, v);
+    }
+    // Short values a person chose, under any secret's key when quoted.
+    finds(
+        "generic-secret",
+        "SECRET_KEY = 'P@ssw0rd123'",
+        "P@ssw0rd123",
+    );
+    finds(
+        "generic-secret",
+        "spring.datasource.password=letmein2023",
+        "letmein2023",
+    );
+    finds(
+        "generic-secret",
+        "\"password\": \"correct-horse-battery\",",
+        "correct-horse-battery",
+    );
+    finds(
+        "generic-secret",
+        "keystore.password=Seven Silver Swans Swim\nnext=1",
+        "Seven Silver Swans Swim",
+    );
+    // A query string ends the value at `&`; a connection string at `;key=`.
+    finds(
+        "generic-secret",
+        "GET /login?user=bob&password=Kp8vLq2zXw&remember=1",
+        "Kp8vLq2zXw",
+    );
+    finds(
+        "generic-secret",
+        "Server=db;User Id=sa;Password=Tr0ub4dor&3x;Encrypt=true",
+        "Tr0ub4dor&3x",
+    );
+}
+
+#[test]
+fn password_look_alikes_are_not_secrets() {
+    for text in [
+        // Fields named in a tuple, a list of names, constants and types.
+        "('http', 'user/name', 'password', 'localhost:22')",
+        "{'ASPasswordCredential', 'ASPasswordCredentialIdentity'}",
+        "pub const ERROR_INVALID_PASSWORD: WIN32_ERROR = 86u32;",
+        "private_key: SSHPrivateKeyTypes,",
+        // Names of secrets, request tokens, regular expressions.
+        "--secret-arn \"arn:aws:secretsmanager:us-west-2:123456789012:secret:mysecret\"",
+        "--change-token 12cd3456-67cd-890b-1cd2-c3a4567d89f1",
+        "\"pattern\": \"^arn:aws:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$\"",
+        // Placeholders, references, prose.
+        r#"{"DB_PASSWORD": "your-password-here"}"#,
+        r#"{"password": "The password of the database user (optional)."}"#,
+        "<password>${env.NEXUS_PASSWORD}</password>",
+        "PASSWORD=\"$(cat /run/secrets/db_password)\"",
+        "password: \"********\"",
+        // Words that hold `pass`, flags that take no password.
+        "bypass_cache = True\nfirst_pass = run(pass_number=2)\nSKIP_PASS_CHECK=1",
+        "pass_rate: 0.97\npasses: 3",
+        "echo \"$PAT\" | docker login ghcr.io -u ci --password-stdin",
+        "$ mysql -u root -p shop\nmkdir -p 'My Folder Name'",
+        "password = request.form['password']",
+        "let tokens = quote!(..100u32);",
+    ] {
+        misses(text);
+    }
+}
+
+#[test]
+fn provider_tokens_with_short_prefixes() {
+    let cases = [
+        ("shopify-token", format!("shpat_{}", rnd(80, HEX, 32))),
+        ("shopify-token", format!("shppa_{}", rnd(81, HEX, 32))),
+        ("vault-token", format!("hvs.{}", rnd(82, URLSAFE, 90))),
+        ("vault-token", format!("hvb.{}", rnd(83, URLSAFE, 138))),
+        ("databricks-token", format!("dapi{}", rnd(84, HEX, 32))),
+        ("databricks-token", format!("dapi{}-2", rnd(85, HEX, 32))),
+        ("sentry-token", format!("sntryu_{}", rnd(86, HEX, 64))),
+        ("sentry-token", format!("sntrys_{}", rnd(87, URLSAFE, 100))),
+        ("doppler-token", format!("dp.st.{}", rnd(88, ALNUM, 43))),
+        ("doppler-token", format!("dp.pt.{}", rnd(89, ALNUM, 43))),
+        (
+            "postman-api-key",
+            format!("PMAK-{}-{}", rnd(90, HEX, 24), rnd(91, HEX, 34)),
+        ),
+        (
+            "telegram-bot-token",
+            format!("{}:AA{}", rnd(92, "123456789", 10), rnd(93, URLSAFE, 33)),
+        ),
+    ];
+    for (id, tok) in &cases {
+        finds(id, &format!("here is the key: {tok} - keep it safe"), tok);
+        finds(id, &format!("{{\"value\": \"{tok}\"}}"), tok);
+    }
+    // Telegram's API puts `bot` right before the token.
+    let tg = &cases[11].1;
+    finds(
+        "telegram-bot-token",
+        &format!("curl https://api.telegram.org/bot{tg}/getMe"),
+        tg,
+    );
+    // Look-alikes: words, hosts, shapefiles, placeholders.
+    misses("ogr2ogr -f \"ESRI Shapefile\" parcels.shp in.geojson");
+    misses("export CDP_URL=http://cdp.internal:9222/json/version");
+    misses("inet6 fe80::aa:bbff:fecc:dd01/64 scope link");
+    misses(&format!("dapi{}", "0".repeat(32)));
+    misses("see dp.st.example for the format");
+}
+
 // ---------------------------------------------------------------------------
 // Personal data.
 
@@ -919,7 +1068,7 @@ fn stream_finds_a_pem_block_across_many_chunks() {
         );
         assert_eq!(f.len(), 1);
         assert_eq!(&text[f[0].span.clone()], key);
-        assert!(max <= StreamScanner::KEY_HOLD + 64 + 250, "{max}");
+        assert!(max <= StreamScanner::KEY_HOLD + 128 + 250, "{max}");
     }
 }
 
@@ -929,7 +1078,7 @@ fn stream_caps_an_endless_private_key_and_swallows_its_body() {
     let key = pem("RSA PRIVATE KEY", 72, 1024, "\n");
     let text = format!("start\n{key}\nafter the key\n");
     let (out, f, max, _) = stream(&text, &[100], &DlpPolicy::default());
-    assert!(max <= StreamScanner::KEY_HOLD + 64 + 100, "{max}");
+    assert!(max <= StreamScanner::KEY_HOLD + 128 + 100, "{max}");
     assert_eq!(out, "start\n[REDACTED:private-key]\nafter the key\n");
     assert_no_secret(&out, &key, 31);
     assert_eq!(f.len(), 2);
@@ -952,7 +1101,7 @@ fn stream_memory_is_bounded() {
     }
     let (out, _, max, _) = stream(&text, &[100, 4096, 1], &DlpPolicy::default());
     assert!(
-        max <= StreamScanner::HOLD + StreamScanner::CONTEXT + 64 + 4096,
+        max <= StreamScanner::HOLD + StreamScanner::CONTEXT + 128 + 4096,
         "{max}"
     );
     assert_eq!(out.len(), text.len());
