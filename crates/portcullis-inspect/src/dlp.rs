@@ -3040,7 +3040,15 @@ fn strong_short(v: &str) -> bool {
 /// delimit it, `line` when it is the whole rest of its line; the length of
 /// the secret part when it is (sentence punctuation left out).
 fn secret_value(v: &str, kind: KeyKind, quoted: bool, line: bool) -> Option<usize> {
-    if v.len() < 8 || not_a_value(v) || code_like(v, quoted) {
+    // A quoted value is code only under a token's key (a paginator's
+    // `"output_token": "Jobs[-1].JobId"`); after a password key a quoted
+    // `"Adm1n(2024)"` is what someone typed.
+    let code = if quoted {
+        kind == KeyKind::Other && code_like(v, true)
+    } else {
+        code_like(v, false)
+    };
+    if v.len() < 8 || not_a_value(v) || code {
         return None;
     }
     match kind {

@@ -13,9 +13,17 @@
 //! | `poison.hidden-markup` | `<IMPORTANT>`, `<system>`, `[INST]`, `<\|im_start\|>`, HTML comments, hidden CSS, markdown comments | High |
 //! | `poison.read-sensitive-files` | `~/.ssh`, `id_rsa`, `.env`, `/etc/passwd`, `.aws/credentials`, `mcp.json`, … | High next to an imperative read/send verb or a "before using this tool" condition, Medium when only mentioned or in the passive ("keys are read from") |
 //! | `poison.imperative-to-model` | text that addresses the model rather than describing the tool: "you are now", "the assistant must", "note to the AI", "without asking the user", "the user has already approved" | High (Medium for the softer ones, and for "before using this tool, read …" without anything sensitive) |
-//! | `poison.cross-tool` | mentions of another server's tool (from [`Context::known_tools`]), "when this tool is available", "instead of any other tool" | High next to redirecting or commanding words, Medium for a bare mention |
+//! | `poison.cross-tool` | mentions of another server's tool (from [`Context::known_tools`]), "when this tool is available", "instead of any other tool", steering away from another tool ("never use the official payment tool"), a standing order to copy mail to an address ("always BCC audit@…") | High next to redirecting or commanding words, for steering away and for copied mail; Medium for a bare mention |
 //! | `poison.encoded-payload` | base64 (standard or URL-safe) runs of 24+ characters and hex runs of 32+ digits that decode to text, `\x..`/`\u....` escape runs; the decoded text is scanned once more and what it finds is reported at the run's span | High when the decoded text has findings, Medium when it is text, Low for an opaque blob of 120+ characters |
 //! | `poison.abnormal-length` | a string longer than [`Context::max_description_len`] characters | Low |
+//!
+//! Where the text sits matters: a parameter's description, default,
+//! `examples`, `enum` and `const` values make that parameter the implied
+//! destination of whatever they ask for ("contents of `~/.ssh/id_rsa` go
+//! here"); a property name of three words or more is also read as its words
+//! (`conversation_history_do_not_tell_user`), with the High and Critical
+//! rules and one of its own: a name asking for a secret file's contents
+//! (`content_from_reading_ssh_id_rsa`) is `poison.exfil-parameter`, High.
 //!
 //! Invisible and confusable Unicode is reported with the `unicode.*` rules
 //! of [`crate::unicode`]. Phrases are matched case-insensitively after
@@ -401,9 +409,19 @@ impl<'c> Scan<'c> {
             Value::String(t) => {
                 let kind = match key {
                     Some(k) if STRUCTURAL_KEYS.contains(&k) => Kind::Structural,
-                    Some("description" | "markdownDescription") if param.is_some() => {
-                        Kind::ParamText
-                    }
+                    // A default, example or allowed value is what the model
+                    // puts into the parameter: like its description, it
+                    // makes the parameter the destination of what it asks
+                    // for ("contents of ~/.ssh/id_rsa go here").
+                    Some(
+                        "description"
+                        | "markdownDescription"
+                        | "default"
+                        | "examples"
+                        | "example"
+                        | "const"
+                        | "enum",
+                    ) if param.is_some() => Kind::ParamText,
                     _ => Kind::Prose,
                 };
                 self.text(t, kind, param);
@@ -424,6 +442,9 @@ impl<'c> Scan<'c> {
                             for (name, sub) in children {
                                 let m2 = self.enter(name);
                                 self.text(name, Kind::Structural, None);
+                                if names_params {
+                                    self.property_name(name);
+                                }
                                 // A boolean or number cannot carry data out:
                                 // its description is prose, not a destination.
                                 let p = if names_params && !scalar_only(sub) {
@@ -443,6 +464,63 @@ impl<'c> Scan<'c> {
                 }
             }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
+    /// A property name is an identifier: a payload spelled as one
+    /// (`conversation_history_do_not_tell_user`,
+    /// `content_from_reading_ssh_id_rsa`) is read as the words it is made
+    /// of. Names of one or two words are ordinary and left alone; the
+    /// strong rules (High and above) apply to the words, and a name asking
+    /// for a secret file's contents is exfiltration through that very
+    /// parameter.
+    fn property_name(&mut self, name: &str) {
+        let words = identifier_words(name);
+        if words.len() < 3 || name.len() > 256 || self.full() {
+            return;
+        }
+        let spaced = words.join(" ");
+        let env = Env {
+            index: None,
+            own: None,
+            max_len: usize::MAX,
+        };
+        let mut found = Vec::new();
+        analyse(
+            &spaced,
+            &self.path,
+            Kind::Name,
+            None,
+            &env,
+            false,
+            &mut found,
+        );
+        let mut rules: Vec<(&'static str, Severity)> = found
+            .iter()
+            .filter(|f| f.severity >= Severity::High && !f.rule.starts_with("unicode."))
+            .map(|f| (f.rule, f.severity))
+            .collect();
+        let file = NAME_SECRET_FILES.iter().any(|seq| {
+            words
+                .windows(seq.len())
+                .any(|w| w.iter().zip(seq.iter()).all(|(a, b)| a == b))
+        });
+        let content = words
+            .iter()
+            .any(|w| NAME_CONTENT_WORDS.contains(&w.as_str()));
+        if file && content {
+            rules.push((EXFIL_PARAMETER, Severity::High));
+        }
+        rules.sort();
+        rules.dedup_by(|a, b| a.0 == b.0);
+        for (rule, severity) in rules {
+            self.out.push(Finding {
+                rule,
+                severity,
+                span: (0, name.len()),
+                path: self.path.clone(),
+                evidence: shorten(&format!("property name reads \"{spaced}\""), 96),
+            });
         }
     }
 
@@ -484,6 +562,67 @@ fn scalar_only(schema: &Value) -> bool {
         }
         _ => false,
     }
+}
+
+/// Secret-bearing files as the words of an identifier (`ssh_id_rsa`,
+/// `aws_credentials_file`).
+const NAME_SECRET_FILES: &[&[&str]] = &[
+    &["id", "rsa"],
+    &["id", "dsa"],
+    &["id", "ecdsa"],
+    &["id", "ed25519"],
+    &["authorized", "keys"],
+    &["aws", "credentials"],
+    &["etc", "passwd"],
+    &["etc", "shadow"],
+    &["netrc"],
+    &["pgpass"],
+    &["npmrc"],
+    &["pypirc"],
+    &["git", "credentials"],
+    &["kube", "config"],
+    &["bash", "history"],
+    &["zsh", "history"],
+    &["mcp", "json"],
+    &["gcloud", "credentials"],
+];
+
+/// Words of an identifier that ask for a file's contents.
+const NAME_CONTENT_WORDS: &[&str] = &[
+    "content", "contents", "data", "text", "dump", "copy", "raw", "body", "reading", "read",
+    "paste", "verbatim",
+];
+
+/// The lower-case words of an identifier (`snake_case`, `kebab-case`,
+/// `camelCase`, `dotted.names`).
+fn identifier_words(name: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = name.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if !c.is_alphanumeric() {
+            if !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+            continue;
+        }
+        let prev = i.checked_sub(1).and_then(|k| chars.get(k)).copied();
+        let next = chars.get(i + 1).copied();
+        let boundary = c.is_uppercase()
+            && prev.is_some_and(|p| {
+                p.is_lowercase()
+                    || p.is_ascii_digit()
+                    || (p.is_uppercase() && next.is_some_and(char::is_lowercase))
+            });
+        if boundary && !cur.is_empty() {
+            words.push(std::mem::take(&mut cur));
+        }
+        cur.extend(c.to_lowercase());
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
 }
 
 // ---------------------------------------------------------------------------
@@ -708,6 +847,10 @@ pub(crate) enum Cat {
     ObjFile,
     SensitivePath,
     RoleMarker,
+    /// "bcc", "forward a copy": a copy of mail to someone else.
+    CopyTo,
+    /// "always", "silently", "make sure to": a standing order.
+    Standing,
 }
 
 /// Every phrase with its category and whether it also applies to tool
@@ -735,6 +878,37 @@ const PHRASES: &[(&[&str], Cat, bool)] = &[
     (SENSITIVE_PATHS, Cat::SensitivePath, false),
     (ROLE_MARKERS, Cat::RoleMarker, true),
     (ROLE_MARKERS_DESCRIPTION, Cat::RoleMarker, false),
+    (COPY_TO, Cat::CopyTo, false),
+    (STANDING, Cat::Standing, false),
+];
+
+/// Copying mail to another recipient (Invariant Labs' `send_email` BCC
+/// shadowing): with a standing order and an address in the same sentence
+/// it redirects another tool's mail.
+const COPY_TO: &[&str] = &[
+    "bcc",
+    "cc",
+    "blind copy",
+    "blind carbon copy",
+    "carbon copy",
+    "forward a copy",
+    "send a copy",
+    "forward copies",
+    "send copies",
+];
+
+const STANDING: &[&str] = &[
+    "always",
+    "also",
+    "silently",
+    "secretly",
+    "quietly",
+    "automatically",
+    "make sure to",
+    "be sure to",
+    "must",
+    "every time",
+    "whenever",
 ];
 
 const IGNORE_PHRASES: &[&str] = &[
@@ -855,6 +1029,18 @@ const SECRECY_OTHER: &[&str] = &[
     "could upset the user",
     "might upset the user",
     "would upset the user",
+    // Telegraphic forms (notes, identifiers read as words).
+    "do not tell user",
+    "don't tell user",
+    "dont tell user",
+    "never tell user",
+    "do not show user",
+    "don't show user",
+    "dont show user",
+    "do not inform user",
+    "hide from user",
+    "without telling user",
+    "not visible to user",
 ];
 
 const DIRECTIVE_STRONG: &[&str] = &[
@@ -1466,6 +1652,7 @@ enum Shape {
     Base64,
     HexEscapes,
     UnicodeEscapes,
+    SteerAway,
 }
 
 /// The flexible form of "ignore previous instructions".
@@ -1499,6 +1686,12 @@ const SHAPES: &[(Shape, &str)] = &[
     (Shape::Base64, r"[A-Za-z0-9+/_-]{24,}={0,2}"),
     (Shape::HexEscapes, r"(?:\\x[0-9A-Fa-f]{2}){8,}"),
     (Shape::UnicodeEscapes, r"(?:\\u[0-9A-Fa-f]{4}){6,}"),
+    // "Never use the official payment tool": steering the model away from
+    // another tool (named or described); "this tool" is not another one.
+    (
+        Shape::SteerAway,
+        r"(?i)\b(?:never|do\s+not|don't|must\s+not|should\s+not)\s+(?:use|call|invoke)\s+(?:the|any)\s+(?:[\w.-]+\s+){1,3}?tools?\b",
+    ),
 ];
 
 struct ShapeSet {
@@ -1623,6 +1816,31 @@ fn passive(n: &str, s: usize) -> bool {
     .any(|w| last.eq_ignore_ascii_case(w))
 }
 
+/// The span of the first e-mail address in `n[from..to]` (a local part,
+/// `@`, a dotted domain).
+fn address_in(n: &str, from: usize, to: usize) -> Option<(usize, usize)> {
+    let b = n.as_bytes();
+    let local = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-');
+    let domain = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-');
+    let hay = n.get(from..to)?;
+    for (k, _) in hay.match_indices('@') {
+        let at = from + k;
+        let mut s = at;
+        while s > from && b.get(s - 1).copied().is_some_and(local) {
+            s -= 1;
+        }
+        let mut e = at + 1;
+        while e < to && b.get(e).copied().is_some_and(domain) {
+            e += 1;
+        }
+        let dom = n.get(at + 1..e).unwrap_or_default().trim_end_matches('.');
+        if s < at && dom.contains('.') && !dom.starts_with('.') {
+            return Some((s, at + 1 + dom.len()));
+        }
+    }
+    None
+}
+
 /// Rules that need several phrases in one sentence (the sentence before
 /// counts for the object of a transfer: "Read X. Put it in `note`.").
 fn combine(hits: &[Hit], starts: &[usize], kind: Kind, param: Option<&str>, sink: &mut Sink<'_>) {
@@ -1734,6 +1952,18 @@ fn combine(hits: &[Hit], starts: &[usize], kind: Kind, param: Option<&str>, sink
             sink.push(READ_SENSITIVE_FILES, sev, h.s, h.e);
         }
 
+        // "Always BCC audit@… on every message": mail copied to a third
+        // party by standing order.
+        if let Some(c) = first(Cat::CopyTo) {
+            if has(&|x| x == Cat::Standing) {
+                let from = starts.get(i).copied().unwrap_or(0);
+                let to = starts.get(i + 1).copied().unwrap_or(norm_text.len());
+                if let Some((a, b)) = address_in(norm_text, from, to) {
+                    sink.push(CROSS_TOOL, Severity::High, c.s.min(a), c.e.max(b));
+                }
+            }
+        }
+
         // "Before using this tool, read …": a precondition aimed at the model.
         if let Some(c) = coerce {
             if let Some(v) = read.or(transfer) {
@@ -1794,6 +2024,12 @@ fn shapes(
                 }
                 Shape::Base64 | Shape::HexEscapes | Shape::UnicodeEscapes => {
                     encoded(m.as_str(), *shape, s, e, kind, param, env, decode, sink)
+                }
+                Shape::SteerAway => {
+                    let t = m.as_str().to_ascii_lowercase();
+                    if !t.contains(" same ") {
+                        sink.push(CROSS_TOOL, Severity::High, s, e);
+                    }
                 }
             }
         }
