@@ -379,6 +379,26 @@ async def test_passwords_with_punctuation_are_redacted_whole(defaults: InspectGa
 # ------------------------------------------------------------- 2. DLP block ----
 
 
+async def test_a_sampling_request_from_the_server_passes_dlp(defaults: InspectGateway) -> None:
+    """What a server asks the client's model (``sampling/createMessage`` in the
+    middle of a call) is inspected like a result: the credential is redacted
+    before the client sees it."""
+    seen: list[types.CreateMessageRequestParams] = []
+
+    async def on_sample(context: object, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        seen.append(params)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="ok"), model="test", stop_reason="endTurn"
+        )
+
+    async with Client(defaults.url, mode="legacy", read_timeout_seconds=20, cache=None, sampling_callback=on_sample) as c:
+        await c.call_tool("everything__trigger-sampling-request", {"prompt": f"use the key {AWS_KEY_ID}", "maxTokens": 10})
+    assert seen, "the sampling request reached the client"
+    text = json.dumps([p.model_dump(mode="json") for p in seen])
+    assert AWS_KEY_ID not in text, text
+    assert "[REDACTED:aws-access-key-id]" in text, text
+
+
 async def test_a_block_class_withholds_the_whole_result(strict: InspectGateway) -> None:
     async with connect(strict) as c:
         with pytest.raises(MCPError) as e:

@@ -53,7 +53,9 @@ fn bench(c: &mut Criterion) {
     assert_eq!(run(&rules, &large), 0);
 
     let mut g = c.benchmark_group("inspection");
-    g.bench_function("small echo result", |b| b.iter(|| run(&rules, black_box(&echo))));
+    g.bench_function("small echo result", |b| {
+        b.iter(|| run(&rules, black_box(&echo)))
+    });
     g.bench_function("runbook result (1 redaction, 2 flags)", |b| {
         b.iter(|| run(&rules, black_box(&runbook)))
     });

@@ -1075,8 +1075,9 @@ impl Gateway {
         }
     }
 
-    /// DLP on an interim notification (progress message, log line) of a
-    /// call: `false` when it must be dropped.
+    /// DLP on the params of a message from a server that is not a result
+    /// (progress, log lines, server→client requests): `false` when it must
+    /// not reach the client (a `block` class matched).
     fn inspect_notification(
         &self,
         client: &Client,
@@ -1961,14 +1962,28 @@ impl Gateway {
                         &res,
                         None,
                     );
-                    if !d.allow {
+                    // What the server asks the client (sampling messages, an
+                    // elicitation's text) passes DLP like a result.
+                    let target = self.target_name(idx, params);
+                    let clean = d.allow
+                        && self.inspect_notification(client, rules, target.as_deref(), &mut m);
+                    if !clean {
                         if let Some(their) = m.id_owned() {
-                            let e = Message::error(
-                                Some(their),
-                                codes::POLICY_DENIED,
-                                &format!("Denied by policy: {}", d.reason),
-                                None,
-                            );
+                            let e = if d.allow {
+                                Message::error(
+                                    Some(their),
+                                    codes::RESULT_WITHHELD,
+                                    "Withheld: the request carries sensitive data (DLP)",
+                                    Some(json!({"reason": "dlp"})),
+                                )
+                            } else {
+                                Message::error(
+                                    Some(their),
+                                    codes::POLICY_DENIED,
+                                    &format!("Denied by policy: {}", d.reason),
+                                    None,
+                                )
+                            };
                             let t = self
                                 .upstreams
                                 .get(idx)
@@ -2271,9 +2286,14 @@ impl Gateway {
                     }
                     Some(mut m) = rx.recv() => {
                         let Some(client) = weak_client.upgrade() else { break };
-                        if m.method() == Some("notifications/tools/list_changed") {
-                            if let Some(g) = weak_gw.upgrade() {
+                        if let Some(g) = weak_gw.upgrade() {
+                            if m.method() == Some("notifications/tools/list_changed") {
                                 g.recheck_tools(Some(client.clone()), idx);
+                            }
+                            // Unsolicited messages (logs, server requests) pass DLP too.
+                            let rules = g.inspection.rules(&[], Asks::default());
+                            if !g.inspect_notification(&client, &rules, None, &mut m) {
+                                continue;
                             }
                         }
                         if m.kind() == Kind::Request {
