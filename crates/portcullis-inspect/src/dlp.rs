@@ -2751,9 +2751,10 @@ fn unquoted(text: &str, start: usize, form: Form) -> Option<Found> {
         }
         q > p && byte(b, q) == b'='
     };
+    // (An element's text runs to its closing tag: no pairs in it.)
     for p in start..k {
         let c = byte(b, p);
-        if matches!(c, b'&' | b';' | b',') && pair_at(p + 1) {
+        if form != Form::Element && matches!(c, b'&' | b';' | b',') && pair_at(p + 1) {
             k = p;
             break;
         }
@@ -3057,7 +3058,21 @@ fn secret_value(v: &str, kind: KeyKind, quoted: bool, line: bool) -> Option<usiz
                 return None;
             }
             let ok = if v.contains(char::is_whitespace) {
-                quoted && passphrase(v)
+                // Quoted, a password may hold blanks: a passphrase, or a
+                // short mix of classes that is not a sentence
+                // (`"Iv0ry Tower; 88"`, not `"Min 8 chars, 1 digit"`).
+                quoted
+                    && (passphrase(v)
+                        || (v.len() <= 64
+                            && v.split_whitespace().count() <= 3
+                            && password_like(&v.replace(char::is_whitespace, ""))
+                            && !v.split_whitespace().any(|w| {
+                                NOT_PASSPHRASE_WORDS.contains(
+                                    &w.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+                                        .to_ascii_lowercase()
+                                        .as_str(),
+                                )
+                            })))
             } else {
                 password_like(v)
                     || letters_and_digits(v)

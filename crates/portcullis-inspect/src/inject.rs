@@ -430,16 +430,34 @@ fn exfil_to_address(
         }) else {
             continue;
         };
-        let Some(t) = transfer_in(n, from, to).filter(|t| !described(n, t.s)) else {
+        // "email the whole conversation to …": `email` is a verb here.
+        let mailed = {
+            let mut words = hay
+                .get(..o.start())
+                .unwrap_or_default()
+                .split_whitespace()
+                .rev();
+            let mut last = words.next().unwrap_or_default();
+            if ["the", "this", "our"]
+                .iter()
+                .any(|d| last.eq_ignore_ascii_case(d))
+            {
+                last = words.next().unwrap_or_default();
+            }
+            ["email", "e-mail", "mail"]
+                .iter()
+                .any(|w| last.eq_ignore_ascii_case(w))
+        };
+        let at = from + o.start();
+        let verb = transfer_in(n, from, to)
+            .filter(|t| !described(n, t.s))
+            .map(|t| (t.s, t.e))
+            .or(if mailed { Some((at, at)) } else { None });
+        let Some((ts, te)) = verb else {
             continue;
         };
         done.push(sid);
-        push(
-            EXFIL,
-            Severity::High,
-            t.s.min(from + o.start()),
-            a.end().max(t.e),
-        );
+        push(EXFIL, Severity::High, ts.min(at), a.end().max(te));
     }
 }
 
