@@ -6,11 +6,11 @@
 //! How it stays fast on large results (about 1.5 ms per MiB of mixed
 //! prose, code and logs):
 //! - every detector that starts at (or a few bytes after) a fixed string —
-//!   `AKIA`, `ghp_`, `-----BEGIN`, `eyJ`, `passw`, `oken` … — is found by
+//!   `AKIA`, `ghp_`, `-----BEGIN`, `eyJ`, `pass`, `oken` … — is found by
 //!   a case-sensitive Aho-Corasick pass (so its SIMD prefilter applies;
 //!   the case variants that matter are listed): the main automaton holds
 //!   the frequent anchors, a second small one the rare provider prefixes
-//!   and `pass` spellings (see the anchor budget above `DETECTORS`), and
+//!   (see the anchor budget above `DETECTORS`), and
 //!   their hits are merged in text order; `@` is found by a byte search; a
 //!   cheap byte test at the hit (the key word's first letters, a separator
 //!   and eight or sixteen value bytes after `password`, `user:pass@` after
@@ -261,9 +261,10 @@ const P: usize = 1;
 /// provider prefixes: 0.55 ms; past 64 it is not used at all: 1.6 ms). So
 /// the rarer literals added later — the provider prefixes without a long
 /// distinctive form (Shopify, Vault, Databricks, Sentry, Doppler, Postman,
-/// Telegram) and the `pass` key spellings — ride on a second, small
-/// automaton (`SECONDARY`: 12 literals, 0.05 ms per MiB), and the two
-/// streams of hits are merged in text order.
+/// Telegram) and MySQL's `-p'…'` — ride on a second, small automaton
+/// (`SECONDARY`: 10 literals, 0.05 ms per MiB), and the two streams of hits
+/// are merged in text order. (`pass`, `PASS`, `Pass` replaced `assw` and
+/// `ASSW` in the main one: they also find `WIFI_PASS` and `passphrase`.)
 static DETECTORS: &[Detector] = &[
     Detector {
         id: "gcp-service-account-key",
@@ -791,8 +792,9 @@ static DETECTORS: &[Detector] = &[
         anchors: &[
             "ecret",
             "ECRET",
-            "assw",
-            "ASSW",
+            "pass",
+            "PASS",
+            "Pass",
             "pwd",
             "PWD",
             "oken",
@@ -805,8 +807,6 @@ static DETECTORS: &[Detector] = &[
             "Key",
             "KEY",
             // Second automaton (see `SECONDARY`).
-            "PASS",
-            "pass",
             "-p'",
             "-p\"",
         ],
@@ -921,7 +921,7 @@ static DETECTORS: &[Detector] = &[
 /// Anchors searched by the second automaton (see the anchor budget above
 /// `DETECTORS`).
 const SECONDARY: &[&str] = &[
-    "PASS", "pass", "-p'", "-p\"", "shp", "hvs.", "hvb.", "dapi", "sntry", "dp.", "PMAK-", ":AA",
+    "-p'", "-p\"", "shp", "hvs.", "hvb.", "dapi", "sntry", "dp.", "PMAK-", ":AA",
 ];
 
 /// Every detector, so callers can list ids, classes and severities.
@@ -1908,7 +1908,6 @@ fn key_word_before(b: &[u8], start: usize, anchor: &[u8]) -> bool {
         }
         b"oken" | b"OKEN" => at(1) == b't',
         b"ecret" | b"ECRET" => at(1) == b's',
-        b"assw" | b"ASSW" => at(1) == b'p',
         b"redential" | b"REDENTIAL" => at(1) == b'c',
         b"earer" | b"EARER" => at(1) == b'b',
         _ => true,
@@ -1931,10 +1930,7 @@ fn pre_generic(b: &[u8], start: usize, end: usize) -> bool {
     if !key_word_before(b, start, anchor) {
         return false;
     }
-    let password = matches!(
-        anchor,
-        b"assw" | b"ASSW" | b"pwd" | b"PWD" | b"PASS" | b"pass"
-    );
+    let password = matches!(anchor, b"pass" | b"PASS" | b"Pass" | b"pwd" | b"PWD");
     let mut j = end;
     if byte(b, j).is_ascii_whitespace() && matches!(anchor, b"earer" | b"EARER") {
         while byte(b, j).is_ascii_whitespace() {
@@ -2448,6 +2444,23 @@ enum KeyKind {
 /// The kind of secret a key names; `None` for keys that name no secret
 /// (`bypass`, `pass_rate`) or say the value is not one (`token_type`).
 fn key_kind(key: &str) -> Option<KeyKind> {
+    // Most keys (`type`, `id`, `text` …) hold none of the words: answer
+    // without splitting them.
+    let b = key.as_bytes();
+    let holds = |w: &[u8]| b.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
+    if ![
+        &b"pass"[..],
+        b"pwd",
+        b"secret",
+        b"token",
+        b"key",
+        b"credential",
+    ]
+    .iter()
+    .any(|w| holds(w))
+    {
+        return None;
+    }
     if benign_key(key) {
         return None;
     }
