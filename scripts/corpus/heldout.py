@@ -8,6 +8,7 @@ use.
     python3 scripts/corpus/heldout.py secrets > tests/corpus/secrets-heldout.jsonl
     python3 scripts/corpus/heldout.py poison  > tests/corpus/poison-heldout.jsonl
     python3 scripts/corpus/heldout.py inject  > tests/corpus/inject-heldout.jsonl
+    python3 scripts/corpus/heldout.py pii     > tests/corpus/pii-heldout.jsonl
     python3 scripts/corpus/heldout.py after-tuning > tests/corpus/after-tuning.jsonl
 
 Seeded: the same inputs give the same files. Every payload and value was
@@ -340,6 +341,70 @@ def inject():
         ineg(sid, t)
 
 
+# ----------------------------------------------------------------- pii ----
+PII_SOURCE = "held-out synthetic (scripts/corpus/heldout.py pii)"
+
+
+def cpf(rnd):
+    d = [rnd.randint(0, 9) for _ in range(9)]
+    for k in (10, 11):
+        t = sum(x * w for x, w in zip(d, range(k, 1, -1)))
+        d.append(0 if t % 11 < 2 else 11 - t % 11)
+    return "".join(map(str, d))
+
+
+def bsn(rnd):
+    while True:
+        d = [rnd.randint(0, 9) for _ in range(8)]
+        t = sum(x * w for x, w in zip(d, range(9, 1, -1)))
+        if t % 11 < 10 and d[0] != 0:
+            return "".join(map(str, d)) + str(t % 11)
+
+
+def pii():
+    """Written before the CPF and BSN detectors: formatted CPFs, BSNs after
+    their name, and look-alikes (wrong check digits, dotted numbers, nine
+    digits without the name)."""
+    rnd = random.Random(SEED + 2)
+    fmt = lambda v: f"{v[:3]}.{v[3:6]}.{v[6:9]}-{v[9:]}"  # noqa: E731
+    ctx = [
+        "Cliente: Maria Souza, CPF {v}, cidade: Recife\n",
+        "<cpf>{v}</cpf>\n",
+        "| 12 | João Lima | {v} | ativo |\n",
+        "Nota fiscal emitida para o CPF: {v} em 03/02/2024.\n",
+        "customer_tax_id={v}&country=BR\n",
+    ]
+    for i, t in enumerate(ctx):
+        v = fmt(cpf(rnd))
+        out.append({"id": f"br-cpf-h{i:02d}", "family": "pii", "label": "pii:br-cpf", "text": t.format(v=v),
+                    "match": v, "source": PII_SOURCE})
+    bctx = [
+        "Naam: Sanne de Vries, BSN: {v}, geboren 1988\n",
+        "burgerservicenummer {v} (gecontroleerd)\n",
+        '{{"bsn": "{v}", "gemeente": "Utrecht"}}\n',
+        "BSN={v};IBAN=onbekend\n",
+    ]
+    for i, t in enumerate(bctx):
+        v = bsn(rnd)
+        out.append({"id": f"nl-bsn-h{i:02d}", "family": "pii", "label": "pii:nl-bsn", "text": t.format(v=v),
+                    "match": v, "source": PII_SOURCE})
+    negs = []
+    for i in range(4):
+        v = cpf(rnd)
+        bad = v[:9] + str((int(v[9]) + 1) % 10) + v[10]
+        negs.append((f"cpf-bad-check-{i}", f"CPF {fmt(bad)} (inválido)\n"))
+    negs += [
+        ("dotted-version", "Upgraded libfoo 123.456.789-10 to 123.456.790-1.\n"),
+        ("ip-port-like", "route 100.200.300-40 is not an address\n"),
+        ("bsn-bad-proof", "BSN: 123456789 (fout in elfproef)\n"),
+        ("nine-digits-no-name", f"Order {bsn(rnd)} shipped to Utrecht.\n"),
+        ("bsn-word", "De BSN-koppeling is uitgeschakeld; zie handleiding p. 123456789.\n"),
+    ]
+    for sid, t in negs:
+        out.append({"id": f"hard-negative-{sid}", "family": "pii", "label": "benign", "text": t,
+                    "source": PII_SOURCE})
+
+
 # -------------------------------------------------------- after tuning ----
 AFTER_SOURCE = "added after tuning, authored for Portcullis (scripts/corpus/heldout.py after-tuning)"
 AFTER_NOTE = "added after tuning"
@@ -444,7 +509,7 @@ def after_tuning():
 
 def main():
     which = sys.argv[1] if len(sys.argv) > 1 else ""
-    {"secrets": secrets, "poison": poison, "inject": inject, "after-tuning": after_tuning}[which]()
+    {"secrets": secrets, "poison": poison, "inject": inject, "pii": pii, "after-tuning": after_tuning}[which]()
     emit()
 
 
