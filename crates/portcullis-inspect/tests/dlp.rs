@@ -652,6 +652,17 @@ fn national_ids() {
     misses("BG 12 34 56 C and GB123456A");
     misses("AB123456E and DA123456A");
     misses("AB 12 3456 C");
+    // CPF as written, both check digits; BSN after its name, eleven-test.
+    finds("br-cpf", "CPF 529.982.247-25 ativo", "529.982.247-25");
+    finds("br-cpf", "<cpf>111.444.777-35</cpf>", "111.444.777-35");
+    misses("CPF 529.982.247-26 ativo");
+    misses("CPF 111.111.111-11");
+    misses("libfoo 123.456.789-10 released");
+    finds("nl-bsn", "BSN: 111222333, geboren 1988", "111222333");
+    finds("nl-bsn", "{\"bsn\": \"123456782\"}", "123456782");
+    finds("nl-bsn", "burgerservicenummer 111222333", "111222333");
+    misses("BSN: 123456789 (fout)");
+    misses("Order 111222333 shipped to Utrecht.");
 }
 
 #[test]
