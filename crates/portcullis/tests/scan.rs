@@ -215,19 +215,19 @@ fn corpus() -> String {
 /// a detector regression below them turns this test red.
 const BOUNDS: &[&str] = &[
     "--min-recall",
-    "poison=0.94",
+    "poison=0.96",
     "--max-fpr",
     "poison=0.01",
     "--min-recall",
-    "secret=0.96",
+    "secret=0.99",
     "--max-fpr",
     "secret=0.01",
     "--min-recall",
-    "pii=0.90",
+    "pii=0.95",
     "--max-fpr",
     "pii=0.01",
     "--min-recall",
-    "inject=0.85",
+    "inject=0.88",
     "--max-fpr",
     "inject=0.01",
 ];
@@ -255,8 +255,8 @@ fn eval_over_the_corpus_meets_the_bounds() {
         .collect();
     assert_eq!(fams, ["poison", "secret", "pii", "inject"]);
     let poison = &v["families"][0];
-    assert!(poison["positives"].as_u64().unwrap() >= 250, "{poison}");
-    assert!(poison["negatives"].as_u64().unwrap() >= 600, "{poison}");
+    assert!(poison["positives"].as_u64().unwrap() >= 280, "{poison}");
+    assert!(poison["negatives"].as_u64().unwrap() >= 620, "{poison}");
     // The real-world definitions file alone: no false positive at all.
     let real = poison["files"]
         .as_array()
@@ -266,7 +266,17 @@ fn eval_over_the_corpus_meets_the_bounds() {
         .unwrap();
     assert!(real["negatives"].as_u64().unwrap() >= 500, "{real}");
     assert_eq!(real["false_positives"], 0, "{real}");
-    assert!(v["samples"].as_u64().unwrap() > 2500);
+    assert!(v["samples"].as_u64().unwrap() > 3000);
+    // Real code and documentation: no credential false positive either.
+    let secret = &v["families"][1];
+    let real_text = secret["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == "real-text.jsonl")
+        .unwrap();
+    assert!(real_text["negatives"].as_u64().unwrap() >= 600, "{real_text}");
+    assert_eq!(real_text["false_positives"], 0, "{real_text}");
     for key in ["misses", "false_positives", "other_detector", "files"] {
         assert!(v[key].is_array(), "{key}");
     }
