@@ -275,7 +275,10 @@ fn eval_over_the_corpus_meets_the_bounds() {
         .iter()
         .find(|f| f["file"] == "real-text.jsonl")
         .unwrap();
-    assert!(real_text["negatives"].as_u64().unwrap() >= 600, "{real_text}");
+    assert!(
+        real_text["negatives"].as_u64().unwrap() >= 600,
+        "{real_text}"
+    );
     assert_eq!(real_text["false_positives"], 0, "{real_text}");
     for key in ["misses", "false_positives", "other_detector", "files"] {
         assert!(v[key].is_array(), "{key}");
