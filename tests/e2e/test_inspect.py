@@ -41,10 +41,8 @@ A poisoned prompt got, or a shadowing tool called, before any list is
 refused on a fresh gateway (the gateway reads the lists it needs first), and
 a hidden prompt answers exactly like a missing one (unknown prompt names are
 answered by the gateway, never forwarded).
-
-Known gap, a strict ``xfail`` that turns into a failure once fixed (then
-drop the mark): passwords with punctuation (``P4ss;word99!``) are not
-redacted whole.
+Passwords with punctuation (``P4ss;word99!``, ``xK9#mQ2$vL7(pW4)``) are
+redacted whole, not cut at the punctuation.
 
 Cast (loopback): ``portcullis serve --config … --allow-anonymous-loopback``
 (plain HTTP) in front of server-everything (stdio, Node) and the malicious
@@ -364,11 +362,6 @@ async def test_secrets_in_a_result_are_redacted_and_personal_data_only_flagged(d
     assert_no_secret("the gateway log", defaults.proc.log.read_text(errors="replace"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DLP miss: generic-secret stops a password value at ; ( & (and , = space), so "
-    "'P4ss;word99!' and 'xK9#mQ2$vL7(pW4)' pass whole and 'Tr0ub4dor&3x' leaks '&3x'",
-)
 async def test_passwords_with_punctuation_are_redacted_whole(defaults: InspectGateway) -> None:
     async with connect(defaults) as c:
         env = json.loads(text_of(await c.call_tool("everything__get-env", {})))
