@@ -1119,6 +1119,41 @@ fn stream_memory_is_bounded() {
 }
 
 #[test]
+fn stream_redacts_delimited_passwords_like_batch() {
+    // Quoted values with punctuation and blanks, line passphrases, XML and
+    // flags, cut at every size: a stream must see each value whole.
+    let text = concat!(
+        "{\n  \"NODE_ENV\": \"production\",\n  \"DB_PASSWORD\": \"P4ss;word99!\",\n",
+        "  \"PASSPHRASE\": \"correct horse battery staple\",\n  \"HOME\": \"/root\"\n}\n",
+        "keystore.password=Seven Silver Swans Swim\n",
+        "DB_PASSWORD=Tr0ub4dor&3x PORT=5432\n",
+        "<password>Orbit&Comet=5</password>\n",
+        "$ docker login -u ci --password 'Zx8!qW3=rT6&yU1' registry.example.com\n",
+        "GET /login?user=bob&password=Kp8vLq2zXw&remember=1\n",
+    )
+    .repeat(8);
+    let policy = DlpPolicy::default();
+    let (batched, bf) = batch(&text, &policy);
+    assert_eq!(bf.len(), 7 * 8, "{batched}");
+    for secret in [
+        "P4ss;word99!",
+        "horse battery",
+        "Swans Swim",
+        "Tr0ub4dor&3x",
+        "Comet=5",
+        "rT6&yU1",
+        "Kp8vLq2zXw",
+    ] {
+        assert!(!batched.contains(secret), "{secret} in {batched}");
+    }
+    for sizes in [&[1usize][..], &[2, 3, 5], &[7, 64], &[4096]] {
+        let (streamed, sf, _, _) = stream(&text, sizes, &policy);
+        assert_eq!(streamed, batched, "{sizes:?}");
+        assert_eq!(sf, bf, "{sizes:?}");
+    }
+}
+
+#[test]
 fn stream_matches_batch_on_realistic_text() {
     let mut rng = StdRng::seed_from_u64(75);
     let secrets = secrets_in(76);
