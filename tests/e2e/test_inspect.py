@@ -616,6 +616,17 @@ async def test_a_hidden_prompt_answers_like_a_missing_one(strict: InspectGateway
     assert hidden.message == missing.message.replace("no_such_prompt", "summarize"), (hidden, missing)
 
 
+async def test_a_hidden_prompt_is_no_completion_target(strict: InspectGateway) -> None:
+    """``completion/complete`` naming a hidden prompt is refused by the gateway
+    like an unknown reference, and never reaches the evil server."""
+    async with connect(strict) as c:
+        await all_prompts(c)
+        e = await refusal(c.complete(types.PromptReference(type="ref/prompt", name="evil__summarize"), {"name": "document", "value": "x"}))
+    assert e is not None and e.code == INVALID_PARAMS, e
+    received = [m.get("method") for m in strict._received(strict.evil_received)]
+    assert "completion/complete" not in received, received
+
+
 async def test_with_the_defaults_everything_is_listed_and_the_findings_audited(defaults: InspectGateway) -> None:
     async with connect(defaults) as c:
         tools = await all_tools(c)

@@ -865,6 +865,8 @@ impl Gateway {
                         .get("name")
                         .and_then(Value::as_str)
                         .and_then(|n| self.naming.inward(n))
+                        // A hidden prompt is no completion target either.
+                        .filter(|(idx, orig)| self.offered(*idx, false, orig))
                         .map(|(idx, orig)| (idx, Some(orig))),
                     Some("ref/resource") => {
                         let uri = r
@@ -872,7 +874,14 @@ impl Gateway {
                             .and_then(Value::as_str)
                             .unwrap_or_default()
                             .to_owned();
-                        self.route_uri(client, &uri).await.map(|idx| (idx, None))
+                        self.route_uri(client, &uri)
+                            .await
+                            .filter(|idx| {
+                                !self
+                                    .defs
+                                    .hidden(&self.server_name(*idx), ItemKind::Resource, &uri)
+                            })
+                            .map(|idx| (idx, None))
                     }
                     _ => None,
                 };
