@@ -1524,9 +1524,7 @@ impl PhraseSet {
     fn build(results: bool) -> PhraseSet {
         let meta: Vec<(&'static str, Cat)> = PHRASES
             .iter()
-            // Transfer verbs are everywhere in documents; for results they
-            // are looked up only next to a conversation object.
-            .filter(|(_, cat, res)| !results || (*res && *cat != Cat::Transfer))
+            .filter(|(_, cat, res)| !results || for_results(*cat, *res))
             .flat_map(|(list, cat, _)| list.iter().map(move |p| (*p, *cat)))
             .collect();
         // Descriptions need every overlapping phrase (combined rules look
@@ -1576,6 +1574,32 @@ impl PhraseSet {
                 out.push(Hit { s, e, cat });
             }
         }
+    }
+}
+
+/// Whether a phrase list applies to tool results: the lists marked so,
+/// except transfer verbs (everywhere in documents; for results they are
+/// looked up only next to a conversation object, see [`transfer_in`]).
+fn for_results(cat: Cat, res: bool) -> bool {
+    res && cat != Cat::Transfer
+}
+
+/// Every phrase matched in tool results (those [`phrase_hits`] finds with
+/// `results_only`), so the result scanner can check that its prefilter
+/// covers each of them.
+pub(crate) fn result_phrases() -> impl Iterator<Item = &'static str> {
+    PHRASES
+        .iter()
+        .filter(|(_, cat, res)| for_results(*cat, *res))
+        .flat_map(|(list, _, _)| list.iter().copied())
+}
+
+/// Like [`phrase_hits`] with `results_only`, over `n[s..e]` only (word
+/// boundaries still judged on the whole of `n`, offsets relative to `n`),
+/// appended to `out`.
+pub(crate) fn result_phrase_hits_in(n: &str, s: usize, e: usize, out: &mut Vec<Hit>) {
+    if let Some(hay) = n.get(s..e) {
+        RESULT_PHRASE_SET.hits(n, s, hay, out);
     }
 }
 

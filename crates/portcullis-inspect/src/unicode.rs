@@ -190,15 +190,23 @@ pub fn scan(text: &str, path: &str) -> Vec<Finding> {
 
 /// Like [`scan`] but appends to `out`, so scanners can reuse one vector.
 pub fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
+    scan_census_into(text, path, out);
+}
+
+/// Like [`scan_into`], and tells whether `text` has any non-ASCII byte and
+/// any ASCII control other than tab, newline and CR, so a caller can take
+/// a plain-ASCII fast path without reading the text once more.
+pub(crate) fn scan_census_into(text: &str, path: &str, out: &mut Vec<Finding>) -> (bool, bool) {
     let (non_ascii, control) = byte_census(text.as_bytes());
     if !non_ascii {
         if control {
             invisible_runs(text, path, Some(Class::Control), out);
         }
-        return;
+        return (non_ascii, control);
     }
     invisible_runs(text, path, None, out);
     homoglyphs_into(text, path, out);
+    (non_ascii, control)
 }
 
 /// Whether `bytes` has any non-ASCII byte, and any ASCII control other
