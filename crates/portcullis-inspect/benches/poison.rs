@@ -1,6 +1,9 @@
 //! Cost of poisoning and injection detection: a 100-tool `tools/list`
 //! scanned tool by tool (target: ≤ 1 ms for all 100), one small tool, and
-//! 64 KiB of ordinary result text.
+//! result text: 64 KiB of ordinary text (target: ≤ 150 µs), 64 KiB of
+//! ordinary text full of the words injections are made of (user, system,
+//! instructions, the AI, the conversation, addresses), and the small
+//! result every call returns.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,7 +14,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use portcullis_inspect::inject::scan_result_text;
+use portcullis_inspect::inject::{scan_result, scan_result_text};
 use portcullis_inspect::poison::{scan_tool, Context};
 use serde_json::{json, Value};
 
@@ -115,6 +118,36 @@ fn ordinary_text(bytes: usize) -> String {
     s
 }
 
+/// Ordinary documentation that names what injections are made of (the
+/// user, the system, instructions, the AI, the conversation, addresses,
+/// generics), so every matcher has somewhere to look and nothing to find.
+fn wordy_text(bytes: usize) -> String {
+    let paras = [
+        "The user can change the system settings at any time. See \
+         https://docs.example.com/setup for the installation instructions, or write to \
+         support@example.com if the admin console does not load.\n\n",
+        "Our chat widget keeps each message for 30 days. The AI model summarises the \
+         conversation history when the user asks for it, and the summary is shown now and \
+         then in the sidebar.\n\n",
+        "fn load(path: &Path) -> Result<Config, Error> {\n    let text = \
+         std::fs::read_to_string(path)?; // one system call\n    \
+         toml::from_str(&text).map_err(Error::from)\n}\n\n",
+        "| tool | purpose | admin only |\n|---|---|---|\n| backup | copies the database | \
+         yes |\n| report | sends a summary to the team | no |\n\n",
+        "Important: the developer guidelines ask you to follow the coding style. Previous \
+         releases are listed in the changelog; ignore the warnings about deprecated flags \
+         if you use version 2 of the tool.\n\n",
+    ];
+    let mut s = String::with_capacity(bytes + 512);
+    let mut i = 0;
+    while s.len() < bytes {
+        s.push_str(paras[i % paras.len()]);
+        i += 1;
+    }
+    s.truncate(bytes);
+    s
+}
+
 fn bench(c: &mut Criterion) {
     let list = tools(100);
     let known: Vec<String> = tools(100)
@@ -152,6 +185,26 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(text.len() as u64));
     g.bench_function("scan_result_text 64KiB", |b| {
         b.iter(|| scan_result_text(black_box(&text)))
+    });
+    let wordy = wordy_text(64 * 1024);
+    assert!(scan_result_text(&wordy).is_empty());
+    g.bench_function("scan_result_text 64KiB wordy", |b| {
+        b.iter(|| scan_result_text(black_box(&wordy)))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("inject");
+    g.bench_function("scan_result_text small", |b| {
+        b.iter(|| scan_result_text(black_box("Echo: hi")))
+    });
+    let small = json!({"content": [{"type": "text", "text": "Echo: hi"}], "isError": false});
+    g.bench_function("scan_result small", |b| {
+        b.iter(|| scan_result(black_box(&small)))
+    });
+    let kib = json!({"content": [{"type": "text", "text": wordy_text(1024)}]});
+    assert!(scan_result(&kib).is_empty());
+    g.bench_function("scan_result 1KiB wordy", |b| {
+        b.iter(|| scan_result(black_box(&kib)))
     });
     g.finish();
 }

@@ -158,10 +158,19 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
     let plan = pre
         // `(?i)` also matches `ſ` for `s` and the Kelvin sign for `k`,
         // which the ASCII anchors do not see: such text is read whole.
-        .filter(|_| !n.contains(['\u{17F}', '\u{212A}']))
+        .filter(|_| !non_ascii || !(n.contains('\u{17F}') || n.contains('\u{212A}')))
         .and_then(|pre| {
-            let same = anchors_of_text && matches!(norm.text, Cow::Borrowed(_));
-            (same || pre.anchors(n, &mut anchors)).then(|| pre.plan(n, &anchors))
+            if anchors_of_text {
+                // Anchors start on bytes normalisation keeps: they map over.
+                if let Cow::Owned(_) = norm.text {
+                    for a in &mut anchors {
+                        a.0 = norm.normalised(a.0);
+                    }
+                }
+            } else if !pre.anchors(n, &mut anchors) {
+                return None;
+            }
+            Some(pre.plan(n, &anchors))
         })
         .unwrap_or_else(|| Plan::whole(n.len()));
     analyse(text, &norm, &plan, path, &mut found);
@@ -584,7 +593,11 @@ impl Prefilter {
                 &owned
             }
         };
-        for (searcher, ids) in &self.searchers {
+        let mut split = 0;
+        for (k, (searcher, ids)) in self.searchers.iter().enumerate() {
+            if k == 1 {
+                split = out.len();
+            }
             let mut at = 0;
             while at < lower.len() {
                 let Some(m) = searcher.find_in(lower, Span::from(at..lower.len())) else {
@@ -604,7 +617,18 @@ impl Prefilter {
                 }
             }
         }
-        out.sort_unstable_by_key(|&(s, _)| s);
+        // Each searcher found its anchors in order: merge the two runs.
+        if split > 0 && split < out.len() {
+            let second = out.split_off(split);
+            let first = std::mem::take(out);
+            let (mut i, mut j) = (first.into_iter().peekable(), second.into_iter().peekable());
+            while let (Some(a), Some(b)) = (i.peek(), j.peek()) {
+                let next = if a.0 <= b.0 { i.next() } else { j.next() };
+                out.extend(next);
+            }
+            out.extend(i);
+            out.extend(j);
+        }
         true
     }
 
@@ -854,7 +878,7 @@ fn exfil_to_address(
     let (Some(addr), Some(convo)) = (ADDRESS.as_ref(), PLAIN_CONVO.as_ref()) else {
         return;
     };
-    for a in addr.find_iter(n).take(MAX_PER_TEXT) {
+    for a in addresses(addr, n, MAX_PER_TEXT) {
         let (start, end) = sentences.bounds(a.start());
         if done.contains(&start) {
             continue;
@@ -913,6 +937,47 @@ fn exfil_to_address(
         done.push(start);
         push(EXFIL, Severity::High, ts.min(at), a.end().max(te));
     }
+}
+
+/// The first `max` matches of [`ADDRESS`] in `n`, as `find_iter` gives
+/// them, reading only the stretches around an `@` or a `://`: every match
+/// holds one, and no blank, `<`, `>`, `"` or `'` (the only blanks of
+/// normalised text are spaces and newlines).
+fn addresses<'n>(re: &Regex, n: &'n str, max: usize) -> Vec<regex::Match<'n>> {
+    let b = n.as_bytes();
+    let brk = |c: &u8| matches!(c, b' ' | b'\n' | b'<' | b'>' | b'"' | b'\'');
+    let next = |pat: &str, from: usize| n.get(from..).and_then(|r| r.find(pat)).map(|i| from + i);
+    let mut out = Vec::new();
+    let (mut at_sign, mut scheme) = (next("@", 0), next("://", 0));
+    let mut from = 0;
+    while out.len() < max {
+        if at_sign.is_some_and(|p| p < from) {
+            at_sign = next("@", from);
+        }
+        if scheme.is_some_and(|p| p < from) {
+            scheme = next("://", from);
+        }
+        let Some(q) = at_sign.into_iter().chain(scheme).min() else {
+            break;
+        };
+        let s = b
+            .get(..q)
+            .and_then(|h| h.iter().rposition(brk))
+            .map_or(0, |i| i + 1);
+        let e = b
+            .get(q..)
+            .and_then(|t| t.iter().position(brk))
+            .map_or(b.len(), |i| q + i);
+        let Some(hay) = n.get(..e) else { break };
+        let mut at = s;
+        while out.len() < max && at < e {
+            let Some(m) = re.find_at(hay, at) else { break };
+            at = if m.end() > m.start() { m.end() } else { e };
+            out.push(m);
+        }
+        from = e.max(q + 1);
+    }
+    out
 }
 
 /// Whether only list, quote, heading or comment marks (`2.`, `//`) precede

@@ -777,6 +777,17 @@ impl<'a> Norm<'a> {
         o.min(self.orig_len)
     }
 
+    /// Normalised offset of original offset `o`, for a byte normalisation
+    /// kept (not a blank it collapsed or an invisible character it
+    /// dropped), so a position found in the original maps over.
+    pub(crate) fn normalised(&self, o: usize) -> usize {
+        let k = self.anchors.partition_point(|&(_, a)| a <= o);
+        match k.checked_sub(1).and_then(|j| self.anchors.get(j)) {
+            Some(&(n, a)) => n + (o - a),
+            None => o,
+        }
+    }
+
     /// Original span of normalised span `[s, e)`, on char boundaries.
     pub(crate) fn span(&self, original: &str, s: usize, e: usize) -> (usize, usize) {
         let a = floor_char_boundary(original, self.orig(s));
