@@ -191,6 +191,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("scan_result_text 64KiB wordy", |b| {
         b.iter(|| scan_result_text(black_box(&wordy)))
     });
+    // Typographic punctuation makes a text non-ASCII: the Unicode rules
+    // read it all, and normalisation comes first.
+    let typographic = text.replace(". ", "\u{2019}s \u{2014} ");
+    assert!(scan_result_text(&typographic).is_empty());
+    g.bench_function("scan_result_text 64KiB typographic", |b| {
+        b.iter(|| scan_result_text(black_box(&typographic)))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("inject");

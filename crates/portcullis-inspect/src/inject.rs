@@ -136,13 +136,20 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
         return;
     }
     let mut found = Vec::new();
-    let (non_ascii, control) = unicode::scan_census_into(text, path, &mut found);
+    // Whether every character but ASCII is one normalisation keeps (or, a
+    // typographic quote, straightens: anchors hold no quote, and a phrase
+    // is compared with either) and `(?i)` does not fold to ASCII (`ſ`, the
+    // Kelvin sign).
+    let mut kept = true;
+    let (_, control) = unicode::scan_census_into(text, path, &mut found, |c| {
+        kept &= c.is_ascii() || !(c.is_whitespace() || unicode::is_invisible(c) || changed(c));
+    });
     let pre = PREFILTER.as_ref();
     let mut anchors = Vec::new();
-    // Plain ASCII reads the same normalised (but for its blanks), so the
-    // anchors are looked for in the text itself: most results have none,
-    // and then neither the normalised copy nor any pattern is needed.
-    let clean = !non_ascii && !control;
+    // Such text reads the same normalised (but for its ASCII blanks), so
+    // the anchors are looked for in the text itself: most results have
+    // none, and then neither the normalised copy nor any pattern is needed.
+    let clean = !control && kept;
     let mut anchors_of_text = false;
     if let Some(pre) = pre.filter(|_| clean) {
         if pre.anchors(text, &mut anchors) {
@@ -158,7 +165,7 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
     let plan = pre
         // `(?i)` also matches `ſ` for `s` and the Kelvin sign for `k`,
         // which the ASCII anchors do not see: such text is read whole.
-        .filter(|_| !non_ascii || !(n.contains('\u{17F}') || n.contains('\u{212A}')))
+        .filter(|_| clean || !(n.contains('\u{17F}') || n.contains('\u{212A}')))
         .and_then(|pre| {
             if anchors_of_text {
                 // Anchors start on bytes normalisation keeps: they map over.
@@ -175,6 +182,11 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
         .unwrap_or_else(|| Plan::whole(n.len()));
     analyse(text, &norm, &plan, path, &mut found);
     finish(found, text, out);
+}
+
+/// Whether `(?i)` reads `c` as ASCII (`ſ` as `s`, the Kelvin sign as `k`).
+fn changed(c: char) -> bool {
+    matches!(c, '\u{17F}' | '\u{212A}')
 }
 
 fn finish(mut found: Vec<Finding>, text: &str, out: &mut Vec<Finding>) {
@@ -755,7 +767,8 @@ fn word_before(h: &[u8], s: usize) -> Option<(&[u8], usize)> {
 
 /// Whether phrase `p`, holding an anchor at `p[k..k + len]`, stands around
 /// the anchor found at `h[s..s + len]` (lower-cased text; a space of the
-/// phrase stands for a run of blanks).
+/// phrase stands for a run of blanks, a quote for the typographic quotes
+/// normalisation straightens).
 fn phrase_at(h: &[u8], s: usize, len: usize, p: &[u8], k: usize) -> bool {
     let mut i = s + len;
     for &c in p.get(k + len..).unwrap_or_default() {
@@ -768,6 +781,8 @@ fn phrase_at(h: &[u8], s: usize, len: usize, p: &[u8], k: usize) -> bool {
             }
         } else if h.get(i) == Some(&c) {
             i += 1;
+        } else if let Some(q) = quote_of(c).find(|q| h.get(i..).is_some_and(|t| t.starts_with(q))) {
+            i += q.len();
         } else {
             return false;
         }
@@ -783,11 +798,23 @@ fn phrase_at(h: &[u8], s: usize, len: usize, p: &[u8], k: usize) -> bool {
             }
         } else if i > 0 && h.get(i - 1) == Some(&c) {
             i -= 1;
+        } else if let Some(q) = quote_of(c).find(|q| h.get(..i).is_some_and(|t| t.ends_with(q))) {
+            i -= q.len();
         } else {
             return false;
         }
     }
     true
+}
+
+/// The typographic quotes (UTF-8) normalisation turns into `c`.
+fn quote_of(c: u8) -> impl Iterator<Item = &'static [u8]> {
+    let quotes: &[&str] = match c {
+        b'\'' => &["\u{2018}", "\u{2019}", "\u{201B}", "\u{2032}", "\u{02BC}"],
+        b'"' => &["\u{201C}", "\u{201D}", "\u{201F}", "\u{2033}"],
+        _ => &[],
+    };
+    quotes.iter().map(|q| q.as_bytes())
 }
 
 /// Bytes no match of a shape can hold (every other printable ASCII byte
@@ -1793,6 +1820,31 @@ mod tests {
         assert!(flagged >= 3, "{flagged}");
     }
 
+    /// Phrases with an apostrophe, written with each typographic quote
+    /// normalisation straightens, in plain text and next to other
+    /// non-ASCII: found as the reference finds them.
+    #[test]
+    fn typographic_apostrophes_match_the_reference() {
+        let mut found = 0;
+        for p in result_phrases().filter(|p| p.contains('\'')) {
+            for q in [
+                "'", "\u{2018}", "\u{2019}", "\u{201B}", "\u{2032}", "\u{02BC}", "\u{201C}",
+            ] {
+                let phrase = p.replace('\'', q);
+                for t in [
+                    format!("Note: {phrase} about this."),
+                    format!("Caf\u{e9} \u{2014} {phrase}.\n\nMore text."),
+                    format!("x{phrase}"),
+                    format!("{}  {}", phrase.to_uppercase(), "\u{2019}"),
+                ] {
+                    check(&t);
+                    found += usize::from(!reference::scan(&t).is_empty());
+                }
+            }
+        }
+        assert!(found >= 80, "{found}");
+    }
+
     /// Pieces random texts are made of: anchors and phrases in every case,
     /// the bytes that end a stretch, blanks, invisible and look-alike
     /// characters, addresses.
@@ -1970,6 +2022,8 @@ mod tests {
         "forget each of my earlier",
         "disregard those initial",
         "override the system",
+        "don\u{2019}t tell the user",
+        "don\u{02BC}t let the user know",
     ];
 
     fn random_text(rng: &mut StdRng) -> String {

@@ -190,13 +190,20 @@ pub fn scan(text: &str, path: &str) -> Vec<Finding> {
 
 /// Like [`scan`] but appends to `out`, so scanners can reuse one vector.
 pub fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
-    scan_census_into(text, path, out);
+    scan_census_into(text, path, out, |_| {});
 }
 
 /// Like [`scan_into`], and tells whether `text` has any non-ASCII byte and
 /// any ASCII control other than tab, newline and CR, so a caller can take
-/// a plain-ASCII fast path without reading the text once more.
-pub(crate) fn scan_census_into(text: &str, path: &str, out: &mut Vec<Finding>) -> (bool, bool) {
+/// a plain-ASCII fast path without reading the text once more; `each` sees
+/// every character of non-ASCII text but printable ASCII, tabs and line
+/// ends.
+pub(crate) fn scan_census_into(
+    text: &str,
+    path: &str,
+    out: &mut Vec<Finding>,
+    each: impl FnMut(char),
+) -> (bool, bool) {
     let (non_ascii, control) = byte_census(text.as_bytes());
     if !non_ascii {
         if control {
@@ -204,7 +211,7 @@ pub(crate) fn scan_census_into(text: &str, path: &str, out: &mut Vec<Finding>) -
         }
         return (non_ascii, control);
     }
-    invisible_runs(text, path, None, out);
+    invisible_runs_with(text, path, None, out, each);
     homoglyphs_into(text, path, out);
     (non_ascii, control)
 }
@@ -279,11 +286,41 @@ struct Run {
 /// Finds the runs of invisible characters (of `want`, or every class) and
 /// turns them into findings.
 fn invisible_runs(text: &str, path: &str, want: Option<Class>, out: &mut Vec<Finding>) {
+    invisible_runs_with(text, path, want, out, |_| {});
+}
+
+/// Like [`invisible_runs`], showing `each` every character but printable
+/// ASCII, tabs and line ends.
+fn invisible_runs_with(
+    text: &str,
+    path: &str,
+    want: Option<Class>,
+    out: &mut Vec<Finding>,
+    mut each: impl FnMut(char),
+) {
     let mut counts = [0usize; 5];
     let mut has_rtl = false;
     let mut bidi: Vec<Run> = Vec::new();
     let mut cur: Option<Run> = None;
-    for (i, c) in text.char_indices() {
+    let bytes = text.as_bytes();
+    let mut next = 0;
+    while next < bytes.len() {
+        // Printable ASCII, tab and line ends are of no class and no
+        // right-to-left letter: they only end the current run.
+        let plain = plain_ascii_run(bytes, next);
+        if plain > 0 {
+            if let Some(run) = cur.take() {
+                close(text, path, run, &mut bidi, &mut counts, out);
+            }
+            next += plain;
+            continue;
+        }
+        let i = next;
+        let Some(c) = text.get(i..).and_then(|t| t.chars().next()) else {
+            break;
+        };
+        next += c.len_utf8();
+        each(c);
         let class = classify(c);
         if !has_rtl && class.is_none() && is_rtl_letter(c) {
             has_rtl = true;
@@ -316,6 +353,40 @@ fn invisible_runs(text: &str, path: &str, want: Option<Class>, out: &mut Vec<Fin
             out.push(f);
         }
     }
+}
+
+/// Whether `b` is printable ASCII, a tab or a line end: a byte no rule
+/// here reports.
+fn plain_ascii(b: u8) -> bool {
+    (0x20..0x7F).contains(&b) || b == b'\t' || b == b'\n' || b == b'\r'
+}
+
+/// How many bytes from `i` on are [`plain_ascii`], a block at a time so the
+/// common case vectorises.
+fn plain_ascii_run(bytes: &[u8], i: usize) -> usize {
+    let rest = bytes.get(i..).unwrap_or_default();
+    let mut n = 0;
+    for block in rest.chunks(32) {
+        if block.iter().fold(true, |all, &b| all & plain_ascii(b)) {
+            n += block.len();
+        } else {
+            return n + block
+                .iter()
+                .position(|&b| !plain_ascii(b))
+                .unwrap_or(block.len());
+        }
+    }
+    n
+}
+
+/// Whether the UTF-8 `bytes` may hold a Cyrillic or Greek character (a
+/// lead byte of U+0340–U+053F, or of U+1F00–U+1FFF), so look-alike words
+/// need looking for.
+fn maybe_cyrillic_or_greek(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .zip(bytes.iter().skip(1))
+        .any(|(&a, &b)| (0xCD..=0xD4).contains(&a) || (a == 0xE1 && (0xBC..=0xBF).contains(&b)))
 }
 
 fn class_index(c: Class) -> usize {
@@ -571,6 +642,10 @@ struct Word {
 }
 
 fn homoglyphs_into(text: &str, path: &str, out: &mut Vec<Finding>) {
+    // Without a Cyrillic or Greek letter, no word can be a look-alike.
+    if !maybe_cyrillic_or_greek(text.as_bytes()) {
+        return;
+    }
     let mut words: Vec<Word> = Vec::new();
     let mut cur: Option<Word> = None;
     let mut any_cg = false;
@@ -663,4 +738,282 @@ fn homoglyphs_into(text: &str, path: &str, out: &mut Vec<Finding>) {
 
 fn is_combining(c: char) -> bool {
     matches!(u32::from(c), 0x0300..=0x036F | 0x1AB0..=0x1AFF | 0x20D0..=0x20FF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// The Unicode scan as it was before ASCII was skipped a block at a
+    /// time and look-alikes were looked for only with Cyrillic or Greek
+    /// bytes present, kept verbatim.
+    mod reference {
+        use super::super::*;
+
+        pub(super) fn scan(text: &str) -> Vec<Finding> {
+            let mut out = Vec::new();
+            invisible_runs(text, "/p", None, &mut out);
+            homoglyphs_into(text, "/p", &mut out);
+            out
+        }
+
+        fn invisible_runs(text: &str, path: &str, want: Option<Class>, out: &mut Vec<Finding>) {
+            let mut counts = [0usize; 5];
+            let mut has_rtl = false;
+            let mut bidi: Vec<Run> = Vec::new();
+            let mut cur: Option<Run> = None;
+            for (i, c) in text.char_indices() {
+                let class = classify(c);
+                if !has_rtl && class.is_none() && is_rtl_letter(c) {
+                    has_rtl = true;
+                }
+                match (class, cur.as_mut()) {
+                    (Some(k), Some(run)) if run.class == k && run.end == i => {
+                        run.end = i + c.len_utf8();
+                        continue;
+                    }
+                    _ => {}
+                }
+                if let Some(run) = cur.take() {
+                    close(text, path, run, &mut bidi, &mut counts, out);
+                }
+                if let Some(k) = class {
+                    if want.is_none_or(|w| w == k) {
+                        cur = Some(Run {
+                            class: k,
+                            start: i,
+                            end: i + c.len_utf8(),
+                        });
+                    }
+                }
+            }
+            if let Some(run) = cur.take() {
+                close(text, path, run, &mut bidi, &mut counts, out);
+            }
+            for run in bidi {
+                if let Some(f) = bidi_finding(text, path, run, has_rtl) {
+                    out.push(f);
+                }
+            }
+        }
+
+        fn homoglyphs_into(text: &str, path: &str, out: &mut Vec<Finding>) {
+            let mut words: Vec<Word> = Vec::new();
+            let mut cur: Option<Word> = None;
+            let mut any_cg = false;
+            for (i, c) in text.char_indices() {
+                let in_word = c.is_alphanumeric() || is_invisible(c) || is_combining(c);
+                if !in_word {
+                    if let Some(w) = cur.take() {
+                        words.push(w);
+                    }
+                    continue;
+                }
+                let w = cur.get_or_insert(Word {
+                    start: i,
+                    end: i,
+                    latin: 0,
+                    lookalike: 0,
+                    other_cg: 0,
+                });
+                w.end = i + c.len_utf8();
+                if is_latin_letter(c) {
+                    w.latin += 1;
+                } else if is_cyrillic_or_greek(c) {
+                    any_cg = true;
+                    if confusable(c).is_some() {
+                        w.lookalike += 1;
+                    } else if c.is_alphabetic() {
+                        w.other_cg += 1;
+                    }
+                }
+            }
+            if let Some(w) = cur.take() {
+                words.push(w);
+            }
+            if !any_cg {
+                return;
+            }
+            // A Cyrillic or Greek word with a letter that looks like no Latin letter
+            // means the text is really written (partly) in that script.
+            let genuine_script = words
+                .iter()
+                .any(|w| w.latin == 0 && w.other_cg > 0 && w.lookalike + w.other_cg >= 2);
+            let latin_words = words.iter().any(|w| w.latin > 0);
+            let mut n = 0usize;
+            for w in &words {
+                if n >= MAX_PER_RULE {
+                    break;
+                }
+                let severity = if w.latin > 0 && w.lookalike > 0 && w.other_cg == 0 {
+                    Severity::High
+                } else if w.latin == 0
+                    && w.other_cg == 0
+                    && w.lookalike >= 3
+                    && latin_words
+                    && !genuine_script
+                {
+                    Severity::Medium
+                } else {
+                    continue;
+                };
+                let word = text.get(w.start..w.end).unwrap_or_default();
+                let mut skeleton = String::with_capacity(word.len());
+                let mut codes = Vec::new();
+                for c in word.chars() {
+                    match confusable(c) {
+                        Some(l) => {
+                            skeleton.push(l);
+                            if codes.len() < 6 {
+                                codes.push(format!("U+{:04X}", u32::from(c)));
+                            }
+                        }
+                        None if is_invisible(c) => {}
+                        None => skeleton.push(c),
+                    }
+                }
+                n += 1;
+                out.push(Finding {
+                    rule: HOMOGLYPH,
+                    severity,
+                    span: (w.start, w.end),
+                    path: path.to_owned(),
+                    evidence: format!(
+                        "\"{}\" reads as \"{}\" ({})",
+                        shorten(word, 32),
+                        shorten(&skeleton, 32),
+                        codes.join(" ")
+                    ),
+                });
+            }
+        }
+    }
+
+    fn check(text: &str) {
+        let mut fast = Vec::new();
+        invisible_runs(text, "/p", None, &mut fast);
+        homoglyphs_into(text, "/p", &mut fast);
+        assert_eq!(fast, reference::scan(text), "{text:?}");
+        let mut scanned = Vec::new();
+        scan_into(text, "/p", &mut scanned);
+        assert_eq!(scanned, fast, "{text:?}");
+    }
+
+    const PIECES: &[&str] = &[
+        "a",
+        "word",
+        " ",
+        "\n",
+        "\t",
+        "\r",
+        ".",
+        "\x01",
+        "\x1b",
+        "\x7f",
+        "\u{85}",
+        "\u{9b}",
+        "\u{ad}",
+        "\u{34f}",
+        "\u{61c}",
+        "\u{115f}",
+        "\u{180e}",
+        "\u{200b}",
+        "\u{200c}",
+        "\u{200d}",
+        "\u{200e}",
+        "\u{200f}",
+        "\u{2028}",
+        "\u{202a}",
+        "\u{202e}",
+        "\u{2060}",
+        "\u{2062}",
+        "\u{2066}",
+        "\u{2069}",
+        "\u{206a}",
+        "\u{3164}",
+        "\u{fe0f}",
+        "\u{fe00}",
+        "\u{feff}",
+        "\u{fff9}",
+        "\u{1d173}",
+        "\u{e0001}",
+        "\u{e0041}",
+        "\u{e0068}",
+        "\u{e007f}",
+        "\u{e0100}",
+        "\u{e01ef}",
+        "\u{1f3f4}",
+        "\u{1f468}",
+        "\u{1f1e9}",
+        "а",
+        "е",
+        "о",
+        "р",
+        "с",
+        "раypal",
+        "ѕ",
+        "Ι",
+        "ο",
+        "ν",
+        "λ",
+        "ж",
+        "Привет",
+        "ελληνικά",
+        "ἀ",
+        "\u{1fff}",
+        "\u{0301}",
+        "é",
+        "ß",
+        "\u{2019}",
+        "\u{2014}",
+        "\u{00a0}",
+        "سلام",
+        "שלום",
+        "中文",
+        "ﬁ",
+    ];
+
+    #[test]
+    fn random_texts_match_the_reference() {
+        let mut rng = StdRng::seed_from_u64(0x0C0D_E901);
+        for _ in 0..30_000 {
+            let mut t = String::new();
+            for _ in 0..rng.random_range(1..40) {
+                t.push_str(PIECES[rng.random_range(0..PIECES.len())]);
+            }
+            if rng.random_bool(0.1) {
+                t = t.repeat(rng.random_range(2..20));
+            }
+            check(&t);
+        }
+    }
+
+    #[test]
+    fn corpus_matches_the_reference() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/corpus");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let mut stack = vec![&v];
+                while let Some(v) = stack.pop() {
+                    match v {
+                        serde_json::Value::String(s) => {
+                            check(s);
+                            n += 1;
+                        }
+                        serde_json::Value::Array(a) => stack.extend(a),
+                        serde_json::Value::Object(m) => stack.extend(m.values()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert!(n > 10_000, "{n}");
+    }
 }
