@@ -1411,7 +1411,7 @@ fn starts_line(n: &str, at: usize) -> bool {
 /// (e.g. `/content/0/text`). Binary data (`data`, `blob`) is skipped.
 pub fn scan_result(result: &Value) -> Vec<Finding> {
     let mut w = Walk {
-        path: String::new(),
+        path: String::with_capacity(64),
         out: Vec::new(),
         budget: MAX_TOTAL_BYTES,
     };
@@ -1429,6 +1429,14 @@ pub fn scan_result(result: &Value) -> Vec<Finding> {
     }
     w.out.truncate(MAX_FINDINGS);
     w.out
+}
+
+/// Appends an array index as a JSON pointer segment, without allocating.
+fn push_index(path: &mut String, i: usize) {
+    use std::fmt::Write as _;
+    path.push('/');
+    // Writing to a String cannot fail.
+    let _ = write!(path, "{i}");
 }
 
 /// Content-item keys that hold no text for the model.
@@ -1468,7 +1476,7 @@ impl Walk {
             Value::Array(items) => {
                 for (i, x) in items.iter().enumerate() {
                     let mark = self.path.len();
-                    push_pointer(&mut self.path, &i.to_string());
+                    push_index(&mut self.path, i);
                     self.content(x, depth + 1);
                     self.path.truncate(mark);
                 }
@@ -1498,7 +1506,7 @@ impl Walk {
             Value::Array(items) => {
                 for (i, x) in items.iter().enumerate() {
                     let mark = self.path.len();
-                    push_pointer(&mut self.path, &i.to_string());
+                    push_index(&mut self.path, i);
                     self.all(x, depth + 1);
                     self.path.truncate(mark);
                 }
