@@ -27,6 +27,20 @@
 //! counts only where an order stands (not in "later rules always override
 //! previous rules"); and a transfer verb after "we", "they" or "it"
 //! describes a service rather than asking for one.
+//!
+//! Cost: every forwarded result is scanned, so the matchers (the phrase
+//! automaton of [`crate::poison`] and six patterns) read only what may
+//! hold a match. Two small SIMD searchers look for anchors — a word or
+//! token every match of a matcher holds (`ignore`, `user`, `system`,
+//! `<|`, …) — in the text as it stands when normalisation would change
+//! only its blanks; an anchor counts where a phrase holding it stands
+//! around it, or where a pattern's match could (`to the` before `user`, a
+//! colon after `SYSTEM`). Without one, the text is done (most results);
+//! otherwise each matcher reads the normalised text only between the
+//! bytes none of its matches can hold, around its anchors. What is found
+//! is exactly what reading the whole text finds (unit tests compare with
+//! the previous, whole-text scanner), and the work stays linear in the
+//! text.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -142,7 +156,8 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
     // Kelvin sign).
     let mut kept = true;
     let (_, control) = unicode::scan_census_into(text, path, &mut found, |c| {
-        kept &= c.is_ascii() || !(c.is_whitespace() || unicode::is_invisible(c) || changed(c));
+        kept &=
+            c.is_ascii() || !(c.is_whitespace() || unicode::is_invisible(c) || folds_to_ascii(c));
     });
     let pre = PREFILTER.as_ref();
     let mut anchors = Vec::new();
@@ -152,13 +167,12 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
     let clean = !control && kept;
     let mut anchors_of_text = false;
     if let Some(pre) = pre.filter(|_| clean) {
-        if pre.anchors(text, &mut anchors) {
-            if anchors.is_empty() {
-                finish(found, text, out);
-                return;
-            }
-            anchors_of_text = true;
+        pre.anchors(text, &mut anchors);
+        if anchors.is_empty() {
+            finish(found, text, out);
+            return;
         }
+        anchors_of_text = true;
     }
     let norm = Norm::new(text);
     let n: &str = &norm.text;
@@ -166,18 +180,16 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
         // `(?i)` also matches `ſ` for `s` and the Kelvin sign for `k`,
         // which the ASCII anchors do not see: such text is read whole.
         .filter(|_| clean || !(n.contains('\u{17F}') || n.contains('\u{212A}')))
-        .and_then(|pre| {
-            if anchors_of_text {
+        .map(|pre| {
+            if !anchors_of_text {
+                pre.anchors(n, &mut anchors);
+            } else if let Cow::Owned(_) = norm.text {
                 // Anchors start on bytes normalisation keeps: they map over.
-                if let Cow::Owned(_) = norm.text {
-                    for a in &mut anchors {
-                        a.0 = norm.normalised(a.0);
-                    }
+                for a in &mut anchors {
+                    a.0 = norm.normalised(a.0);
                 }
-            } else if !pre.anchors(n, &mut anchors) {
-                return None;
             }
-            Some(pre.plan(n, &anchors))
+            pre.plan(n, &anchors)
         })
         .unwrap_or_else(|| Plan::whole(n.len()));
     analyse(text, &norm, &plan, path, &mut found);
@@ -185,7 +197,7 @@ fn scan_into(text: &str, path: &str, out: &mut Vec<Finding>) {
 }
 
 /// Whether `(?i)` reads `c` as ASCII (`ſ` as `s`, the Kelvin sign as `k`).
-fn changed(c: char) -> bool {
+fn folds_to_ascii(c: char) -> bool {
     matches!(c, '\u{17F}' | '\u{212A}')
 }
 
@@ -822,9 +834,10 @@ fn quote_of(c: u8) -> impl Iterator<Item = &'static [u8]> {
 /// `<`, `>`, `|`, `/`, `[`, `]`, `)`, `*`, `-`).
 const SHAPE_BREAKERS: &[u8] = b"!\"#$%&(+,.;=?@\\^`{}~";
 
-/// One small automaton over the anchors of every matcher, so a result
-/// that holds none is done after one fast pass, and the big phrase
-/// automaton and the patterns read only the stretches around anchors.
+/// Small searchers over the anchors of every matcher, so a result that
+/// holds none is done after one fast pass (no normalised copy, no pattern,
+/// no phrase automaton), and the matchers read only the stretches around
+/// the anchors that count.
 struct Prefilter {
     /// Searchers (Teddy, SIMD, where the CPU has it) over the anchors of
     /// four bytes or more, and over the shorter ones: apart, each keeps
@@ -919,10 +932,9 @@ impl Prefilter {
         })
     }
 
-    /// The anchors in `hay` whose edges hold, as (start, targets) in order
-    /// of start, into `out`; false when the search failed (then nothing
-    /// can be concluded).
-    fn anchors(&self, hay: &str, out: &mut Vec<(usize, u16)>) -> bool {
+    /// The anchors in `hay` that count (see [`Prefilter::targets_at`]), as
+    /// (start, targets) in order of start, into `out`.
+    fn anchors(&self, hay: &str, out: &mut Vec<(usize, u16)>) {
         out.clear();
         let bytes = hay.as_bytes();
         let mut small = [0u8; 512];
@@ -994,7 +1006,6 @@ impl Prefilter {
             }
             out.retain(|&(_, t)| t != 0);
         }
-        true
     }
 
     /// The targets anchor `i`, found at `h[s..e]` (lower-cased text), may
