@@ -93,10 +93,10 @@ echo "results: $OUT_DIR/inspect-load.json"
 
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then
     echo "## detectors alone (criterion)"
-    cargo bench -p portcullis-inspect -- --warm-up-time 1 --measurement-time 3 2>&1 \
-        | grep -E '^[a-z_/0-9 ().-]+$|time:' || true
+    cargo bench -p portcullis-inspect --bench dlp --bench poison --bench shadow -- --warm-up-time 1 --measurement-time 3 2>&1 \
+        | grep -E '^[A-Za-z_/0-9 ().,-]+$|time:' || true
     echo "## the gateway's inspection stage per call (criterion)"
     cargo bench -p portcullis-gateway --bench inspection -- --warm-up-time 1 --measurement-time 3 2>&1 \
-        | grep -E '^[a-z_/0-9 ().,-]+$|time:' || true
+        | grep -E '^[A-Za-z_/0-9 ().,-]+$|time:' || true
 fi
 echo "## done"
