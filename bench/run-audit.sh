@@ -25,34 +25,10 @@ LAT_SESSIONS=${LAT_SESSIONS:-1}
 OUT_DIR=${OUT_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/bench}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 mkdir -p "$OUT_DIR"
-WORK=$(mktemp -d)
-
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# wait_url
+# wait_url, ab_rounds, bench_start (WORK, PIDS, cleanup on exit, build,
+# machine header)
 source "$ROOT/bench/lib.sh"
-
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "## build"
-    cargo build --release -p portcullis -p portcullis-bench
-fi
-
-echo "## machine"
-echo "cores: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-echo "kernel: $(uname -sr); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "source: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "not a git checkout")"
+bench_start
 echo "audit files on: $(df -h "$WORK" | tail -1 | awk '{print $1, $6}')"
 
 "$BIN/portcullis" demo-server --http 127.0.0.1:0 >/dev/null 2>"$OUT_DIR/audit-demo.log" &
