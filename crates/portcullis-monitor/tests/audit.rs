@@ -690,15 +690,22 @@ fn follow_streams_matching_records_across_rotation() {
         })
         .unwrap();
     });
+    // The follower reads the live file from its start: let it open the
+    // first file (and see record 0) before anything rotates, so a slow
+    // thread start on a loaded machine cannot skip the first file.
+    let t = log.append("decision", &decision(0));
+    log.wait_durable(t).unwrap();
+    let mut got = vec![rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("follow started")];
     // Several rotations per poll interval: the follower must still see every file.
     for round in 0..2u64 {
-        for i in round * 20..round * 20 + 20 {
+        for i in (round * 20).max(1)..round * 20 + 20 {
             let t = log.append("decision", &decision(i));
             log.wait_durable(t).unwrap();
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let mut got = Vec::new();
     while got.last() != Some(&38) {
         got.push(
             rx.recv_timeout(Duration::from_secs(5))
