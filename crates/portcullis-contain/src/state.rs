@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::quarantine::{Mode, Quarantine, Quarantines, Subject, Target};
 use crate::revocation::{Revocation, Revocations};
-use crate::store::{StateStore, StoreError};
+use crate::store::{Change, Entry, StateStore, StoreError};
 
 /// Store namespace of quarantines.
 pub const NS_QUARANTINE: &str = "quarantine";
@@ -90,6 +90,20 @@ pub struct Containment {
     events: broadcast::Sender<ContainEvent>,
 }
 
+/// The kill switch a stored entry says; an unreadable one counts as
+/// deny-all, so a damaged record never silently turns it off.
+fn kill_of(e: &Entry) -> KillSwitch {
+    serde_json::from_value::<KillSwitch>(e.value.clone()).unwrap_or_else(|err| {
+        tracing::error!(error = %err, "state store: unreadable kill switch; assuming deny-all");
+        KillSwitch {
+            mode: Mode::DenyAll,
+            reason: "kill switch record unreadable".into(),
+            by: "store".into(),
+            since: crate::now_unix(),
+        }
+    })
+}
+
 fn encode<T: Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
     serde_json::to_value(v).map_err(|e| StoreError::Encode(e.to_string()))
 }
@@ -125,21 +139,120 @@ impl Containment {
             }
         }
         for e in c.store.list(NS_KILLSWITCH).await? {
-            match serde_json::from_value::<KillSwitch>(e.value) {
-                Ok(k) => c.apply_kill(Some(k)),
-                Err(err) => {
-                    // An unreadable kill switch must not silently turn off.
-                    tracing::error!(error = %err, "state store: unreadable kill switch; assuming deny-all");
-                    c.apply_kill(Some(KillSwitch {
-                        mode: Mode::DenyAll,
-                        reason: "kill switch record unreadable".into(),
-                        by: "store".into(),
-                        since: crate::now_unix(),
-                    }));
-                }
-            }
+            c.apply_kill(Some(kill_of(&e)));
         }
         Ok(c)
+    }
+
+    /// Applies a change the store reports — another replica's quarantine,
+    /// release, revocation or kill switch — so this replica enforces it at
+    /// once and its sessions react (the same events as a local change). A
+    /// change already in force here does nothing, so a store that also
+    /// reports this replica's own writes is harmless. Returns whether
+    /// anything changed.
+    pub fn apply_change(&self, c: &Change) -> bool {
+        match (c.ns.as_str(), &c.entry) {
+            (NS_QUARANTINE, Some(e)) => match serde_json::from_value::<Quarantine>(e.value.clone())
+            {
+                Ok(q) => {
+                    if self.quarantines.insert(q.clone()).as_ref() == Some(&q) {
+                        return false;
+                    }
+                    let _ = self.events.send(ContainEvent::Quarantined(q));
+                    true
+                }
+                Err(err) => {
+                    tracing::warn!(key = %c.key, error = %err, "state store: unreadable quarantine change skipped");
+                    false
+                }
+            },
+            (NS_QUARANTINE, None) => {
+                match Target::from_key(&c.key).and_then(|t| self.quarantines.remove(&t)) {
+                    Some(q) => {
+                        let _ = self.events.send(ContainEvent::Released(q));
+                        true
+                    }
+                    None => false,
+                }
+            }
+            (NS_REVOCATION, Some(e)) => match serde_json::from_value::<Revocation>(e.value.clone())
+            {
+                Ok(r) => {
+                    let before = self.revocations.remove(&r.key());
+                    self.revocations.insert(r.clone());
+                    if before.as_ref() == Some(&r) {
+                        return false;
+                    }
+                    let _ = self.events.send(ContainEvent::Revoked(r));
+                    true
+                }
+                Err(err) => {
+                    tracing::warn!(key = %c.key, error = %err, "state store: unreadable revocation change skipped");
+                    false
+                }
+            },
+            (NS_REVOCATION, None) => self.revocations.remove(&c.key).is_some(),
+            (NS_KILLSWITCH, e) => {
+                let k = e.as_ref().map(kill_of);
+                if self.kill_switch() == k {
+                    return false;
+                }
+                self.apply_kill(k.clone());
+                let _ = self.events.send(ContainEvent::KillSwitch(k));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Re-reads the store and puts in force what it holds that this replica
+    /// does not (after missing changes). It never lifts anything: a
+    /// release arrives as its own change, and a quarantine this replica
+    /// enforced but could not store yet must not be dropped — missing a
+    /// release errs on the side of containment.
+    pub async fn resync(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for ns in [NS_QUARANTINE, NS_REVOCATION, NS_KILLSWITCH] {
+            for e in self.store.list(ns).await? {
+                let c = Change {
+                    ns: ns.to_owned(),
+                    key: e.key.clone(),
+                    entry: Some(e),
+                };
+                n += usize::from(self.apply_change(&c));
+            }
+        }
+        Ok(n)
+    }
+
+    /// Follows the store's change feed for as long as this state lives:
+    /// what other replicas decide is enforced here within the store's
+    /// propagation delay. Missed changes (a lagging feed) trigger a
+    /// [`Containment::resync`].
+    pub fn follow(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        let mut rx = self.store.changes();
+        tokio::spawn(async move {
+            loop {
+                let r = rx.recv().await;
+                let Some(state) = me.upgrade() else { return };
+                match r {
+                    Ok(c) => {
+                        state.apply_change(&c);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(
+                            missed,
+                            "state store change feed lagged; re-reading containment state"
+                        );
+                        if let Err(e) = state.resync().await {
+                            tracing::error!(error = %e, "containment state not re-read");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
     }
 
     /// An empty state over an in-memory store.

@@ -537,3 +537,123 @@ async fn unreadable_quarantine_is_skipped_but_others_load() {
     assert_eq!(c.quarantines.list(now_unix()), vec![good]);
     assert!(c.kill_switch().is_none());
 }
+
+/// Two replicas over one shared store (the memory store reports every
+/// write on its change feed, as a shared store reports other replicas').
+async fn replicas() -> (Arc<Containment>, Arc<Containment>) {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+    let a = Arc::new(Containment::open(store.clone()).await.unwrap());
+    let b = Arc::new(Containment::open(store).await.unwrap());
+    a.follow();
+    b.follow();
+    (a, b)
+}
+
+async fn until(mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !f() {
+        assert!(std::time::Instant::now() < end, "not within 5 s");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_followed_store_carries_quarantines_releases_revocations_and_the_kill_switch() {
+    let (a, b) = replicas().await;
+    let mut events = b.subscribe();
+    let s = subject();
+    a.quarantine(q(TargetKind::Agent, AGENT, Mode::DenyAll))
+        .await
+        .unwrap();
+    until(|| b.verdict(&s, now_unix()).mode() == Some(Mode::DenyAll)).await;
+    assert!(
+        matches!(events.recv().await.unwrap(), ContainEvent::Quarantined(q) if q.target.value == AGENT)
+    );
+    a.release(&Target::new(TargetKind::Agent, AGENT))
+        .await
+        .unwrap();
+    until(|| b.verdict(&s, now_unix()) == Verdict::Clear).await;
+    assert!(matches!(
+        events.recv().await.unwrap(),
+        ContainEvent::Released(_)
+    ));
+    a.revoke(token("jti-9")).await.unwrap();
+    until(|| b.revocations.token_revoked("jti-9")).await;
+    assert!(matches!(
+        events.recv().await.unwrap(),
+        ContainEvent::Revoked(_)
+    ));
+    b.set_kill_switch(Some(kill(Mode::ReadOnly))).await.unwrap();
+    until(|| a.kill_switch().map(|k| k.mode) == Some(Mode::ReadOnly)).await;
+    b.set_kill_switch(None).await.unwrap();
+    until(|| a.kill_switch().is_none()).await;
+}
+
+#[tokio::test]
+async fn own_writes_coming_back_from_the_feed_announce_nothing_twice() {
+    let (a, _b) = replicas().await;
+    let mut events = a.subscribe();
+    a.quarantine(q(TargetKind::User, USER, Mode::ReadOnly))
+        .await
+        .unwrap();
+    assert!(matches!(
+        events.recv().await.unwrap(),
+        ContainEvent::Quarantined(_)
+    ));
+    // Give the feed time to deliver the write back to `a`.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        matches!(
+            events.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ),
+        "a second event for the same quarantine"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_kill_switch_change_counts_as_deny_all() {
+    let c = Containment::in_memory();
+    let changed = c.apply_change(&portcullis_contain::store::Change {
+        ns: NS_KILLSWITCH.into(),
+        key: "global".into(),
+        entry: Some(portcullis_contain::store::Entry {
+            key: "global".into(),
+            value: json!({"mode": "sideways"}),
+            expires_at: None,
+        }),
+    });
+    assert!(changed);
+    assert_eq!(c.kill_switch().unwrap().mode, Mode::DenyAll);
+    assert_eq!(
+        c.verdict(&subject(), now_unix()).mode(),
+        Some(Mode::DenyAll)
+    );
+}
+
+#[tokio::test]
+async fn resync_adds_what_the_store_holds_and_never_lifts() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+    let c = Containment::open(store.clone()).await.unwrap();
+    // In force here but not (yet) in the store: must survive a resync.
+    c.enforce(q(TargetKind::Device, DEVICE, Mode::DenyAll));
+    // Written by another replica while this one missed the feed.
+    store
+        .put(
+            NS_QUARANTINE,
+            &Target::new(TargetKind::Session, SESSION).key(),
+            serde_json::to_value(q(TargetKind::Session, SESSION, Mode::ReadOnly)).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.resync().await.unwrap(), 1);
+    let targets: Vec<String> = c
+        .quarantines
+        .list(now_unix())
+        .iter()
+        .map(|q| q.target.to_string())
+        .collect();
+    assert_eq!(targets.len(), 2, "{targets:?}");
+    assert_eq!(c.resync().await.unwrap(), 0, "nothing new the second time");
+}
