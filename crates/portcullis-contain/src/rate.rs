@@ -9,9 +9,12 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
+
+use crate::store::StoreError;
 
 /// A sustained rate with a burst allowance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -100,4 +103,23 @@ impl Limiter {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A GCRA limiter whose state lives in a shared store (Redis), so one limit
+/// holds across every gateway replica; same semantics as [`Limiter`] (per
+/// key, sustained rate plus burst, exact wait), one round trip per check.
+pub trait SharedLimiter: Send + Sync + 'static {
+    /// Takes one cell for `key` under `rate`: `Ok(None)` when allowed,
+    /// `Ok(Some(wait))` when refused, `wait` being how long until the call
+    /// would be allowed. `now` is the wall clock to decide at; `None` uses
+    /// the store's own clock, the one every replica shares (prefer it: it
+    /// needs no clock agreement between replicas). `Err` when the shared
+    /// state cannot be reached: the caller chooses to fail open (a local
+    /// [`Limiter`]) or closed.
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        now: Option<SystemTime>,
+    ) -> BoxFuture<'a, Result<Option<Duration>, StoreError>>;
 }
