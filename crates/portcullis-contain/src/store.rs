@@ -97,6 +97,23 @@ pub trait StateStore: Send + Sync + 'static {
     /// Every live (unexpired) entry of a namespace.
     fn list<'a>(&'a self, ns: &'a str) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>>;
 
+    /// One live entry (the default reads the namespace; a shared store
+    /// answers with one lookup).
+    fn get<'a>(
+        &'a self,
+        ns: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
+        Box::pin(async move { Ok(self.list(ns).await?.into_iter().find(|e| e.key == key)) })
+    }
+
+    /// Whether other gateway replicas share this store, so state that is
+    /// otherwise per process (session bindings, their taint) must be kept
+    /// here too. The embedded stores are not shared.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Changes as they happen.
     fn changes(&self) -> broadcast::Receiver<Change>;
 

@@ -272,7 +272,18 @@ async fn kill_sessions(
         crate::gateway::close_streams(c);
         st.gw.end_session(c, "killed by admin").await;
     }
-    reply(StatusCode::OK, json!({"ended": ended.len()}))
+    // Sessions bound on other replicas of a shared store end there too.
+    let elsewhere = st
+        .gw
+        .forget_bound(req.identity.as_deref(), req.session.as_deref())
+        .await;
+    for id in &elsewhere {
+        tracing::warn!(session = %id, by = %by, reason = ?req.reason, "session on another replica killed by admin");
+    }
+    reply(
+        StatusCode::OK,
+        json!({"ended": ended.len() + elsewhere.len()}),
+    )
 }
 
 /// Prometheus / OpenMetrics text exposition.

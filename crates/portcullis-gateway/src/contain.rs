@@ -355,10 +355,14 @@ pub async fn open_state(
         }
     };
     tracing::info!(store = %store.describe(), "containment state store");
-    let state = Containment::open(store)
-        .await
-        .map_err(|e| format!("store: {e}"))?;
-    Ok(Arc::new(state))
+    let state = Arc::new(
+        Containment::open(store)
+            .await
+            .map_err(|e| format!("store: {e}"))?,
+    );
+    // A shared store reports what other replicas decide: enforce it here.
+    state.follow();
+    Ok(state)
 }
 
 /// Store namespace of behavioural risk baselines.

@@ -1002,10 +1002,21 @@ impl Gateway {
     }
 
     /// Counts an allowed call and records the labels it reads (taint).
-    fn note_read(&self, client: &Client, labels: &[String]) {
+    fn note_read(self: &Arc<Self>, client: &Arc<Client>, labels: &[String]) {
         let f = client.facts();
         f.calls.fetch_add(1, Ordering::Relaxed);
+        if labels.is_empty() {
+            return;
+        }
+        let new = {
+            let read = lock(&f.labels_read);
+            labels.iter().any(|l| !read.contains(l))
+        };
         f.read(labels);
+        if new && !client.id.is_empty() && self.sessions_shared() {
+            // The taint travels with the session to every replica.
+            self.spawn_put_binding(client);
+        }
     }
 
     /// DLP on a call's arguments before they leave: redacted in place,
@@ -2376,6 +2387,13 @@ impl Gateway {
 
     /// Ends a handshake-era session: its upstream sessions are closed.
     pub async fn end_session(&self, client: &Arc<Client>, reason: &str) {
+        self.forget_session(&client.id).await;
+        self.end_session_local(client, reason).await;
+    }
+
+    /// Ends this replica's copy of a session (idle here, or ended on
+    /// another replica) without touching its binding in a shared store.
+    pub async fn end_session_local(&self, client: &Arc<Client>, reason: &str) {
         self.pep.monitor.session_end(client, reason);
         for (_, h) in lock(&client.upstream_subscriptions).drain() {
             h.abort();

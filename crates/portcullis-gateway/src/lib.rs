@@ -9,6 +9,7 @@
 pub mod admin;
 mod admin_contain;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod contain;

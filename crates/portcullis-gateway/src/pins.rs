@@ -249,4 +249,47 @@ impl Pins {
     pub fn store_key(p: &Pin) -> String {
         key(&p.server, &p.tool)
     }
+
+    /// Applies a pin change the store reports (another replica pinned a
+    /// tool, saw a change, or an admin approved one there), so pins and
+    /// approvals hold on every replica. Returns whether anything changed.
+    pub fn apply_change(&self, c: &portcullis_contain::store::Change) -> bool {
+        let map = match c.ns.as_str() {
+            NS_PIN => &self.pinned,
+            NS_PENDING => &self.pending,
+            _ => return false,
+        };
+        match &c.entry {
+            Some(e) => match serde_json::from_value::<Pin>(e.value.clone()) {
+                Ok(p) => write(map).insert(c.key.clone(), p.clone()).as_ref() != Some(&p),
+                Err(err) => {
+                    tracing::warn!(key = %c.key, error = %err, "state store: unreadable pin change skipped");
+                    false
+                }
+            },
+            None => write(map).remove(&c.key).is_some(),
+        }
+    }
+}
+
+/// Follows the store's change feed for the pins of `pep` while it lives.
+pub fn follow(pep: &std::sync::Arc<crate::pep::Pep>) {
+    let me = std::sync::Arc::downgrade(pep);
+    let mut rx = pep.contain.state.store().changes();
+    tokio::spawn(async move {
+        loop {
+            let r = rx.recv().await;
+            let Some(pep) = me.upgrade() else { return };
+            match r {
+                Ok(c) => {
+                    pep.pins.apply_change(&c);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let n = pep.pins.load(&pep.contain.state).await;
+                    tracing::warn!(pins = n, "state store change feed lagged; pins re-read");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }

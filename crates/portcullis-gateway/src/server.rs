@@ -79,6 +79,7 @@ async fn metadata(State(st): State<AppState>) -> Response {
 /// on containment changes.
 pub fn spawn_sweeper(gw: Arc<Gateway>) {
     gw.watch_containment();
+    gw.follow_bindings();
     tokio::spawn(async move {
         let idle = Duration::from_secs(gw.cfg.limits.session_idle_timeout_secs);
         let mut tick =
@@ -87,7 +88,9 @@ pub fn spawn_sweeper(gw: Arc<Gateway>) {
             tick.tick().await;
             for c in gw.sessions.expire(idle) {
                 tracing::info!(session = %c.id, "session expired (idle)");
-                gw.end_session(&c, "idle timeout").await;
+                // Only this replica's copy: with a shared store another
+                // replica may be serving it (its binding expires by itself).
+                gw.end_session_local(&c, "idle timeout").await;
             }
             let state = &gw.pep.contain.state;
             for q in state.sweep(portcullis_contain::now_unix()).await {
@@ -395,14 +398,14 @@ async fn post(
                     "MCP-Protocol-Version header does not match _meta protocolVersion",
                 );
             }
-            let client = match find_session(&st, session_id.as_deref(), &caller) {
+            let client = match find_session(&st, session_id.as_deref(), &caller).await {
                 Ok(c) => c,
                 Err(r) => return r,
             };
             handshake_message(st, client, m, traceparent(&headers)).await
         }
         WireBody::Batch(items) => {
-            let client = match find_session(&st, session_id.as_deref(), &caller) {
+            let client = match find_session(&st, session_id.as_deref(), &caller).await {
                 Ok(c) => c,
                 Err(r) => return r,
             };
@@ -418,7 +421,11 @@ async fn post(
     clippy::result_large_err,
     reason = "the error is the HTTP answer itself, built once on a cold path"
 )]
-fn find_session(st: &AppState, id: Option<&str>, caller: &Caller) -> Result<Arc<Client>, Response> {
+async fn find_session(
+    st: &AppState,
+    id: Option<&str>,
+    caller: &Caller,
+) -> Result<Arc<Client>, Response> {
     let not_found = || {
         error_response(
             StatusCode::NOT_FOUND,
@@ -435,7 +442,15 @@ fn find_session(st: &AppState, id: Option<&str>, caller: &Caller) -> Result<Arc<
             "Bad Request: Missing session ID",
         ));
     };
-    let c = st.gw.sessions.get(id).ok_or_else(not_found)?;
+    let c = match st.gw.sessions.get(id) {
+        Some(c) => c,
+        // Created on another replica sharing the store?
+        None => st
+            .gw
+            .adopt_session(id, &caller.principal)
+            .await
+            .ok_or_else(not_found)?,
+    };
     let p = &caller.principal;
     if c.owner != p.key() || c.fingerprint.as_deref() != p.fingerprint() || c.route != caller.route
     {
@@ -458,6 +473,7 @@ fn find_session(st: &AppState, id: Option<&str>, caller: &Caller) -> Result<Arc<
         }
         return Err(not_found());
     }
+    st.gw.refresh_binding(&c);
     Ok(c)
 }
 
@@ -508,6 +524,10 @@ async fn initialize(st: AppState, caller: Caller, m: Message) -> Response {
         );
     }
     let result = st.gw.initialize(&client).await;
+    if let Err(e) = st.gw.bind_session(&client).await {
+        // It works on this replica; others will not find it until stored.
+        tracing::warn!(session = %client.id, error = %e, "session not bound in the shared store");
+    }
     tracing::info!(session = %client.id, revision = %revision, "session started");
     st.gw.pep.monitor.session_start(&client);
     json_response(
@@ -745,7 +765,7 @@ async fn get(st: AppState, caller: Caller, headers: HeaderMap) -> Response {
             "Not Acceptable: client must accept text/event-stream",
         );
     }
-    let client = match find_session(&st, header_str(&headers, mh::MCP_SESSION_ID), &caller) {
+    let client = match find_session(&st, header_str(&headers, mh::MCP_SESSION_ID), &caller).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -832,7 +852,7 @@ async fn get(st: AppState, caller: Caller, headers: HeaderMap) -> Response {
 
 async fn delete(st: AppState, caller: Caller, headers: HeaderMap) -> Response {
     // Only the owner may end a session; anyone else learns nothing.
-    let c = match find_session(&st, header_str(&headers, mh::MCP_SESSION_ID), &caller) {
+    let c = match find_session(&st, header_str(&headers, mh::MCP_SESSION_ID), &caller).await {
         Ok(c) => c,
         Err(r) => return r,
     };

@@ -160,6 +160,9 @@ pub struct Client {
     pub facts: std::sync::OnceLock<Arc<Facts>>,
     /// Whether upstream GET listeners were started for this session.
     pub listening: std::sync::atomic::AtomicBool,
+    /// When this replica last stored the session's binding (Unix seconds;
+    /// 0: never), so a shared store is refreshed only now and then.
+    pub bound_at: AtomicU64,
 }
 
 /// A fresh 128-bit session id from the OS CSPRNG, hex-encoded.
@@ -182,12 +185,45 @@ impl Client {
         principal: Principal,
         route: String,
     ) -> Arc<Client> {
-        Arc::new(Client {
-            owner: principal.key(),
-            fingerprint: principal.fingerprint().map(str::to_owned),
+        let owner = principal.key();
+        let fingerprint = principal.fingerprint().map(str::to_owned);
+        Client::restored(
+            id,
+            revision,
+            caps,
+            info,
+            n,
             principal,
             route,
-            created: Instant::now(),
+            Instant::now(),
+            owner,
+            fingerprint,
+        )
+    }
+
+    /// A client for a session created earlier (here or on another replica
+    /// sharing the store): its creator's identity key, certificate
+    /// fingerprint and creation time, so the binding check and the
+    /// absolute lifetime hold as if it had never moved.
+    #[expect(clippy::too_many_arguments, reason = "every part of a stored session")]
+    pub fn restored(
+        id: String,
+        revision: Revision,
+        caps: Value,
+        info: Value,
+        n: usize,
+        principal: Principal,
+        route: String,
+        created: Instant,
+        owner: String,
+        fingerprint: Option<String>,
+    ) -> Arc<Client> {
+        Arc::new(Client {
+            owner,
+            fingerprint,
+            principal,
+            route,
+            created,
             id,
             revision,
             caps,
@@ -208,6 +244,7 @@ impl Client {
             visibility: StdMutex::new(HashMap::new()),
             log_level: StdMutex::new(None),
             upstream_subscriptions: StdMutex::new(HashMap::new()),
+            bound_at: AtomicU64::new(0),
         })
     }
 
@@ -319,6 +356,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// Looks a session up without marking it used.
+    pub fn peek(&self, id: &str) -> Option<Arc<Client>> {
+        lock(&self.map).get(id).cloned()
+    }
+
     /// Looks a session up and marks it used.
     pub fn get(&self, id: &str) -> Option<Arc<Client>> {
         let c = lock(&self.map).get(id).cloned();

@@ -1,0 +1,283 @@
+//! Sessions across replicas: when the state store is shared (Redis), a
+//! handshake-era session created on one replica is bound in the store, so
+//! any replica can serve its next request without session affinity. The
+//! binding carries what the binding check and policy need — the owner's
+//! identity key, certificate fingerprint and route, the negotiated
+//! revision, the client's capabilities and info, the creation time (the
+//! absolute lifetime holds cluster-wide) and the labels the session has
+//! read (its taint: hopping replicas must not launder it).
+//!
+//! What stays with a replica: open SSE streams and their resumption
+//! buffers, server→client requests in flight, and upstream sessions — a
+//! replica that picks a session up opens its own upstream sessions for it
+//! with the client's stored capabilities.
+//!
+//! Lifetimes: the binding expires after the idle timeout and is refreshed
+//! (at most every quarter of it) by whichever replica serves the session;
+//! a replica's own idle sweep only drops its local copy. Ending a session
+//! (client `DELETE`, admin kill, revocation, absolute lifetime) removes
+//! the binding, and every replica holding a copy ends it on the change.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_contain::store::{Change, StoreError};
+use portcullis_wire::Revision;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::gateway::Gateway;
+use crate::session::Client;
+
+/// Store namespace of session bindings.
+pub const NS_SESSION: &str = "session";
+
+/// A session as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Binding {
+    /// `Principal::key()` of the creator.
+    pub owner: String,
+    /// The creating client certificate's fingerprint, if any.
+    pub fingerprint: Option<String>,
+    /// The listener and path it was created on.
+    pub route: String,
+    /// The negotiated protocol revision.
+    pub revision: String,
+    /// The client's declared capabilities.
+    pub caps: Value,
+    /// The client's `clientInfo`.
+    pub info: Value,
+    /// When it was created (Unix seconds).
+    pub created: u64,
+    /// Labels of items read so far (taint).
+    #[serde(default)]
+    pub labels_read: Vec<String>,
+}
+
+impl Binding {
+    fn of(c: &Client) -> Binding {
+        let age = c.created.elapsed().as_secs();
+        Binding {
+            owner: c.owner.clone(),
+            fingerprint: c.fingerprint.clone(),
+            route: c.route.clone(),
+            revision: c.revision.as_str().to_owned(),
+            caps: c.caps.clone(),
+            info: c.info.clone(),
+            created: portcullis_contain::now_unix().saturating_sub(age),
+            labels_read: c.facts().labels(),
+        }
+    }
+}
+
+impl Gateway {
+    /// Whether sessions must be bound in the store (it is shared).
+    pub fn sessions_shared(&self) -> bool {
+        self.pep.contain.state.store().shared()
+    }
+
+    fn binding_ttl(&self) -> u64 {
+        self.cfg.limits.session_idle_timeout_secs.max(1)
+    }
+
+    /// Binds a new session in the shared store (awaited: another replica
+    /// may get its next request at once). A no-op for a local store.
+    pub async fn bind_session(&self, c: &Client) -> Result<(), StoreError> {
+        if !self.sessions_shared() {
+            return Ok(());
+        }
+        self.put_binding(c).await
+    }
+
+    async fn put_binding(&self, c: &Client) -> Result<(), StoreError> {
+        let now = portcullis_contain::now_unix();
+        let v =
+            serde_json::to_value(Binding::of(c)).map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.pep
+            .contain
+            .state
+            .store()
+            .put(NS_SESSION, &c.id, v, Some(now + self.binding_ttl()))
+            .await?;
+        c.bound_at.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Picks up a session another replica created: its binding, checked
+    /// against the caller exactly as a local session is (by the caller).
+    /// `None` when the store has no such session (or cannot say: unknown
+    /// sessions fail closed as 404).
+    pub async fn adopt_session(
+        &self,
+        id: &str,
+        principal: &portcullis_identity::principal::Principal,
+    ) -> Option<Arc<Client>> {
+        if !self.sessions_shared() || id.is_empty() || id.len() > 128 {
+            return None;
+        }
+        let entry = match self.pep.contain.state.store().get(NS_SESSION, id).await {
+            Ok(e) => e?,
+            Err(e) => {
+                tracing::warn!(error = %e, "session binding unreadable: treated as unknown");
+                return None;
+            }
+        };
+        let b: Binding = match serde_json::from_value(entry.value) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "session binding unreadable: treated as unknown");
+                return None;
+            }
+        };
+        let revision = Revision::parse(&b.revision).filter(|r| r.is_handshake())?;
+        let age = portcullis_contain::now_unix().saturating_sub(b.created);
+        let created = Instant::now()
+            .checked_sub(Duration::from_secs(age))
+            .unwrap_or_else(Instant::now);
+        let c = Client::restored(
+            id.to_owned(),
+            revision,
+            b.caps,
+            b.info,
+            self.upstream_count(),
+            principal.clone(),
+            b.route,
+            created,
+            b.owner,
+            b.fingerprint,
+        );
+        c.facts().read(&b.labels_read);
+        c.bound_at
+            .store(portcullis_contain::now_unix(), Ordering::Relaxed);
+        if !self
+            .sessions
+            .insert(c.clone(), self.cfg.limits.max_sessions)
+        {
+            return None;
+        }
+        tracing::info!(session = %id, "session picked up from the shared store");
+        Some(c)
+    }
+
+    /// Keeps a served session's binding alive (at most every quarter of the
+    /// idle timeout; in the background).
+    pub fn refresh_binding(self: &Arc<Self>, c: &Arc<Client>) {
+        if !self.sessions_shared() {
+            return;
+        }
+        let now = portcullis_contain::now_unix();
+        let last = c.bound_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < self.binding_ttl() / 4 {
+            return;
+        }
+        c.bound_at.store(now, Ordering::Relaxed);
+        self.spawn_put_binding(c);
+    }
+
+    /// Stores the binding again now (new taint labels), in the background.
+    pub fn spawn_put_binding(self: &Arc<Self>, c: &Arc<Client>) {
+        let (me, c) = (self.clone(), c.clone());
+        tokio::spawn(async move {
+            if let Err(e) = me.put_binding(&c).await {
+                tracing::warn!(session = %c.id, error = %e, "session binding not refreshed");
+            }
+        });
+    }
+
+    /// Removes an ended session's binding, so every replica ends it.
+    pub async fn forget_session(&self, id: &str) {
+        if !self.sessions_shared() {
+            return;
+        }
+        if let Err(e) = self.pep.contain.state.store().remove(NS_SESSION, id).await {
+            tracing::warn!(session = %id, error = %e, "ended session's binding not removed (it expires)");
+        }
+    }
+
+    /// Ends, cluster-wide, the bound sessions that no local copy covers:
+    /// those of `owner`, or the one session `id` (an admin kill on any
+    /// replica reaches sessions created on the others). Returns the ids
+    /// whose bindings were removed; every replica holding one ends it on
+    /// the change.
+    pub async fn forget_bound(&self, owner: Option<&str>, id: Option<&str>) -> Vec<String> {
+        if !self.sessions_shared() {
+            return Vec::new();
+        }
+        let store = self.pep.contain.state.store();
+        let entries = match (owner, id) {
+            (_, Some(id)) => match store.get(NS_SESSION, id).await {
+                Ok(e) => e.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "session bindings unreadable");
+                    Vec::new()
+                }
+            },
+            (Some(_), None) => store.list(NS_SESSION).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "session bindings unreadable");
+                Vec::new()
+            }),
+            (None, None) => Vec::new(),
+        };
+        let mut gone = Vec::new();
+        for e in entries {
+            let Ok(b) = serde_json::from_value::<Binding>(e.value) else {
+                continue;
+            };
+            if owner.is_some_and(|o| o != b.owner) {
+                continue;
+            }
+            if matches!(store.remove(NS_SESSION, &e.key).await, Ok(true)) {
+                gone.push(e.key);
+            }
+        }
+        gone
+    }
+
+    /// Applies a binding change from the store: a session ended elsewhere
+    /// ends here; labels another replica recorded taint the local copy.
+    async fn on_binding_change(&self, c: &Change) {
+        if c.ns != NS_SESSION {
+            return;
+        }
+        match &c.entry {
+            None => {
+                if let Some(local) = self.sessions.remove(&c.key) {
+                    crate::gateway::close_streams(&local);
+                    self.end_session_local(&local, "ended on another replica")
+                        .await;
+                }
+            }
+            Some(e) => {
+                let Some(local) = self.sessions.peek(&c.key) else {
+                    return;
+                };
+                if let Ok(b) = serde_json::from_value::<Binding>(e.value.clone()) {
+                    local.facts().read(&b.labels_read);
+                }
+            }
+        }
+    }
+
+    /// Follows session bindings on the shared store while the gateway lives.
+    pub fn follow_bindings(self: &Arc<Self>) {
+        if !self.sessions_shared() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let mut rx = self.pep.contain.state.store().changes();
+        tokio::spawn(async move {
+            loop {
+                let r = rx.recv().await;
+                let Some(gw) = me.upgrade() else { return };
+                match r {
+                    Ok(c) => gw.on_binding_change(&c).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "session binding changes missed");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+}
