@@ -32,6 +32,15 @@ use crate::session::Client;
 
 /// Store namespace of session bindings.
 pub const NS_SESSION: &str = "session";
+/// Store namespace of 2026-07-28 clients' facts, per identity (they have
+/// no session; their taint is the identity's).
+pub const NS_IDENTITY_FACTS: &str = "identity-facts";
+
+/// What the store keeps of an identity's facts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct IdentityFacts {
+    labels_read: Vec<String>,
+}
 
 /// A session as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,9 +243,73 @@ impl Gateway {
         gone
     }
 
+    /// An identity's facts for a 2026-07-28 request; the first time this
+    /// replica sees the identity, what other replicas recorded is read
+    /// from a shared store (a store that cannot answer leaves them empty
+    /// here, and the next label read is stored again).
+    pub async fn shared_identity_facts(&self, key: &str) -> Arc<crate::session::Facts> {
+        let (f, fresh) = self.identity_facts_entry(key);
+        if fresh && self.sessions_shared() {
+            match self
+                .pep
+                .contain
+                .state
+                .store()
+                .get(NS_IDENTITY_FACTS, key)
+                .await
+            {
+                Ok(Some(e)) => {
+                    if let Ok(x) = serde_json::from_value::<IdentityFacts>(e.value) {
+                        f.read(&x.labels_read);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "identity facts unreadable"),
+            }
+        }
+        f
+    }
+
+    /// Stores an identity's labels read, in the background.
+    pub fn spawn_put_identity_facts(self: &Arc<Self>, key: &str, labels_read: Vec<String>) {
+        let me = self.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            let ttl = me.cfg.auth.session_lifetime_secs.max(1);
+            let v = serde_json::to_value(IdentityFacts { labels_read });
+            let r = match v {
+                Ok(v) => {
+                    me.pep
+                        .contain
+                        .state
+                        .store()
+                        .put(
+                            NS_IDENTITY_FACTS,
+                            &key,
+                            v,
+                            Some(portcullis_contain::now_unix() + ttl),
+                        )
+                        .await
+                }
+                Err(e) => Err(StoreError::Encode(e.to_string())),
+            };
+            if let Err(e) = r {
+                tracing::warn!(identity = %key, error = %e, "identity facts not stored");
+            }
+        });
+    }
+
     /// Applies a binding change from the store: a session ended elsewhere
     /// ends here; labels another replica recorded taint the local copy.
     async fn on_binding_change(&self, c: &Change) {
+        if c.ns == NS_IDENTITY_FACTS {
+            if let (Some(e), Some(f)) = (&c.entry, self.identity_facts_held(&c.key)) {
+                if let Ok(x) = serde_json::from_value::<IdentityFacts>(e.value.clone()) {
+                    f.read(&x.labels_read);
+                }
+            }
+            return;
+        }
         if c.ns != NS_SESSION {
             return;
         }

@@ -990,7 +990,15 @@ impl Gateway {
     /// The shared policy facts of a 2026-07-28 identity (its taint outlives
     /// each self-contained request).
     pub fn identity_facts(&self, key: &str) -> Arc<crate::session::Facts> {
+        self.identity_facts_entry(key).0
+    }
+
+    /// The identity's facts, and whether they were made just now.
+    pub(crate) fn identity_facts_entry(&self, key: &str) -> (Arc<crate::session::Facts>, bool) {
         let mut m = lock(&self.stateless_facts);
+        if let Some(f) = m.get(key) {
+            return (f.clone(), false);
+        }
         if m.len() > 100_000 {
             // Bounded: forget the oldest-looking half rather than grow without end.
             let drop: Vec<String> = m.keys().take(50_000).cloned().collect();
@@ -998,7 +1006,14 @@ impl Gateway {
                 m.remove(&k);
             }
         }
-        m.entry(key.to_owned()).or_default().clone()
+        let f = Arc::new(crate::session::Facts::default());
+        m.insert(key.to_owned(), f.clone());
+        (f, true)
+    }
+
+    /// The facts already held here for an identity (none made).
+    pub(crate) fn identity_facts_held(&self, key: &str) -> Option<Arc<crate::session::Facts>> {
+        lock(&self.stateless_facts).get(key).cloned()
     }
 
     /// Counts an allowed call and records the labels it reads (taint).
@@ -1013,9 +1028,14 @@ impl Gateway {
             labels.iter().any(|l| !read.contains(l))
         };
         f.read(labels);
-        if new && !client.id.is_empty() && self.sessions_shared() {
-            // The taint travels with the session to every replica.
-            self.spawn_put_binding(client);
+        if new && self.sessions_shared() {
+            // The taint travels with the session (or, for 2026-07-28
+            // clients, the identity) to every replica.
+            if client.id.is_empty() {
+                self.spawn_put_identity_facts(&client.owner, f.labels());
+            } else {
+                self.spawn_put_binding(client);
+            }
         }
     }
 

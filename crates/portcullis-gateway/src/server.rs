@@ -952,7 +952,9 @@ async fn post_stateless(st: AppState, caller: Caller, headers: HeaderMap, m: Mes
         caller.principal,
         caller.route,
     );
-    let _ = client.facts.set(st.gw.identity_facts(&client.owner));
+    let _ = client
+        .facts
+        .set(st.gw.shared_identity_facts(&client.owner).await);
     let (first, mut rx) =
         run_call(st.gw.clone(), client, m, forwarded, traceparent(&headers)).await;
     let Some(first) = first else {
