@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use http::{header, HeaderValue, StatusCode};
@@ -154,10 +154,19 @@ pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, admins: AdminIdentities) ->
         .layer(axum::middleware::from_fn_with_state(st.clone(), guard));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        // The router exists only once the gateway is built.
-        .route("/readyz", get(|| async { "ready" }))
+        // The router exists only once the gateway is built; draining on
+        // shutdown makes it fail so load balancers stop sending.
+        .route("/readyz", get(readyz))
         .merge(guarded)
         .with_state(st)
+}
+
+/// Ready unless shutting down.
+async fn readyz(State(st): State<Admin>) -> Response {
+    if st.gw.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    (StatusCode::OK, "ready").into_response()
 }
 
 /// Admits a request whose client certificate names an admin identity, and

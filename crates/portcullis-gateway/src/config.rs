@@ -442,6 +442,14 @@ pub struct Limits {
     /// Most connections open at once from one client address.
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// On SIGTERM, how long `/readyz` answers 503 while new requests are
+    /// still served, so a load balancer stops sending first.
+    #[serde(default)]
+    pub drain_delay_ms: u64,
+    /// Then, how long calls in flight may take to finish before the
+    /// gateway exits anyway.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_ms: u64,
 }
 
 fn default_max_body() -> usize {
@@ -477,6 +485,9 @@ fn default_max_connections() -> usize {
 fn default_max_connections_per_ip() -> usize {
     256
 }
+fn default_shutdown_timeout() -> u64 {
+    30_000
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -492,6 +503,8 @@ impl Default for Limits {
             body_timeout_ms: default_body_timeout(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
+            drain_delay_ms: 0,
+            shutdown_timeout_ms: default_shutdown_timeout(),
         }
     }
 }

@@ -151,6 +151,19 @@ pub struct Gateway {
     pub(crate) inspection: crate::inspection::Inspection,
     /// Pending human approvals of 2026-07-28 clients, by token.
     approvals: StdMutex<HashMap<String, (String, Instant)>>,
+    /// Set on shutdown: `/readyz` answers 503 while calls drain.
+    draining: std::sync::atomic::AtomicBool,
+    /// Client calls being handled now (for draining).
+    active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one client call as in flight while it lives.
+pub struct ActiveCall(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why a request was not let through by policy.
@@ -325,8 +338,41 @@ impl Gateway {
                 approvals: StdMutex::new(HashMap::new()),
                 defs,
                 stateless_facts: StdMutex::new(HashMap::new()),
+                draining: std::sync::atomic::AtomicBool::new(false),
+                active: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             }
         })
+    }
+
+    /// Counts a client call as in flight until the guard drops.
+    pub fn begin_call(&self) -> ActiveCall {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveCall(self.active.clone())
+    }
+
+    /// Client calls in flight now.
+    pub fn active_calls(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Starts draining: readiness fails from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the gateway is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Waits until no client call is in flight, or `max` has passed;
+    /// returns how many were still running.
+    pub async fn drained(&self, max: Duration) -> usize {
+        let end = Instant::now() + max;
+        while self.active_calls() > 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.active_calls()
     }
 
     /// Names of the configured upstreams, in order.
@@ -2432,7 +2478,7 @@ impl Gateway {
 
 /// Ends every open SSE stream of a session (the HTTP bodies finish);
 /// returns how many were live.
-pub(crate) fn close_streams(c: &Client) -> usize {
+pub fn close_streams(c: &Client) -> usize {
     let mut n = 0;
     for buf in lock(&c.streams).values_mut() {
         if buf.live.take().is_some() {

@@ -590,6 +590,7 @@ async fn run_call(
 ) -> (Option<Message>, mpsc::Receiver<Message>) {
     let (tx, mut rx) = mpsc::channel::<Message>(64);
     let mut call = Box::pin(async move {
+        let _active = gw.begin_call();
         gw.dispatch_traced(&client, m, &forwarded, trace.as_deref(), &tx)
             .await
     });

@@ -416,7 +416,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("portcullis: unauthenticated access allowed on loopback (--allow-anonymous-loopback); for development only");
     }
     let limits = portcullis_gateway::listener::ConnLimits::from(&gw.cfg.limits);
-    portcullis_gateway::listener::serve(listener, tls_config, app, limits, shutdown_signal()).await;
+    let draining = {
+        let gw = gw.clone();
+        async move {
+            shutdown_signal().await;
+            // Readiness fails first; new requests are still served while
+            // load balancers take the replica out.
+            gw.start_draining();
+            let delay = Duration::from_millis(gw.cfg.limits.drain_delay_ms);
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "shutting down: draining"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    };
+    portcullis_gateway::listener::serve(listener, tls_config, app, limits, draining).await;
+    // No new connections; calls in flight may finish.
+    let left = gw
+        .drained(Duration::from_millis(gw.cfg.limits.shutdown_timeout_ms))
+        .await;
+    if left > 0 {
+        tracing::warn!(
+            calls = left,
+            "shutdown timeout: calls still in flight are cut"
+        );
+    }
+    for c in gw.sessions.all() {
+        portcullis_gateway::gateway::close_streams(&c);
+    }
     gw.shutdown();
     match portcullis_gateway::contain::save_baselines(&contain, &monitor.risk).await {
         Ok(n) if n > 0 => tracing::info!(identities = n, "risk baselines saved"),

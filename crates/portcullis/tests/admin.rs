@@ -476,3 +476,94 @@ fn cli_drives_containment_routes() {
         );
     }
 }
+
+#[test]
+fn sigterm_drains_readiness_fails_first_and_calls_in_flight_finish() {
+    let dir = tempdir("drain");
+    let state = dir.join("state");
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+state_dir = {state:?}
+
+[limits]
+drain_delay_ms = 1500
+shutdown_timeout_ms = 20000
+
+[[upstream]]
+name = "demo"
+command = [{BIN:?}, "demo-server"]
+"#,
+            state = state.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut gw = start(
+        &[
+            "--config".into(),
+            cfg.display().to_string(),
+            "--admin".into(),
+            "127.0.0.1:0".into(),
+        ],
+        &[],
+    );
+    let admin = admin_addr(&gw);
+    let ca = state.join("ca").join("ca.pem");
+    let client = state.join("admin-client");
+    assert_eq!(
+        curl(&admin, &ca, Some(&client), "/readyz", None),
+        (200, "ready".into())
+    );
+    let sid = gw.session();
+    // A call that takes about 2 s, in flight when SIGTERM arrives.
+    let (addr, path) = (gw.addr.clone(), gw.path.clone());
+    let sid2 = sid.clone();
+    let slow = std::thread::spawn(move || {
+        raw(
+            &addr,
+            "POST",
+            &path,
+            &[
+                ACCEPT,
+                JSON,
+                ("mcp-session-id", &sid2),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+            br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"demo__count","arguments":{"steps":4,"delay_ms":500}}}"#,
+        )
+        .json()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Readiness fails at once; new requests are still served meanwhile.
+    assert!(
+        eventually(2, || curl(&admin, &ca, Some(&client), "/readyz", None)
+            == (503, "draining".into())),
+        "readyz did not turn 503"
+    );
+    let r = gw.call(&sid, "10", "ping", "{}");
+    assert!(r["result"].is_object(), "served while draining: {r}");
+    // The call in flight finishes with its result.
+    let done = slow.join().unwrap();
+    let text = done["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(text, "counted to 4", "{done}");
+    // Then the gateway exits.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < end, "gateway did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success() || status.code().is_none(), "{status:?}");
+}
