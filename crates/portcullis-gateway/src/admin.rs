@@ -161,6 +161,24 @@ pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, admins: AdminIdentities) ->
         .with_state(st)
 }
 
+/// The probe listener's routes: `/healthz` and `/readyz` only, nothing
+/// else (no data, no admin action), so it can be plain HTTP.
+pub fn health_router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(gw): State<Arc<Gateway>>| async move {
+                if gw.is_draining() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else {
+                    (StatusCode::OK, "ready")
+                }
+            }),
+        )
+        .with_state(gw)
+}
+
 /// Ready unless shutting down.
 async fn readyz(State(st): State<Admin>) -> Response {
     if st.gw.is_draining() {

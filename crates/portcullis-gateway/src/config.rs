@@ -64,6 +64,10 @@ pub struct Config {
     /// The admin listener (health, session and certificate revocation).
     #[serde(default)]
     pub admin: Option<AdminCfg>,
+    /// A plain-HTTP listener answering only `/healthz` and `/readyz`, for
+    /// probes that cannot present an admin client certificate (kubelet).
+    #[serde(default)]
+    pub health: Option<HealthCfg>,
     /// Micro-segments: groups of servers, tools, resources and prompts with labels.
     #[serde(default, rename = "segment")]
     pub segments: Vec<crate::segments::SegmentCfg>,
@@ -88,6 +92,14 @@ pub struct Config {
     /// Content inspection: poisoning, shadowing, DLP, injection markers.
     #[serde(default)]
     pub inspection: crate::inspection::InspectionCfg,
+}
+
+/// `[health]`: the probe listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCfg {
+    /// Where it listens, e.g. `0.0.0.0:8790` (port 0: any free port).
+    pub addr: String,
 }
 
 /// Where the Cedar policies come from.
@@ -635,6 +647,7 @@ impl Config {
             auth: Auth::default(),
             state_dir: None,
             admin: None,
+            health: None,
             segments: Vec::new(),
             policy: PolicyCfg::default(),
             audit: crate::monitor::AuditCfg::default(),
@@ -655,6 +668,14 @@ impl Config {
             )
         })?;
         let loopback = addr.ip().is_loopback();
+        if let Some(h) = &self.health {
+            h.addr.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "health.addr",
+                    format!("{:?} is not a socket address: {e}", h.addr),
+                )
+            })?;
+        }
         if let Some(a) = &self.admin {
             a.addr.parse::<SocketAddr>().map_err(|e| {
                 invalid(

@@ -406,6 +406,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ));
         eprintln!("portcullis: admin API on https://{addr} (mTLS; {})", a.note);
     }
+    if let Some(h) = &gw.cfg.health {
+        let l = tokio::net::TcpListener::bind(&h.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("health.addr {}: {e}", h.addr))?;
+        let addr = l.local_addr()?;
+        tokio::spawn(portcullis_gateway::listener::serve(
+            l,
+            None,
+            portcullis_gateway::admin::health_router(gw.clone()),
+            portcullis_gateway::listener::ConnLimits::from(&gw.cfg.limits),
+            std::future::pending::<()>(),
+        ));
+        eprintln!("portcullis: health probes on http://{addr} (/healthz, /readyz)");
+    }
     server::spawn_sweeper(gw.clone());
     let app = server::router(gw.clone(), auth.clone(), bound);
     tracing::info!(upstreams = ?gw.upstream_names(), "gateway ready");

@@ -492,6 +492,9 @@ state_dir = {state:?}
 drain_delay_ms = 1500
 shutdown_timeout_ms = 20000
 
+[health]
+addr = "127.0.0.1:0"
+
 [[upstream]]
 name = "demo"
 command = [{BIN:?}, "demo-server"]
@@ -516,6 +519,25 @@ command = [{BIN:?}, "demo-server"]
         curl(&admin, &ca, Some(&client), "/readyz", None),
         (200, "ready".into())
     );
+    // The plain-HTTP probe listener answers the same, with no certificate.
+    let mut health = String::new();
+    assert!(eventually(10, || {
+        health = gw
+            .log_text()
+            .lines()
+            .find_map(|l| l.split("health probes on http://").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned();
+        !health.is_empty()
+    }));
+    let probe = |path: &str| {
+        let r = raw(&health, "GET", path, &[], b"");
+        (r.status, String::from_utf8_lossy(&r.body).to_string())
+    };
+    assert_eq!(probe("/readyz"), (200, "ready".into()));
+    assert_eq!(probe("/healthz"), (200, "ok".into()));
+    assert_eq!(probe("/admin/sessions").0, 404, "nothing else on it");
     let sid = gw.session();
     // A call that takes about 2 s, in flight when SIGTERM arrives.
     let (addr, path) = (gw.addr.clone(), gw.path.clone());
@@ -548,6 +570,7 @@ command = [{BIN:?}, "demo-server"]
             == (503, "draining".into())),
         "readyz did not turn 503"
     );
+    assert_eq!(probe("/readyz"), (503, "draining".into()));
     let r = gw.call(&sid, "10", "ping", "{}");
     assert!(r["result"].is_object(), "served while draining: {r}");
     // The call in flight finishes with its result.
