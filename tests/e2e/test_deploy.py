@@ -502,15 +502,20 @@ def test_gateway_deployment_and_services() -> None:
     for k in ("cpu", "memory"):
         assert k in res["requests"] and k in res["limits"], f"resources.requests/limits.{k}"
     assert res["requests"]["memory"] == res["limits"]["memory"] or _mem(res["requests"]["memory"]) <= _mem(res["limits"]["memory"])
-    # Shutdown timing: preStop sleep, then the gateway's own shutdown, within
-    # the grace period, which also covers a draining call.
+    # Shutdown timing: preStop sleep, then SIGTERM: drain delay, calls in
+    # flight up to the shutdown timeout (which lets a whole call finish),
+    # all within the grace period.
     cfg = tomllib.loads(config_text(find(docs, "ConfigMap", "portcullis-config")))
     pre = c["lifecycle"]["preStop"]
     sleep = pre["sleep"]["seconds"] if "sleep" in pre else int(pre["exec"]["command"][-1])
     grace = spec["terminationGracePeriodSeconds"]
-    call = cfg.get("limits", {}).get("call_timeout_ms", 60000) / 1000
+    limits = cfg.get("limits", {})
+    call = limits.get("call_timeout_ms", 60000) / 1000
+    drain = limits.get("drain_delay_ms", 0) / 1000
+    finish = limits.get("shutdown_timeout_ms", 30000) / 1000
     assert sleep >= 5, "endpoints need a few seconds to drop the pod"
-    assert grace >= sleep + call, f"terminationGracePeriodSeconds {grace} < preStop {sleep} + call timeout {call}"
+    assert finish >= call, f"shutdown_timeout {finish}s cuts calls allowed {call}s"
+    assert grace >= sleep + drain + finish + 2, f"terminationGracePeriodSeconds {grace} < preStop {sleep} + drain {drain} + shutdown {finish} + 2"
     # The ports the config listens on are the container's.
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert int(cfg["listen"]["addr"].rsplit(":", 1)[1]) == ports["mcp"]
@@ -1046,7 +1051,10 @@ def test_systemd_unit_agrees_with_sample_config(tmp_path: Path) -> None:
     cfg = tomllib.loads(cfg_text)
     assert e["DynamicUser"] == ["yes"] and e["NoNewPrivileges"] == ["yes"] and e["ProtectSystem"] == ["strict"]
     assert e["CapabilityBoundingSet"] == [""] and e["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
-    assert e["Restart"] == ["on-failure"] and "LimitNOFILE" in e and "TimeoutStopSec" in e
+    assert e["Restart"] == ["on-failure"] and "LimitNOFILE" in e
+    limits = cfg.get("limits", {})
+    stop = int(e["TimeoutStopSec"][0].removesuffix("s"))
+    assert stop >= (limits.get("drain_delay_ms", 0) + limits.get("shutdown_timeout_ms", 30000)) / 1000 + 2, "TimeoutStopSec"
     assert "@system-service" in e["SystemCallFilter"] and e["MemoryDenyWriteExecute"] == ["yes"]
     assert any("/etc/portcullis/portcullis.toml" in x for x in e["ExecStart"])
     assert cfg["state_dir"] == "/var/lib/" + e["StateDirectory"][0]
