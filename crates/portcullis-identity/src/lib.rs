@@ -12,3 +12,4 @@ pub mod posture;
 pub mod principal;
 pub mod spiffe;
 pub mod tls;
+pub mod workload;

@@ -98,7 +98,10 @@ pub fn load_roots(paths: &[PathBuf]) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+/// Reads every CRL in PEM files (for a client-certificate verifier).
+pub fn load_crls(
+    paths: &[PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let mut out = Vec::new();
     for p in paths {
         let crls: Vec<_> = CertificateRevocationListDer::pem_file_iter(p)
@@ -354,14 +357,26 @@ pub fn client_verifier(
         return Ok(None);
     }
     let roots = Arc::new(load_roots(&t.client_ca)?);
+    client_verifier_from_roots(roots, load_crls(&t.crl)?, t.mode, policy).map(Some)
+}
+
+/// The same verifier as [`client_verifier`] over trust anchors already in
+/// memory (e.g. a SPIFFE bundle from the Workload API), so roots that
+/// rotate get exactly the file-based checks.
+pub fn client_verifier_from_roots(
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    mode: TlsMode,
+    policy: Arc<ClientPolicy>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut vb = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .with_crls(load_crls(&t.crl)?)
+        .with_crls(crls)
         .allow_unknown_revocation_status();
-    if t.mode != TlsMode::Required {
+    if mode != TlsMode::Required {
         vb = vb.allow_unauthenticated();
     }
     let inner = vb.build().map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok(Some(Arc::new(SpiffeClientVerifier { inner, policy })))
+    Ok(Arc::new(SpiffeClientVerifier { inner, policy }))
 }
 
 /// Builds the listener's rustls config.
@@ -385,6 +400,36 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// An upstream's certificate checked by chain to `roots` and by its SPIFFE
+/// ID (instead of a host name); shared by file and Workload API trust.
+pub(crate) fn verify_upstream_cert(
+    roots: &RootCertStore,
+    expected: &SpiffeId,
+    provider: &CryptoProvider,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<ServerCertVerified, rustls::Error> {
+    let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        roots,
+        intermediates,
+        now,
+        provider.signature_verification_algorithms.all,
+    )?;
+    let got = spiffe::SpiffeId::from_cert_der(end_entity.as_ref())
+        .ok()
+        .flatten();
+    if got.as_ref() != Some(expected) {
+        tracing::warn!(expected = %expected, got = ?got.map(|g| g.to_string()), "upstream presented the wrong SPIFFE ID");
+        return Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ));
+    }
+    Ok(ServerCertVerified::assertion())
+}
+
 /// Verifies an upstream by chain and SPIFFE ID (instead of host name).
 #[derive(Debug)]
 struct SpiffeServerVerifier {
@@ -402,24 +447,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
+        verify_upstream_cert(
             &self.roots,
+            &self.expected,
+            &self.provider,
+            end_entity,
             intermediates,
             now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        let got = spiffe::SpiffeId::from_cert_der(end_entity.as_ref())
-            .ok()
-            .flatten();
-        if got.as_ref() != Some(&self.expected) {
-            tracing::warn!(expected = %self.expected, got = ?got.map(|g| g.to_string()), "upstream presented the wrong SPIFFE ID");
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
+        )
     }
 
     fn verify_tls12_signature(
