@@ -25,9 +25,10 @@ Offline, no cluster. What it checks:
   (real certificates from `portcullis ca`/`cert`, an Ed25519 audit key, the
   ConfigMaps' content), `portcullis serve` starts on it, an agent with a
   trust-domain certificate calls a tool of an mTLS upstream through it, the
-  admin port accepts TCP (the probe), /readyz answers over mTLS with the
-  pod's own admin certificate, SIGTERM ends it within the grace period and
-  `portcullis audit verify --key` accepts its log;
+  health port answers the probes' plain-HTTP GETs (and nothing else), the
+  admin listener refuses a handshake without a client certificate, SIGTERM
+  turns /readyz to 503 at once and ends the gateway within the grace
+  period, and `portcullis audit verify --key` accepts its log;
 - the example Redis config starts a real redis-server (when installed) with
   TLS, the password the init container writes, and noeviction;
 - the systemd unit passes `systemd-analyze verify`, its offline security
@@ -520,6 +521,15 @@ def test_gateway_deployment_and_services() -> None:
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert int(cfg["listen"]["addr"].rsplit(":", 1)[1]) == ports["mcp"]
     assert int(cfg["admin"]["addr"].rsplit(":", 1)[1]) == ports["admin"]
+    assert int(cfg["health"]["addr"].rsplit(":", 1)[1]) == ports["health"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["port"] == "health", f"{probe}: on the [health] listener"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The health port is for the kubelet only: no Service, no NetworkPolicy rule.
+    for svc in (d for d in docs if d.kind == "Service"):
+        assert all(p.get("targetPort") not in ("health", ports["health"]) for p in svc.obj["spec"]["ports"]), svc
+    np = find(docs, "NetworkPolicy", "portcullis").obj["spec"]
+    assert all(p["port"] not in ("health", ports["health"]) for r in np["ingress"] for p in r.get("ports", []))
     assert not cfg["listen"]["addr"].startswith("127."), "the pod's listener must not be loopback-only"
     # The admin Service stays inside the cluster.
     admin = find(docs, "Service", "portcullis-admin")
@@ -840,6 +850,16 @@ def https_get(port: int, ctx: ssl.SSLContext, path: str) -> tuple[int, str]:
     return out
 
 
+def http_get(port: int, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read().decode().strip()
+    finally:
+        conn.close()
+
+
 def redis_example_conf(root: Path, port: int) -> tuple[Path, list[str]]:
     """redis.conf of the example with the pod's paths under root, and the init
     container's command rewritten the same way."""
@@ -941,6 +961,8 @@ def test_base_config_serves(store: str, material: Material, tmp_path: Path) -> N
         procs.append(demo)
         text = re.sub(r'url = "https://tickets[^"]*"', f'url = "{m.group(1)}"', text)
         text = re.sub(r'addr = "0\.0\.0\.0:\d+"', 'addr = "127.0.0.1:0"', text)
+        # A drain delay long enough to see /readyz turn 503 after SIGTERM.
+        text = re.sub(r"^drain_delay_ms = \d+", "drain_delay_ms = 1500", text, flags=re.M)
         conf = pods / "etc/portcullis/config/portcullis.toml"
         conf.write_text(rooted(text, pods))
         pub_before = (pods / "etc/portcullis/audit-key/audit-ed25519.pk8.pub").read_bytes()
@@ -949,11 +971,12 @@ def test_base_config_serves(store: str, material: Material, tmp_path: Path) -> N
         procs.append(gw)
         log = (tmp_path / "gateway.log")
         deadline = time.monotonic() + 20
-        while not (re.search(r"listening on https://", log.read_text()) and re.search(r"admin API on https://", log.read_text())):
+        while not (re.search(r"listening on https://", log.read_text()) and re.search(r"health probes on http://", log.read_text())):
             assert time.monotonic() < deadline and gw.popen.poll() is None, log.read_text()
             time.sleep(0.05)
         mcp_port = int(re.search(r"listening on https://[^:]+:(\d+)/mcp", log.read_text()).group(1))
         admin_port = int(re.search(r"admin API on https://[^:]+:(\d+)", log.read_text()).group(1))
+        health_port = int(re.search(r"health probes on http://[^:]+:(\d+)", log.read_text()).group(1))
 
         # An agent of the trust domain calls a tool of the mTLS upstream,
         # addressing the gateway by its Service name (allowed_hosts).
@@ -971,11 +994,14 @@ def test_base_config_serves(store: str, material: Material, tmp_path: Path) -> N
         st, _, _ = mcp_post(mcp_port, agent, "evil.example", {"jsonrpc": "2.0", "id": 3, "method": "ping"}, sid)
         assert st == 403, "a Host outside allowed_hosts"
 
-        # Probes: the admin port accepts TCP (what the Deployment's probes
-        # check); /readyz needs a client certificate from the admin CA — the
-        # pod's own admin listener certificate serves.
-        with socket.create_connection(("127.0.0.1", admin_port), timeout=2):
-            pass
+        # Probes: the kubelet's plain-HTTP GETs on the health port, which
+        # serves nothing else; the admin listener wants a client certificate
+        # from the admin CA even for /readyz (the pod's own admin listener
+        # certificate serves, and is no admin).
+        assert http_get(health_port, "/readyz") == (200, "ready")
+        assert http_get(health_port, "/healthz") == (200, "ok")
+        for path in ("/mcp", "/metrics", "/admin/sessions"):
+            assert http_get(health_port, path)[0] == 404, path
         adm = pods / "etc/portcullis/admin"
         own = tls_context(adm / "ca.pem", adm / "cert.pem", adm / "key.pem")
         assert https_get(admin_port, own, "/readyz") == (200, "ready")
@@ -992,6 +1018,9 @@ def test_base_config_serves(store: str, material: Material, tmp_path: Path) -> N
         budget = spec["terminationGracePeriodSeconds"] - pre
         t0 = time.monotonic()
         gw.popen.send_signal(signal.SIGTERM)
+        while http_get(health_port, "/readyz") != (503, "draining"):  # readiness drops first
+            assert time.monotonic() - t0 < 1.0, "/readyz did not turn 503 within 1 s of SIGTERM"
+            time.sleep(0.02)
         rc = gw.popen.wait(timeout=budget)
         took = time.monotonic() - t0
         assert rc == 0, log.read_text()[-2000:]
