@@ -19,7 +19,7 @@ pub mod store;
 
 pub use quarantine::{Mode, Quarantine, Subject, Target, TargetKind};
 pub use state::{ContainEvent, Containment, Verdict};
-pub use store::{FileStore, MemoryStore, StateStore, StoreError};
+pub use store::{FileStore, MemoryStore, StateStore, StoreError, StoreStatus};
 
 /// Seconds since the Unix epoch (wall clock), the unit of every stored
 /// expiry so entries mean the same after a restart.

@@ -36,6 +36,10 @@ pub enum StoreError {
     /// The store failed earlier and refuses further writes.
     #[error("state store is unavailable: {0}")]
     Unavailable(String),
+    /// The write is in force here and queued: a shared store that cannot
+    /// reach its server retries it until stored (nothing is lost).
+    #[error("state store: not yet stored, queued and retried until stored: {0}")]
+    Queued(String),
     /// A value could not be encoded.
     #[error("state store: cannot encode value: {0}")]
     Encode(String),
@@ -63,6 +67,31 @@ pub struct Change {
     pub key: String,
     /// The new entry, or `None` when removed.
     pub entry: Option<Entry>,
+}
+
+/// What `/readyz`, `/admin/store` and fail-closed checks need to know of a
+/// store's link to its backing server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreStatus {
+    /// Reads are current: the server is reachable and (for a shared store)
+    /// other replicas' changes arrive as they happen. When false, reads
+    /// answer from the last known state.
+    pub current: bool,
+    /// Writes accepted here and not yet stored (retried until they are).
+    pub pending_writes: usize,
+    /// The last failure, if any (kept after recovery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl Default for StoreStatus {
+    fn default() -> StoreStatus {
+        StoreStatus {
+            current: true,
+            pending_writes: 0,
+            last_error: None,
+        }
+    }
 }
 
 /// Where containment state lives.
@@ -112,6 +141,13 @@ pub trait StateStore: Send + Sync + 'static {
     /// here too. The embedded stores are not shared.
     fn shared(&self) -> bool {
         false
+    }
+
+    /// Whether reads are current and writes reach the backing store; a
+    /// shared store that lost its server says what it still holds. The
+    /// embedded stores are always current.
+    fn status(&self) -> StoreStatus {
+        StoreStatus::default()
     }
 
     /// Changes as they happen.

@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use portcullis_contain::rate::{Rate, SharedLimiter};
 use portcullis_contain::store::{Change, Entry};
-use portcullis_contain::{now_unix, StateStore, StoreError};
+use portcullis_contain::{now_unix, StateStore, StoreError, StoreStatus};
 use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
 use redis::io::tcp::TcpSettings;
 use redis::{
@@ -436,8 +436,8 @@ impl Inner {
     }
 
     fn not_stored(&self, depth: usize) -> StoreError {
-        StoreError::Unavailable(format!(
-            "redis {}: not yet stored ({}); queued in the outbox ({depth} waiting) and retried until stored",
+        StoreError::Queued(format!(
+            "redis {}: {}; in the outbox ({depth} waiting)",
             self.target,
             self.last_error()
         ))
@@ -699,6 +699,43 @@ impl Inner {
         }
         lock(&self.state)
             .offline_view(ns, now_unix())
+            .ok_or_else(|| {
+                self.unreachable(&format!(
+                    "namespace {ns} was never read here, so there is no last known state"
+                ))
+            })
+    }
+
+    /// One entry: this replica's queued write to it if any, else Redis,
+    /// else (Redis away) the last known state of a cached namespace.
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        check_ns(ns)?;
+        let now = now_unix();
+        if let Some(queued) = lock(&self.state).queued_entry(ns, key) {
+            return Ok(queued.filter(|e| e.expires_at.is_none_or(|t| t > now)));
+        }
+        if let Some(mut con) = self.conn() {
+            let cmd = redis::cmd("GET").arg(self.keys.entry(ns, key)).clone();
+            match timed(self.op_timeout, cmd.query_async::<Option<String>>(&mut con)).await {
+                Ok(v) => {
+                    return Ok(v
+                        .and_then(|v| serde_json::from_str::<Entry>(&v).ok())
+                        .filter(|e| e.expires_at.is_none_or(|t| t > now)));
+                }
+                Err(f) => {
+                    self.note(&f);
+                    if f.kind == FailKind::Server {
+                        return Err(StoreError::Unavailable(format!(
+                            "redis {}: {}",
+                            self.target, f.msg
+                        )));
+                    }
+                }
+            }
+        }
+        lock(&self.state)
+            .offline_view(ns, now)
+            .map(|entries| entries.into_iter().find(|e| e.key == key))
             .ok_or_else(|| {
                 self.unreachable(&format!(
                     "namespace {ns} was never read here, so there is no last known state"
@@ -985,6 +1022,28 @@ impl StateStore for RedisStore {
 
     fn list<'a>(&'a self, ns: &'a str) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
         Box::pin(self.inner.list(ns))
+    }
+
+    fn get<'a>(
+        &'a self,
+        ns: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
+        Box::pin(self.inner.get(ns, key))
+    }
+
+    /// Every replica of the deployment reads and writes the same Redis.
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn status(&self) -> StoreStatus {
+        let h = self.health();
+        StoreStatus {
+            current: h.connected && h.in_sync,
+            pending_writes: h.outbox,
+            last_error: h.last_error,
+        }
     }
 
     /// Changes made by other replicas (never this one's own writes), and

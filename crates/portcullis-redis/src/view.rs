@@ -297,6 +297,21 @@ impl State {
         Some(self.overlay(ns, sp.live(now), now))
     }
 
+    /// This replica's last queued write to one key: `Some(None)` for a
+    /// queued removal, `None` when nothing is queued for it.
+    pub fn queued_entry(&self, ns: &str, key: &str) -> Option<Option<Entry>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        self.outbox
+            .iter()
+            .filter(|p| p.write.ns == ns)
+            .flat_map(|p| p.write.ops.iter())
+            .filter(|op| op.key == key)
+            .last()
+            .map(|op| op.entry.clone())
+    }
+
     /// `entries` with this replica's outbox writes to `ns` applied in order.
     pub fn overlay(&self, ns: &str, mut map: BTreeMap<String, Entry>, now: u64) -> Vec<Entry> {
         if !self.pending.is_empty() {

@@ -84,6 +84,15 @@ async fn put_list_remove_expiry_and_batches() {
         vec![("a".into(), json!("x"))]
     );
     assert!(s.list("empty").await.unwrap().is_empty());
+    // One entry by key, with the same expiry rule; shared with other replicas.
+    assert!(s.shared());
+    assert_eq!(
+        s.get("q", "b").await.unwrap().map(|e| e.value),
+        Some(json!(2))
+    );
+    assert_eq!(s.get("q", "gone").await.unwrap(), None, "expired");
+    assert_eq!(s.get("q", "nope").await.unwrap(), None);
+    assert!(s.status().current && s.status().pending_writes == 0);
 
     // Redis keeps the expiry itself.
     let mut r = raw(&server.url()).await;
@@ -263,7 +272,12 @@ async fn outage_outbox_stale_cache_then_drain_in_order_and_catch_up() {
 
     // Writes during the outage: refused as "not yet stored", kept in order.
     for (k, v) in [("k2", 2), ("k3", 1), ("k3", 2), ("k3", 3)] {
-        let e = a.put("q", k, json!(v), None).await.unwrap_err().to_string();
+        let e = a.put("q", k, json!(v), None).await.unwrap_err();
+        assert!(
+            matches!(e, portcullis_contain::StoreError::Queued(_)),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("not yet stored") && e.contains("outbox"), "{e}");
     }
     let e = a.remove("q", "k1").await.unwrap_err().to_string();
@@ -288,7 +302,25 @@ async fn outage_outbox_stale_cache_then_drain_in_order_and_catch_up() {
         kv(&b.list("q").await.unwrap()),
         vec![("b1".into(), json!(1)), ("k1".into(), json!(1))]
     );
+    // One entry: the queued write wins, then the last known state.
+    assert_eq!(
+        a.get("q", "k3").await.unwrap().map(|e| e.value),
+        Some(json!(3))
+    );
+    assert_eq!(a.get("q", "k1").await.unwrap(), None, "queued removal");
+    assert_eq!(
+        b.get("q", "k1").await.unwrap().map(|e| e.value),
+        Some(json!(1))
+    );
+    assert_eq!(b.get("q", "k2").await.unwrap(), None);
+    assert!(!a.status().current && a.status().pending_writes == 5);
     // Never read here: no last known state, said so.
+    assert!(b
+        .get("never", "x")
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("never read"));
     let e = b.list("never").await.unwrap_err().to_string();
     assert!(e.contains("never read"), "{e}");
     // The global rate limit cannot be checked: said so, caller decides.
