@@ -150,6 +150,19 @@ pub trait StateStore: Send + Sync + 'static {
         StoreStatus::default()
     }
 
+    /// The store's global rate limiter, when it has one (a shared store
+    /// keeps limits across replicas; the embedded stores have none).
+    fn limiter(&self) -> Option<&dyn crate::rate::SharedLimiter> {
+        None
+    }
+
+    /// Waits up to `within` for queued writes to be stored (at shutdown);
+    /// `true` when none is left. The embedded stores write at once.
+    fn flush(&self, within: std::time::Duration) -> BoxFuture<'_, bool> {
+        let _ = within;
+        Box::pin(async { true })
+    }
+
     /// Changes as they happen.
     fn changes(&self) -> broadcast::Receiver<Change>;
 

@@ -32,6 +32,7 @@ pub(crate) fn routes() -> Router<Admin> {
         .route("/admin/revocations", get(list_revocations).post(revoke))
         .route("/admin/breakers", get(list_breakers))
         .route("/admin/breakers/reset", post(reset_breaker))
+        .route("/admin/store", get(store_status))
         .route("/admin/pins", get(list_pins))
         .route("/admin/pins/diff", get(diff_pin))
         .route("/admin/pins/approve", post(approve_pin))
@@ -151,6 +152,16 @@ fn bad(why: impl Into<String>) -> Response {
 fn stored(r: Result<(), StoreError>, body: Value) -> Response {
     match r {
         Ok(()) => reply(StatusCode::OK, body),
+        // A shared store that is away: in force here at once, queued and
+        // retried until stored, then other replicas follow.
+        Err(StoreError::Queued(why)) => {
+            tracing::warn!(error = %why, "containment action in force here, queued for the shared store");
+            let mut body = body;
+            if let Some(o) = body.as_object_mut() {
+                o.insert("queued".into(), Value::from(why));
+            }
+            reply(StatusCode::ACCEPTED, body)
+        }
         Err(e) => {
             tracing::error!(error = %e, "containment action in force but not stored");
             let mut body = body;
@@ -201,6 +212,20 @@ fn target(kind: &str, value: &str) -> Result<Target, Response> {
         return Err(bad("value must not be empty"));
     }
     Ok(Target::new(k, value.trim()))
+}
+
+/// Which store this replica uses and whether it is current (a shared
+/// store's outage, writes still queued, the last error).
+async fn store_status(State(st): State<Admin>) -> Response {
+    let store = st.gw.pep.contain.state.store();
+    reply(
+        StatusCode::OK,
+        json!({
+            "store": store.describe(),
+            "shared": store.shared(),
+            "status": store.status(),
+        }),
+    )
 }
 
 async fn list_quarantines(State(st): State<Admin>) -> Response {

@@ -76,16 +76,52 @@ pub struct RateCfg {
     pub segments: BTreeMap<String, Rate>,
 }
 
-/// `[store]`: where containment state (and later pins, baselines) persists.
+/// `[store]`: where containment state, pins, baselines and (when shared)
+/// session bindings persist, and what a shared store's outage does.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreCfg {
-    /// `file` (default: embedded journal under `path`) or `memory`.
+    /// `file` (default: embedded journal under `path`), `memory`, or
+    /// `redis` (shared by every replica; `[store.redis]` says where).
     #[serde(default)]
     pub kind: StoreKind,
     /// Folder of the file store (default: `<state_dir>/store`).
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// `[store.redis]`: the shared Redis (kind `redis` only).
+    #[serde(default)]
+    pub redis: Option<portcullis_redis::RedisCfg>,
+    /// While a shared store is unreachable: `last-known` (default) keeps
+    /// enforcing the last known containment state and serves; `deny`
+    /// refuses every request until the store is back.
+    #[serde(default)]
+    pub on_unreachable: OnUnreachable,
+    /// While a shared store is unreachable, a rate limit: `local`
+    /// (default) is enforced by this replica alone (per replica, so up to
+    /// N times the global rate with N replicas); `deny` refuses the
+    /// limited requests.
+    #[serde(default)]
+    pub rate_fallback: RateFallback,
+}
+
+impl StoreCfg {
+    /// Checks the kind against its table; the error names the key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match (self.kind, &self.redis) {
+            (StoreKind::Redis, None) => Err((
+                "store.redis".into(),
+                "kind = \"redis\" needs a [store.redis] table with at least url".into(),
+            )),
+            (StoreKind::Redis, Some(r)) => r
+                .validate()
+                .map_err(|e| ("store.redis".into(), e.to_string())),
+            (_, Some(_)) => Err((
+                "store.redis".into(),
+                "only read with kind = \"redis\"".into(),
+            )),
+            (_, None) => Ok(()),
+        }
+    }
 }
 
 /// Which store implementation.
@@ -97,6 +133,31 @@ pub enum StoreKind {
     File,
     /// In memory: lost at exit.
     Memory,
+    /// Redis, shared by every replica of a deployment.
+    Redis,
+}
+
+/// `[store] on_unreachable`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnreachable {
+    /// Serve, enforcing the last known state (and this replica's own
+    /// actions, queued until stored).
+    #[default]
+    LastKnown,
+    /// Refuse every request while reads are not current.
+    Deny,
+}
+
+/// `[store] rate_fallback`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateFallback {
+    /// This replica's own limiter.
+    #[default]
+    Local,
+    /// Refuse what the shared limiter cannot check.
+    Deny,
 }
 
 impl ContainCfg {
@@ -170,6 +231,8 @@ pub struct Guard {
     /// Quarantines, kill switch, revocations (persisted).
     pub state: Arc<Containment>,
     cfg: ContainCfg,
+    on_unreachable: OnUnreachable,
+    rate_fallback: RateFallback,
     rules: AutoRules,
     rates: Limiter,
     inflight: InFlight,
@@ -182,9 +245,27 @@ impl Guard {
             rules: AutoRules::new(cfg.auto.clone()),
             state,
             cfg,
+            on_unreachable: OnUnreachable::default(),
+            rate_fallback: RateFallback::default(),
             rates: Limiter::default(),
             inflight: InFlight::default(),
         }
+    }
+
+    /// The same stage with `[store]`'s outage rules.
+    pub fn with_store_rules(mut self, store: &StoreCfg) -> Guard {
+        self.on_unreachable = store.on_unreachable;
+        self.rate_fallback = store.rate_fallback;
+        self
+    }
+
+    /// The same rules over another state (the opened store's).
+    pub fn over(&self, state: Arc<Containment>) -> Guard {
+        Guard::new(state, self.cfg.clone()).with_store_rules(&StoreCfg {
+            on_unreachable: self.on_unreachable,
+            rate_fallback: self.rate_fallback,
+            ..StoreCfg::default()
+        })
     }
 
     /// Config of this stage.
@@ -194,6 +275,21 @@ impl Guard {
 
     /// What containment says about this client now.
     pub fn verdict(&self, client: &Client) -> Verdict {
+        if self.on_unreachable == OnUnreachable::Deny {
+            let st = self.state.store().status();
+            if !st.current {
+                return Verdict::Restricted {
+                    mode: Mode::DenyAll,
+                    source: "store-unreachable".into(),
+                    reason: format!(
+                        "[store] on_unreachable = \"deny\": {}",
+                        st.last_error
+                            .as_deref()
+                            .unwrap_or("the state store is not current")
+                    ),
+                };
+            }
+        }
         if self.state.is_clear() {
             return Verdict::Clear;
         }
@@ -247,34 +343,65 @@ impl Guard {
     }
 
     /// The configured rate limits that apply to one allowed request,
-    /// plus the policy's rate class; the first one exceeded stops it.
-    pub fn rate(
+    /// plus the policy's rate class; the first one exceeded stops it. With
+    /// a shared store the limits are global (one atomic check in the store
+    /// per limit); what happens when it cannot be reached is
+    /// `[store] rate_fallback`.
+    pub async fn rate(
         &self,
         client: &Client,
         tool: Option<&str>,
         segments: &[String],
         class: Option<(&str, Rate)>,
     ) -> Result<(), Stop> {
-        let now = Instant::now();
-        let who = &client.owner;
-        let check = |limit: String, rate: Rate| {
-            self.rates
-                .check(&format!("{who}\u{0}{limit}"), rate, now)
-                .map_err(|wait| Stop::Rate { limit, wait })
-        };
+        let mut limits: Vec<(String, Rate)> = Vec::new();
         if let Some(r) = self.cfg.rate.identity {
-            check("identity".into(), r)?;
+            limits.push(("identity".into(), r));
         }
-        if let Some(r) = tool.and_then(|t| self.cfg.rate.tools.get(t)) {
-            check(format!("tool:{}", tool.unwrap_or_default()), *r)?;
+        if let Some((t, r)) = tool.and_then(|t| self.cfg.rate.tools.get(t).map(|r| (t, r))) {
+            limits.push((format!("tool:{t}"), *r));
         }
         for s in segments {
             if let Some(r) = self.cfg.rate.segments.get(s) {
-                check(format!("segment:{s}"), *r)?;
+                limits.push((format!("segment:{s}"), *r));
             }
         }
         if let Some((name, r)) = class {
-            check(format!("class:{name}"), r)?;
+            limits.push((format!("class:{name}"), r));
+        }
+        let who = &client.owner;
+        let shared = self.state.store().limiter();
+        for (limit, rate) in limits {
+            let key = format!("{who}\u{0}{limit}");
+            let local = || {
+                self.rates
+                    .check(&key, rate, Instant::now())
+                    .map_err(|wait| Stop::Rate {
+                        limit: limit.clone(),
+                        wait,
+                    })
+            };
+            let Some(shared) = shared else {
+                local()?;
+                continue;
+            };
+            match shared.check(&key, rate, None).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => return Err(Stop::Rate { limit, wait }),
+                Err(e) => match self.rate_fallback {
+                    RateFallback::Local => {
+                        tracing::debug!(error = %e, limit = %limit, "global rate limit not checked; this replica's limiter decides");
+                        local()?;
+                    }
+                    RateFallback::Deny => {
+                        tracing::warn!(error = %e, limit = %limit, "global rate limit not checked; refused ([store] rate_fallback = \"deny\")");
+                        return Err(Stop::Rate {
+                            limit,
+                            wait: Duration::from_secs(1),
+                        });
+                    }
+                },
+            }
         }
         Ok(())
     }
@@ -334,8 +461,19 @@ pub async fn open_state(
     cfg: &crate::Config,
     default_state: Option<&std::path::Path>,
 ) -> Result<Arc<Containment>, String> {
+    cfg.store
+        .validate()
+        .map_err(|(k, e)| format!("config: {k}: {e}"))?;
+    if let (StoreKind::Redis, Some(r)) = (cfg.store.kind, &cfg.store.redis) {
+        // Never started without having read the shared state: a replica
+        // that has not seen it has no last known state to enforce.
+        let store = portcullis_redis::RedisStore::connect(r)
+            .await
+            .map_err(|e| format!("store: {e}"))?;
+        return open_over(Arc::new(store)).await;
+    }
     let dir = match (&cfg.store.kind, &cfg.store.path) {
-        (StoreKind::Memory, _) => None,
+        (StoreKind::Memory | StoreKind::Redis, _) => None,
         (StoreKind::File, Some(p)) => Some(p.clone()),
         (StoreKind::File, None) => cfg
             .state_dir
@@ -354,6 +492,13 @@ pub async fn open_state(
             Arc::new(portcullis_contain::MemoryStore::default())
         }
     };
+    open_over(store).await
+}
+
+/// Loads containment from an opened store and follows its changes.
+async fn open_over(
+    store: Arc<dyn portcullis_contain::StateStore>,
+) -> Result<Arc<Containment>, String> {
     tracing::info!(store = %store.describe(), "containment state store");
     let state = Arc::new(
         Containment::open(store)

@@ -1271,7 +1271,7 @@ impl Gateway {
         };
         let tool = is_call.then_some(res.id.as_str());
         if let Err(crate::contain::Stop::Rate { limit, wait }) =
-            self.pep.contain.rate(client, tool, &res.segments, class)
+            self.pep.contain.rate(client, tool, &res.segments, class).await
         {
             tracing::info!(identity = %client.owner, limit = %limit, wait_ms = wait.as_millis() as u64, "rate limited");
             self.pep.monitor.metrics.containment("rate_limited");

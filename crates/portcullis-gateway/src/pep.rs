@@ -160,17 +160,17 @@ impl Pep {
             files: cfg.policy.files.clone(),
             schema: cfg.policy.schema.clone(),
             monitor,
-            contain: Arc::new(Guard::new(
-                Arc::new(Containment::in_memory()),
-                cfg.containment.clone(),
-            )),
+            contain: Arc::new(
+                Guard::new(Arc::new(Containment::in_memory()), cfg.containment.clone())
+                    .with_store_rules(&cfg.store),
+            ),
             pins: crate::pins::Pins::new(cfg.pinning.clone()),
         })
     }
 
     /// Enforces (and persists into) `state` instead of a throwaway one.
     pub fn with_containment(mut self, state: Arc<Containment>) -> Pep {
-        self.contain = Arc::new(Guard::new(state, self.contain.cfg().clone()));
+        self.contain = Arc::new(self.contain.over(state));
         self
     }
 

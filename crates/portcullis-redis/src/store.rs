@@ -1037,6 +1037,14 @@ impl StateStore for RedisStore {
         true
     }
 
+    fn limiter(&self) -> Option<&dyn SharedLimiter> {
+        Some(self)
+    }
+
+    fn flush(&self, within: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(RedisStore::flush(self, within))
+    }
+
     fn status(&self) -> StoreStatus {
         let h = self.health();
         StoreStatus {

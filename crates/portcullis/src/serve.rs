@@ -465,6 +465,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "risk baselines not saved at shutdown"),
     }
+    // A shared store away: give queued writes (containment actions taken
+    // here) a last chance to be stored before they go with the process.
+    if !contain.store().flush(Duration::from_secs(5)).await {
+        let left = contain.store().status().pending_writes;
+        tracing::error!(
+            writes = left,
+            "state store unreachable at exit: queued writes not stored"
+        );
+    }
     monitor.shutdown();
     // Give stdio children their grace period.
     tokio::time::sleep(Duration::from_millis(300)).await;
