@@ -245,8 +245,9 @@ impl Gateway {
 
     /// An identity's facts for a 2026-07-28 request; the first time this
     /// replica sees the identity, what other replicas recorded is read
-    /// from a shared store (a store that cannot answer leaves them empty
-    /// here, and the next label read is stored again).
+    /// from a shared store. A store that cannot answer fails closed: the
+    /// identity counts as having read every taint label here (egress
+    /// refused) until these facts expire.
     pub async fn shared_identity_facts(&self, key: &str) -> Arc<crate::session::Facts> {
         let (f, fresh) = self.identity_facts_entry(key);
         if fresh && self.sessions_shared() {
@@ -264,7 +265,10 @@ impl Gateway {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "identity facts unreadable"),
+                Err(e) => {
+                    tracing::warn!(identity = %key, error = %e, "identity facts unreadable: treated as tainted");
+                    f.read(self.pep.taint_labels());
+                }
             }
         }
         f

@@ -168,6 +168,11 @@ impl Pep {
         })
     }
 
+    /// The labels whose reading taints a session (egress then refused).
+    pub fn taint_labels(&self) -> &[String] {
+        &self.taint
+    }
+
     /// Enforces (and persists into) `state` instead of a throwaway one.
     pub fn with_containment(mut self, state: Arc<Containment>) -> Pep {
         self.contain = Arc::new(self.contain.over(state));
