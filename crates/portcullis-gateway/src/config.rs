@@ -92,6 +92,85 @@ pub struct Config {
     /// Content inspection: poisoning, shadowing, DLP, injection markers.
     #[serde(default)]
     pub inspection: crate::inspection::InspectionCfg,
+    /// The gateway's own identity (X.509-SVID and trust bundles) from the
+    /// SPIFFE Workload API, for the listeners and upstream mTLS that name
+    /// no certificate files.
+    #[serde(default)]
+    pub spiffe: Option<SpiffeCfg>,
+}
+
+/// `[spiffe]`: where the SPIFFE Workload API (a SPIRE agent's socket) is and
+/// how to follow it; see [`portcullis_identity::workload`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpiffeCfg {
+    /// The agent's socket, `unix:///run/spire/agent.sock` (a bare absolute
+    /// path counts as `unix://PATH`); unset: `$SPIFFE_ENDPOINT_SOCKET`.
+    pub workload_api: Option<String>,
+    /// The trust domain the gateway's own SVID must belong to.
+    pub trust_domain: Option<String>,
+    /// Picks the SVID with this agent hint when several are issued.
+    pub hint: Option<String>,
+    /// How long `serve` waits for the first SVID before refusing to start.
+    pub first_svid_timeout_ms: u64,
+    /// First reconnect delay after the agent goes away (doubles each try).
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// The running identity, set by `portcullis serve` once the first SVID
+    /// has arrived (never read from the file); upstream mTLS takes it here.
+    #[serde(skip)]
+    pub started: Option<portcullis_identity::workload::WorkloadIdentity>,
+}
+
+impl Default for SpiffeCfg {
+    fn default() -> Self {
+        let w = portcullis_identity::workload::WorkloadCfg::default();
+        SpiffeCfg {
+            workload_api: w.socket,
+            trust_domain: w.trust_domain,
+            hint: w.hint,
+            first_svid_timeout_ms: w.first_svid_timeout_ms,
+            reconnect_min_ms: w.reconnect_min_ms,
+            reconnect_max_ms: w.reconnect_max_ms,
+            started: None,
+        }
+    }
+}
+
+impl SpiffeCfg {
+    /// The settings as the identity crate takes them.
+    pub fn to_workload(&self) -> portcullis_identity::workload::WorkloadCfg {
+        portcullis_identity::workload::WorkloadCfg {
+            socket: self.workload_api.clone(),
+            trust_domain: self.trust_domain.clone(),
+            hint: self.hint.clone(),
+            first_svid_timeout_ms: self.first_svid_timeout_ms,
+            reconnect_min_ms: self.reconnect_min_ms,
+            reconnect_max_ms: self.reconnect_max_ms,
+        }
+    }
+
+    /// Checks the settings; errors name the key (`spiffe.workload_api`, …).
+    /// An absent `workload_api` is not an error here: `$SPIFFE_ENDPOINT_SOCKET`
+    /// is read when `serve` starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use portcullis_identity::workload::WorkloadError;
+        let w = self.to_workload();
+        if let Some(api) = &self.workload_api {
+            if let Err(e) = w.endpoint() {
+                let why = match e {
+                    WorkloadError::BadEndpoint { why, .. } => why,
+                    other => other.to_string(),
+                };
+                return Err(invalid("spiffe.workload_api", format!("{api:?}: {why}")));
+            }
+        }
+        w.validate().map_err(|e| match e {
+            WorkloadError::Config { key, why } => invalid(format!("spiffe.{key}"), why),
+            other => invalid("spiffe", other.to_string()),
+        })
+    }
 }
 
 /// `[health]`: the probe listener.
@@ -656,6 +735,7 @@ impl Config {
             store: Default::default(),
             pinning: Default::default(),
             inspection: Default::default(),
+            spiffe: None,
         }
     }
 
@@ -720,10 +800,27 @@ impl Config {
                 "plain HTTP is allowed on loopback addresses only; set optional or required",
             ));
         }
-        if tls.mode != TlsMode::Off && (tls.cert.is_none() || tls.key.is_none()) {
-            return Err(invalid("listen.tls.cert", "TLS needs both cert and key"));
+        // With [spiffe], a listener without cert/key serves the SVID and one
+        // without client_ca verifies clients against the Workload API's
+        // bundles; files given explicitly win.
+        if let Some(s) = &self.spiffe {
+            s.validate()?;
         }
-        if tls.mode == TlsMode::Required && tls.client_ca.is_empty() {
+        let spiffe = self.spiffe.is_some();
+        if tls.mode != TlsMode::Off {
+            match (&tls.cert, &tls.key) {
+                (Some(_), Some(_)) => {}
+                (None, None) if spiffe => {}
+                (Some(_), None) | (None, Some(_)) if spiffe => {
+                    return Err(invalid(
+                        "listen.tls.cert",
+                        "set both cert and key, or neither (the SVID from [spiffe])",
+                    ))
+                }
+                _ => return Err(invalid("listen.tls.cert", "TLS needs both cert and key")),
+            }
+        }
+        if tls.mode == TlsMode::Required && tls.client_ca.is_empty() && !spiffe {
             return Err(invalid(
                 "listen.tls.client_ca",
                 "mode = \"required\" needs a client trust bundle",
@@ -733,11 +830,19 @@ impl Config {
             self.auth.require,
             AuthRequire::Certificate | AuthRequire::Strict
         );
-        if needs_cert && (tls.mode == TlsMode::Off || tls.client_ca.is_empty()) {
+        if needs_cert && (tls.mode == TlsMode::Off || (tls.client_ca.is_empty() && !spiffe)) {
             return Err(invalid(
                 "auth.require",
-                "client certificates need listen.tls with client_ca",
+                "client certificates need listen.tls with client_ca (or [spiffe])",
             ));
+        }
+        if let Some(a) = &self.admin {
+            if spiffe && a.client_ca.is_empty() && a.identities.is_empty() {
+                return Err(invalid(
+                    "admin.identities",
+                    "with [spiffe] the admin listener takes the SVID and bundles from the Workload API; name at least one admin SPIFFE ID (e.g. \"spiffe://example.org/admin/*\")",
+                ));
+            }
         }
         let needs_token = matches!(self.auth.require, AuthRequire::Token | AuthRequire::Strict);
         if needs_token && self.auth.oauth.is_none() {
@@ -936,6 +1041,26 @@ mod tests {
                 "upstream[1].name",
             ),
             ("[listen]\nbogus = 1", "bogus"),
+            (
+                "[spiffe]\nworkload_api = \"tcp://127.0.0.1:8081\"",
+                "spiffe.workload_api",
+            ),
+            ("[spiffe]\nworkload_api = \"\"", "spiffe.workload_api"),
+            ("[spiffe]\ntrust_domain = \"Not A Domain\"", "spiffe.trust_domain"),
+            ("[spiffe]\nfirst_svid_timeout_ms = 0", "spiffe.first_svid_timeout_ms"),
+            (
+                "[spiffe]\nreconnect_min_ms = 500\nreconnect_max_ms = 100",
+                "spiffe.reconnect_max_ms",
+            ),
+            ("[spiffe]\nsocket = \"/x\"", "socket"),
+            (
+                "[spiffe]\n[listen]\naddr = \"0.0.0.0:8443\"\n[listen.tls]\nmode = \"required\"\ncert = \"c.pem\"",
+                "listen.tls.cert",
+            ),
+            (
+                "[spiffe]\n[admin]\naddr = \"127.0.0.1:0\"",
+                "admin.identities",
+            ),
         ];
         for (text, key) in cases {
             let e = Config::from_toml(text).unwrap_err().to_string();
@@ -943,6 +1068,66 @@ mod tests {
                 e.contains(key),
                 "{text:?} gave {e:?}, expected it to name {key}"
             );
+        }
+    }
+
+    #[test]
+    fn spiffe_section_maps_onto_the_workload_settings() {
+        let c = Config::from_toml(
+            r#"
+            [spiffe]
+            workload_api = "unix:///run/spire/agent.sock"
+            trust_domain = "example.org"
+            hint = "internal"
+            first_svid_timeout_ms = 2500
+            reconnect_min_ms = 100
+            reconnect_max_ms = 5000
+
+            [listen]
+            addr = "0.0.0.0:8443"
+            [listen.tls]
+            mode = "required"
+            trust_domains = ["example.org"]
+            [auth]
+            require = "certificate"
+            [admin]
+            addr = "0.0.0.0:8788"
+            identities = ["spiffe://example.org/ops/*"]
+            "#,
+        )
+        .unwrap();
+        let w = c.spiffe.as_ref().unwrap().to_workload();
+        assert_eq!(w.socket.as_deref(), Some("unix:///run/spire/agent.sock"));
+        assert_eq!(w.trust_domain.as_deref(), Some("example.org"));
+        assert_eq!(w.hint.as_deref(), Some("internal"));
+        assert_eq!(
+            (
+                w.first_svid_timeout_ms,
+                w.reconnect_min_ms,
+                w.reconnect_max_ms
+            ),
+            (2500, 100, 5000)
+        );
+        // An empty table takes the Workload API defaults.
+        let d = Config::from_toml("[spiffe]\n").unwrap();
+        let dw = d.spiffe.unwrap().to_workload();
+        assert_eq!(dw, portcullis_identity::workload::WorkloadCfg::default());
+    }
+
+    #[test]
+    fn without_spiffe_tls_still_needs_files() {
+        for (text, key) in [
+            (
+                "[listen]\naddr = \"0.0.0.0:8443\"\n[listen.tls]\nmode = \"optional\"",
+                "listen.tls.cert",
+            ),
+            (
+                "[listen]\naddr = \"0.0.0.0:8443\"\n[listen.tls]\nmode = \"required\"\ncert = \"c.pem\"\nkey = \"k.pem\"",
+                "listen.tls.client_ca",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?} gave {e:?}");
         }
     }
 }

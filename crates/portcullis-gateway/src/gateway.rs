@@ -301,7 +301,12 @@ impl Gateway {
                         ))
                     } else {
                         UpstreamKind::Http {
-                            target: http_target(u, &http, cfg.limits.max_upstream_message_bytes),
+                            target: http_target(
+                                u,
+                                &http,
+                                cfg.limits.max_upstream_message_bytes,
+                                cfg.spiffe.as_ref(),
+                            ),
                             modern: tokio::sync::OnceCell::new(),
                         }
                     };
@@ -2579,13 +2584,18 @@ fn restore_tokens(
 /// Builds the target of an HTTP upstream: its own client when it has TLS
 /// settings (trust bundle, expected SPIFFE ID, the gateway's client
 /// certificate), else the shared one; and the gateway's own OAuth token
-/// when client credentials are configured. Settings that cannot be built
+/// when client credentials are configured. An upstream whose `tls` names
+/// a `spiffe_id` and no file at all (no `ca`, `cert` or `key`) takes both
+/// sides from `[spiffe]`: the current SVID as client certificate and the
+/// current bundle of that ID's trust domain as roots, read per handshake
+/// (rotation without restart). Settings that cannot be built
 /// are logged in detail and leave a target whose every call fails with
 /// `-32010` naming the setting (not file paths or secrets); never a panic.
 fn http_target(
     u: &UpstreamConfig,
     shared: &Result<uphttp::HttpClient, String>,
     max_message: usize,
+    spiffe: Option<&crate::config::SpiffeCfg>,
 ) -> HttpTarget {
     use portcullis_identity::client_credentials::{
         ClientCredentialsConfig, ClientCredentialsSource,
@@ -2604,13 +2614,25 @@ fn http_target(
                 Ok(id) => id,
                 Err(e) => return fail("bad tls.spiffe_id", e.to_string()),
             };
-            let tls = UpstreamTls {
-                ca: t.ca.clone(),
-                cert: t.cert.clone(),
-                key: t.key.clone(),
-                spiffe_id,
+            let no_files = t.ca.is_empty() && t.cert.is_none() && t.key.is_none();
+            let built = match (spiffe, &spiffe_id) {
+                (Some(s), Some(id)) if no_files => match &s.started {
+                    Some(w) => w.client_config(id),
+                    None => {
+                        return fail(
+                            "tls from [spiffe] needs the Workload API identity, which `portcullis serve` starts",
+                            "no Workload API identity in this process".into(),
+                        )
+                    }
+                },
+                _ => client_config(&UpstreamTls {
+                    ca: t.ca.clone(),
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    spiffe_id,
+                }),
             };
-            match client_config(&tls).and_then(|c| {
+            match built.and_then(|c| {
                 uphttp::client(Some(c)).map_err(portcullis_identity::tls::TlsError::Config)
             }) {
                 Ok(c) => c,

@@ -10,12 +10,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use portcullis_contain::revocation::RevokedKind;
 use portcullis_gateway::auth::Authenticator;
-use portcullis_gateway::config::{ListenTls, OAuth, TlsMode, UpstreamConfig};
+use portcullis_gateway::config::{ListenTls, OAuth, SpiffeCfg, TlsMode, UpstreamConfig};
 use portcullis_gateway::{server, Config, Gateway};
 use portcullis_identity::ca::{self, IssueRequest};
 use portcullis_identity::dev_issuer::DevIssuer;
 use portcullis_identity::spiffe::{self, SpiffeId};
 use portcullis_identity::tls::{self, ClientPolicy, DenyList, ServerTls};
+use portcullis_identity::workload::{self, WorkloadError, WorkloadIdentity};
 
 /// The trust domain of the development CA.
 const DEV_TRUST_DOMAIN: &str = "portcullis.local";
@@ -295,6 +296,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
     cfg.validate()?;
+    // The gateway's identity from the SPIFFE Workload API, started once and
+    // shared by the listeners and upstream mTLS (through `cfg.spiffe`).
+    // Without a first SVID in time, serve stops here: nothing is served.
+    let workload = match &mut cfg.spiffe {
+        Some(s) => {
+            let w = start_workload(s).await?;
+            s.started = Some(w.clone());
+            Some(w)
+        }
+        None => None,
+    };
     let addr: SocketAddr = cfg.listen.addr.parse().context("listen.addr")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -332,24 +344,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let tls_config = if tls_on {
         let t = &cfg.listen.tls;
-        let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
-            bail!("listen.tls.cert: TLS needs both cert and key");
-        };
         let policy = Arc::new(ClientPolicy {
             trust_domains: t.trust_domains.clone(),
             require_spiffe: t.require_spiffe,
             deny: deny.clone(),
         });
-        Some(tls::server_config(
-            &ServerTls {
-                mode: t.mode,
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: t.client_ca.clone(),
-                crl: t.crl.clone(),
-            },
-            policy,
-        )?)
+        Some(listener_tls(t, policy, workload.as_ref())?)
     } else {
         None
     };
@@ -388,11 +388,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_monitor(monitor.clone())
             .with_containment(contain.clone()),
     );
-    if cfg.auth.oauth.is_none() && cfg.listen.tls.client_ca.is_empty() && !auth.anonymous_ok() {
+    if cfg.auth.oauth.is_none()
+        && cfg.listen.tls.client_ca.is_empty()
+        && workload.is_none()
+        && !auth.anonymous_ok()
+    {
         tracing::warn!("no way to authenticate is configured (no [auth.oauth], no listen.tls.client_ca): every request will be refused");
     }
     let admin = match cfg.admin.clone() {
-        Some(a) => Some(admin_listener(a, cfg.state_dir.as_deref(), deny_for_admin.clone()).await?),
+        Some(a) => Some(
+            admin_listener(
+                a,
+                cfg.state_dir.as_deref(),
+                deny_for_admin.clone(),
+                workload.as_ref(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let gw = Gateway::new(cfg, &[], true, pep);
@@ -493,16 +505,50 @@ struct AdminListener {
 const DEV_ADMIN_ID: &str = "spiffe://portcullis.local/admin/cli";
 
 /// Binds the admin listener and builds its TLS (client certificates
-/// required). Without `cert`, `key` and `client_ca` in `[admin]`, the
-/// development CA under the state folder issues the listener's certificate
-/// (`STATE/admin`) and an admin client certificate (`STATE/admin-client`,
-/// SPIFFE ID `spiffe://portcullis.local/admin/cli`), admitted by default.
+/// required). Without `cert`, `key` and `client_ca` in `[admin]`, the SVID
+/// and bundles of `[spiffe]` when it is set; otherwise the development CA
+/// under the state folder issues the listener's certificate (`STATE/admin`)
+/// and an admin client certificate (`STATE/admin-client`, SPIFFE ID
+/// `spiffe://portcullis.local/admin/cli`), admitted by default.
 async fn admin_listener(
     mut a: portcullis_gateway::config::AdminCfg,
     state_dir: Option<&Path>,
     deny: Arc<DenyList>,
+    workload: Option<&WorkloadIdentity>,
 ) -> anyhow::Result<AdminListener> {
     let addr: SocketAddr = a.addr.parse().context("admin.addr")?;
+    let files = matches!(
+        (&a.cert, &a.key, a.client_ca.is_empty()),
+        (Some(_), Some(_), false)
+    );
+    if let (false, Some(w)) = (files, workload) {
+        let identities = portcullis_gateway::admin::AdminIdentities::parse(&a.identities)
+            .map_err(|e| anyhow::anyhow!("admin.identities: {e}"))?;
+        if identities.is_empty() {
+            bail!("admin.identities: with [spiffe], name at least one admin SPIFFE ID");
+        }
+        let policy = Arc::new(ClientPolicy {
+            trust_domains: Vec::new(),
+            require_spiffe: true,
+            deny,
+        });
+        let tls = w
+            .server_config(TlsMode::Required, policy, Vec::new())
+            .context("admin listener TLS from the SPIFFE Workload API")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+        return Ok(AdminListener {
+            listener,
+            tls,
+            identities,
+            note: format!(
+                "SVID of {} from the SPIFFE Workload API; admin identities: {}",
+                w.current().spiffe_id(),
+                a.identities.join(", ")
+            ),
+        });
+    }
     let note = match (&a.cert, &a.key, a.client_ca.is_empty()) {
         (Some(_), Some(_), false) => format!("admin identities: {}", a.identities.join(", ")),
         _ => {
@@ -560,6 +606,89 @@ async fn admin_listener(
         identities,
         note,
     })
+}
+
+/// Starts the Workload API identity of `[spiffe]`: waits for the first
+/// SVID (at most `first_svid_timeout_ms`) or fails naming the socket.
+async fn start_workload(s: &SpiffeCfg) -> anyhow::Result<WorkloadIdentity> {
+    let w = WorkloadIdentity::start(&s.to_workload())
+        .await
+        .map_err(|e| match e {
+            WorkloadError::NoEndpoint => anyhow::anyhow!(
+                "spiffe.workload_api: not set, and ${} is not set either",
+                workload::ENDPOINT_ENV
+            ),
+            WorkloadError::Config { key, why } => anyhow::anyhow!("spiffe.{key}: {why}"),
+            other => anyhow::anyhow!("spiffe.workload_api: {other}; not starting without it"),
+        })?;
+    let cur = w.current();
+    eprintln!(
+        "portcullis: identity {} from the SPIFFE Workload API at {} (certificate sha256 {}, rotated without restart)",
+        cur.spiffe_id(),
+        w.endpoint(),
+        cur.fingerprint()
+    );
+    Ok(w)
+}
+
+/// The client-facing listener's TLS. Files given explicitly win: `cert`
+/// and `key` for the served certificate, `client_ca` (and `crl`) for
+/// client certificates. What no file gives comes from the Workload API
+/// when `[spiffe]` is set — the current SVID served on every handshake,
+/// client certificates checked against the current bundle of their trust
+/// domain — with TLS session resumption off, so every connection sees the
+/// current SVID and bundles.
+fn listener_tls(
+    t: &ListenTls,
+    policy: Arc<ClientPolicy>,
+    workload: Option<&WorkloadIdentity>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let files = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => bail!("listen.tls.cert: set both cert and key, or neither"),
+    };
+    let w = match workload {
+        Some(w) if files.is_none() || t.client_ca.is_empty() => w,
+        _ => {
+            let Some((cert, key)) = files else {
+                bail!("listen.tls.cert: TLS needs both cert and key (or a [spiffe] section)");
+            };
+            return Ok(tls::server_config(
+                &ServerTls {
+                    mode: t.mode,
+                    cert,
+                    key,
+                    client_ca: t.client_ca.clone(),
+                    crl: t.crl.clone(),
+                },
+                policy,
+            )?);
+        }
+    };
+    let crls = tls::load_crls(&t.crl)?;
+    let verifier = if t.client_ca.is_empty() {
+        w.client_cert_verifier(t.mode, policy, crls)?
+    } else {
+        let roots = Arc::new(tls::load_roots(&t.client_ca)?);
+        tls::client_verifier_from_roots(roots, crls, t.mode, policy)?
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("listener TLS: {e}"))?
+        .with_client_cert_verifier(verifier);
+    let mut sc = match files {
+        Some((cert, key)) => builder
+            .with_single_cert(tls::load_certs(&cert)?, tls::load_key(&key)?)
+            .map_err(|e| anyhow::anyhow!("listen.tls.cert: {e}"))?,
+        None => builder.with_cert_resolver(w.server_cert_resolver()),
+    };
+    // No resumption: a resumed session would skip the current bundle and
+    // keep the SVID of its first handshake.
+    sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    sc.send_tls13_tickets = 0;
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(sc))
 }
 
 fn banner(d: &Dev, url: &str, resource: &str) {
