@@ -133,7 +133,7 @@ impl Exchange {
             text.lines()
                 .filter_map(|l| l.strip_prefix("data: "))
                 .filter_map(|d| serde_json::from_str(d).ok())
-                .last()
+                .next_back()
                 .unwrap_or(Value::Null)
         } else {
             serde_json::from_str(&text).unwrap_or(Value::Null)
