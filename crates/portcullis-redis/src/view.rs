@@ -305,10 +305,10 @@ impl State {
         }
         self.outbox
             .iter()
+            .rev()
             .filter(|p| p.write.ns == ns)
-            .flat_map(|p| p.write.ops.iter())
-            .filter(|op| op.key == key)
-            .last()
+            .flat_map(|p| p.write.ops.iter().rev())
+            .find(|op| op.key == key)
             .map(|op| op.entry.clone())
     }
 
