@@ -16,6 +16,11 @@
 //! is an abrupt death: connections are dropped mid-stream and the socket
 //! file removed. SVIDs come from test CAs made with `rcgen` through the
 //! crate's own `LocalCa`.
+//!
+//! Shared: `crates/portcullis/tests/spiffe.rs` compiles this same file
+//! (`#[path = ...] mod spire_stand_in;`) to run the gateway binary against
+//! it, so keep it free of anything only this crate's tests have (its
+//! dependencies are dev-dependencies of both crates).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
