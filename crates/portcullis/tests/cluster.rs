@@ -734,6 +734,72 @@ fn redis_killed_and_restarted_empty_containment_holds_and_catches_up() {
 }
 
 #[test]
+fn store_outage_fails_closed_where_configured() {
+    let mut redis = Redis::start_persistent();
+    let mut c = Cluster::new("cl-closed", &redis, "");
+    // C: every request refused while the store is away.
+    c.store_extra = "on_unreachable = \"deny\"".into();
+    let cr = c.replica();
+    // D and E: a global rate limit; D refuses what it cannot check, E
+    // falls back to its own limiter (the default).
+    c.extra = "[containment.rate]\nidentity = { per_minute = 60000, burst = 1000 }\n".into();
+    c.store_extra = "rate_fallback = \"deny\"".into();
+    let d = c.replica();
+    c.store_extra = String::new();
+    let e = c.replica();
+    let bob = c.token("bob");
+    let sessions: Vec<String> = [&cr, &d, &e]
+        .iter()
+        .map(|r| session(&r.gw, &bob).unwrap())
+        .collect();
+    for (r, sid) in [&cr, &d, &e].iter().zip(&sessions) {
+        assert!(
+            served(&r.gw, &bob, Some(sid), "before"),
+            "{} before",
+            r.name
+        );
+    }
+
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = call(
+        &cr.gw,
+        &bob,
+        &sessions[0],
+        1,
+        "demo__echo",
+        echo("c-outage"),
+    );
+    assert_eq!(code(&r), QUARANTINED, "on_unreachable = deny: {r}");
+    // The answer is a deny-all refusal; the audit names the cause.
+    assert!(
+        cr.audit()
+            .iter()
+            .any(|x| x["policies"] == json!(["containment:store-unreachable"])),
+        "C's audit names the store"
+    );
+    let r = stateless_call(&cr.gw, &bob, 2, "demo__echo", echo("c-outage"));
+    assert_eq!(code(&r), QUARANTINED, "{r}");
+    let r = call(&d.gw, &bob, &sessions[1], 3, "demo__echo", echo("d-outage"));
+    assert_eq!(code(&r), LIMITED, "rate_fallback = deny: {r}");
+    assert_eq!(c.upstream_saw("c-outage") + c.upstream_saw("d-outage"), 0);
+    assert!(
+        served(&e.gw, &bob, Some(&sessions[2]), "e-outage"),
+        "rate_fallback = local serves"
+    );
+
+    redis.restart();
+    assert!(
+        eventually(10, || served(&cr.gw, &bob, Some(&sessions[0]), "c-back")),
+        "C serves again once the store is back"
+    );
+    assert!(
+        eventually(10, || served(&d.gw, &bob, Some(&sessions[1]), "d-back")),
+        "D serves again once the store is back"
+    );
+}
+
+#[test]
 fn a_pin_approved_on_a_shows_the_tool_again_on_b() {
     let redis = Redis::start();
     let mut c = Cluster::new("cl-pins", &redis, "");
