@@ -779,6 +779,7 @@ impl Config {
         self.containment
             .validate()
             .map_err(|(k, why)| invalid(k, why))?;
+        self.store.validate().map_err(|(k, why)| invalid(k, why))?;
         for name in self.containment.rate.segments.keys() {
             if !self.segments.iter().any(|s| &s.name == name) {
                 return Err(invalid(
@@ -1128,6 +1129,33 @@ mod tests {
         ] {
             let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?} gave {e:?}");
+        }
+    }
+
+    #[test]
+    fn store_kind_and_its_table_agree() {
+        let ok = Config::from_toml(
+            "[store]\nkind = \"redis\"\nrate_fallback = \"deny\"\non_unreachable = \"deny\"\n[store.redis]\nurl = \"rediss://redis:6379\"\npassword_file = \"/run/pw\"",
+        )
+        .unwrap();
+        assert_eq!(ok.store.kind, crate::contain::StoreKind::Redis);
+        assert_eq!(ok.store.rate_fallback, crate::contain::RateFallback::Deny);
+        assert_eq!(ok.store.on_unreachable, crate::contain::OnUnreachable::Deny);
+        for (text, want) in [
+            ("[store]\nkind = \"redis\"", "store.redis"),
+            ("[store.redis]\nurl = \"redis://r:6379\"", "store.redis"),
+            (
+                "[store]\nkind = \"redis\"\n[store.redis]\nurl = \"http://r\"",
+                "store.redis",
+            ),
+            (
+                "[store]\nkind = \"redis\"\n[store.redis]\nurl = \"redis://r\"\nfoo = 1",
+                "foo",
+            ),
+            ("[store]\nrate_fallback = \"open\"", "rate_fallback"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?} gave {e:?}");
         }
     }
 }

@@ -1275,8 +1275,11 @@ impl Gateway {
             },
         };
         let tool = is_call.then_some(res.id.as_str());
-        if let Err(crate::contain::Stop::Rate { limit, wait }) =
-            self.pep.contain.rate(client, tool, &res.segments, class).await
+        if let Err(crate::contain::Stop::Rate { limit, wait }) = self
+            .pep
+            .contain
+            .rate(client, tool, &res.segments, class)
+            .await
         {
             tracing::info!(identity = %client.owner, limit = %limit, wait_ms = wait.as_millis() as u64, "rate limited");
             self.pep.monitor.metrics.containment("rate_limited");
