@@ -316,6 +316,12 @@ async fn kill_sessions(
 /// Prometheus / OpenMetrics text exposition.
 async fn metrics(State(st): State<Admin>) -> Response {
     st.gw.pep.monitor.metrics.set_sessions(st.gw.sessions.len());
+    let store = st.gw.pep.contain.state.store().status();
+    st.gw
+        .pep
+        .monitor
+        .metrics
+        .set_store(store.current, store.pending_writes);
     let mut r = Response::new(Body::from(st.gw.pep.monitor.render_metrics()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

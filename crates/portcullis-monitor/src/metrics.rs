@@ -143,6 +143,8 @@ pub struct Metrics {
     audit_records: Gauge,
     audit_checkpoints: Gauge,
     audit_errors: Gauge,
+    store_current: Gauge,
+    store_pending: Gauge,
     scrapes: AtomicU64,
 }
 
@@ -230,6 +232,18 @@ impl Metrics {
             "Audit write or sync errors since start (the gateway fails closed on them)",
             audit_errors.clone(),
         );
+        let store_current = Gauge::default();
+        registry.register(
+            "store_current",
+            "Whether the state store's reads are current (0: a shared store is unreachable and the last known state is enforced)",
+            store_current.clone(),
+        );
+        let store_pending = Gauge::default();
+        registry.register(
+            "store_pending_writes",
+            "Writes taken here and not yet stored (retried until they are)",
+            store_pending.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -244,6 +258,8 @@ impl Metrics {
             audit_records,
             audit_checkpoints,
             audit_errors,
+            store_current,
+            store_pending,
             scrapes: AtomicU64::new(0),
         }
     }
@@ -271,6 +287,13 @@ impl Metrics {
     /// Sets the number of open sessions.
     pub fn set_sessions(&self, n: usize) {
         self.sessions.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the state store's link (at scrape time).
+    pub fn set_store(&self, current: bool, pending_writes: usize) {
+        self.store_current.set(i64::from(current));
+        self.store_pending
+            .set(i64::try_from(pending_writes).unwrap_or(i64::MAX));
     }
 
     /// Marks an upstream healthy or not after an exchange.
@@ -351,6 +374,7 @@ mod tests {
         m.auth_failure("expired");
         m.risk(42);
         m.set_sessions(3);
+        m.set_store(false, 2);
         m.upstream("files", true);
         let text = m.render(Some(AuditGauges {
             records: 7,
@@ -363,6 +387,8 @@ mod tests {
         assert!(text.contains("method=\"other\",decision=\"deny\""));
         assert!(!text.contains("evil-method"));
         assert!(text.contains("portcullis_sessions_active 3"));
+        assert!(text.contains("portcullis_store_current 0"));
+        assert!(text.contains("portcullis_store_pending_writes 2"));
         assert!(text.contains("portcullis_audit_records_written 7"));
         assert!(text.contains("portcullis_auth_failures_total{reason=\"expired\"} 1"));
         assert!(text.contains("portcullis_stage_duration_seconds_count{stage=\"policy\"} 1"));
