@@ -419,6 +419,17 @@ async fn post(
 
 // `allow`, not `expect`: whether the lint fires depends on the size of
 // `Response`, which the `otel` feature changes.
+/// The endpoint part of a route (`/mcp` of `10.0.0.7:8787/mcp`): a session
+/// is bound to the endpoint it was created on, not to the local address its
+/// connection reached — another interface of a wildcard listener, or another
+/// replica sharing the store, serves the same endpoint.
+fn endpoint_path(route: &str) -> &str {
+    route
+        .find('/')
+        .and_then(|i| route.get(i..))
+        .unwrap_or(route)
+}
+
 #[allow(
     clippy::result_large_err,
     reason = "the error is the HTTP answer itself, built once on a cold path"
@@ -454,7 +465,9 @@ async fn find_session(
             .ok_or_else(not_found)?,
     };
     let p = &caller.principal;
-    if c.owner != p.key() || c.fingerprint.as_deref() != p.fingerprint() || c.route != caller.route
+    if c.owner != p.key()
+        || c.fingerprint.as_deref() != p.fingerprint()
+        || endpoint_path(&c.route) != endpoint_path(&caller.route)
     {
         // Answered exactly like an unknown session: no oracle for the thief.
         tracing::warn!(
@@ -1010,5 +1023,17 @@ mod tests {
         ] {
             assert!(!is_loopback_host(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn sessions_bind_to_the_endpoint_not_the_local_address() {
+        assert_eq!(endpoint_path("10.0.0.7:8787/mcp"), "/mcp");
+        assert_eq!(endpoint_path("[::1]:8787/mcp/x"), "/mcp/x");
+        assert_eq!(endpoint_path("/mcp"), "/mcp");
+        assert_eq!(endpoint_path(""), "");
+        assert_ne!(
+            endpoint_path("127.0.0.1:1/mcp"),
+            endpoint_path("127.0.0.1:1/other")
+        );
     }
 }

@@ -871,7 +871,9 @@ impl Inner {
                     }
                 }
                 _ = tokio::time::sleep(HEALTH_EVERY) => {
-                    if let Err(f) = timed(self.op_timeout, sink.ping::<String>()).await {
+                    // A subscribed RESP2 connection answers PING with
+                    // ["pong", ""], not "PONG": any answer is health.
+                    if let Err(f) = timed(self.op_timeout, sink.ping::<redis::Value>()).await {
                         return Some(f);
                     }
                 }

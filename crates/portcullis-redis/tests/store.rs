@@ -411,3 +411,23 @@ async fn converge(
     assert_eq!(fold(start, &all), *want, "{all:?}");
     all
 }
+
+/// The feed's health ping while idle must not count as a failure: the
+/// subscribed connection answers PING differently from a normal one.
+#[tokio::test]
+async fn an_idle_feed_stays_subscribed() {
+    let server = RedisServer::start(&[]).await;
+    let a = RedisStore::connect(&cfg(&server.url())).await.unwrap();
+    let b = RedisStore::connect(&cfg(&server.url())).await.unwrap();
+    let mut rb = b.changes();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let h = b.health();
+    assert!(h.ready(), "{h:?}");
+    assert_eq!(h.last_error, None, "no failure while idle");
+    // Still hearing A, after the pings.
+    a.put("q", "k", json!(1), None).await.unwrap();
+    eventually(2, "B hears A after idling", || {
+        drain(&mut rb).iter().any(|c| c.key == "k")
+    })
+    .await;
+}
