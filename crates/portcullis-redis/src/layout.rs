@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | `P e:NS:KEY` | string | one entry: `{"key","value","expires_at"?}` (JSON), with `EXPIREAT expires_at` when it expires |
 //! | `P ns:NS` | sorted set | the namespace's keys, scored by `expires_at` (`+inf` when none): `list` reads it, and prunes what expired |
+//! | `P x:NS:KEY` | string | tombstone of a removal, for `TOMB_SECS`: a replica writing back its last known state after Redis lost its data skips removed keys |
 //! | `P seq` | string (integer) | incremented by every write: orders all changes (per epoch) |
 //! | `P epoch` | string | random id created by the first operation on an empty Redis: a restart that lost the data (or a flush) changes it, so replicas know their sequence numbers no longer compare |
 //! | `P rate:KEY` | string (integer) | GCRA theoretical arrival time of a rate-limit key, µs since the epoch, `PX` until the bucket is full again |
@@ -58,6 +59,12 @@ impl Keys {
         format!("{}e:{ns}:{key}", self.prefix)
     }
 
+    /// Marks a key removed (for a while), so writing back a last known
+    /// state after a data loss does not resurrect it.
+    pub(crate) fn tomb(&self, ns: &str, key: &str) -> String {
+        format!("{}x:{ns}:{key}", self.prefix)
+    }
+
     pub(crate) fn seq(&self) -> String {
         format!("{}seq", self.prefix)
     }
@@ -74,6 +81,10 @@ impl Keys {
         format!("{}rate:{key}", self.prefix)
     }
 }
+
+/// How long a removal's tombstone lasts: longer than any replica takes to
+/// notice that Redis lost its data and write back what it knows.
+pub(crate) const TOMB_SECS: u64 = 86_400;
 
 /// Refuses namespaces that would make entry keys ambiguous.
 pub(crate) fn check_ns(ns: &str) -> Result<(), StoreError> {

@@ -39,11 +39,14 @@ redis.call('PUBLISH', ARGV[1],
 return {seq, epoch}
 "#;
 
-/// Removes one entry; publishes only when it existed.
-/// KEYS: index, seq, epoch, entry key. ARGV: channel, epoch candidate,
-/// message body, key. Returns `{existed (0/1), seq, epoch}`; when nothing
-/// existed, `seq` is the current one (nothing was written).
+/// Removes one entry and leaves a tombstone (so a later restore does not
+/// bring it back); publishes only when it existed.
+/// KEYS: index, seq, epoch, entry key, tombstone key. ARGV: channel, epoch
+/// candidate, message body, key, tombstone lifetime (seconds). Returns
+/// `{existed (0/1), seq, epoch}`; when nothing existed, `seq` is the
+/// current one (nothing was written).
 pub(crate) const REMOVE: &str = r#"
+redis.call('SET', KEYS[5], '1', 'EX', ARGV[5])
 local existed = redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[1], ARGV[4])
 local epoch = redis.call('GET', KEYS[3])
@@ -58,6 +61,46 @@ local seq = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[1],
   '{"seq":' .. string.format('%d', seq) .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[3], 2))
 return {1, seq, epoch}
+"#;
+
+/// Writes back a replica's last known entries after Redis lost its data:
+/// only those neither present (written since) nor removed since (a
+/// tombstone), and publishes those it wrote.
+/// KEYS: index, seq, epoch, then per entry: entry key, tombstone key.
+/// ARGV: channel, epoch candidate, message head (`{"v":…,"ops":[`), then
+/// per entry: member, JSON, expires_at (`""` when none), op JSON.
+/// Returns `{written, seq, epoch}`.
+pub(crate) const RESTORE: &str = r#"
+local n = (#KEYS - 3) / 2
+local ops = {}
+for i = 1, n do
+  local k, tomb = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local a = 3 + (i - 1) * 4
+  local member, json, exp, op = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  if redis.call('EXISTS', k) == 0 and redis.call('EXISTS', tomb) == 0 then
+    redis.call('SET', k, json)
+    if exp == '' then
+      redis.call('ZADD', KEYS[1], '+inf', member)
+    else
+      redis.call('EXPIREAT', k, exp)
+      redis.call('ZADD', KEYS[1], exp, member)
+    end
+    ops[#ops + 1] = op
+  end
+end
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[3], epoch)
+end
+if #ops == 0 then
+  return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), epoch}
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[1],
+  '{"seq":' .. string.format('%d', seq) .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[3], 2)
+  .. table.concat(ops, ',') .. ']}')
+return {#ops, seq, epoch}
 "#;
 
 /// Every live entry of a namespace, with the sequence number it is as of;
@@ -147,10 +190,11 @@ impl Lua {
     }
 }
 
-/// The four scripts.
+/// The scripts.
 pub(crate) struct Scripts {
     pub put: Lua,
     pub remove: Lua,
+    pub restore: Lua,
     pub list: Lua,
     pub gcra: Lua,
 }
@@ -160,6 +204,7 @@ impl Default for Scripts {
         Scripts {
             put: Lua::new(PUT),
             remove: Lua::new(REMOVE),
+            restore: Lua::new(RESTORE),
             list: Lua::new(LIST),
             gcra: Lua::new(GCRA),
         }

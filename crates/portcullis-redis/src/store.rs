@@ -35,7 +35,7 @@ use tokio::sync::{broadcast, oneshot, watch, Notify};
 use crate::backoff::Backoff;
 use crate::config::{redact_url, RedisCfg};
 use crate::error::RedisStoreError;
-use crate::layout::{check_ns, Keys, Msg, MsgBody, MsgOp, VERSION};
+use crate::layout::{check_ns, Keys, Msg, MsgBody, MsgOp, TOMB_SECS, VERSION};
 use crate::lua::Scripts;
 use crate::view::{Snapshot, State, Write};
 
@@ -523,8 +523,15 @@ impl Inner {
                 self.keys.seq(),
                 self.keys.epoch(),
                 self.keys.entry(ns, key),
+                self.keys.tomb(ns, key),
             ],
-            args: vec![self.channel.clone(), random_hex(), body, key.to_owned()],
+            args: vec![
+                self.channel.clone(),
+                random_hex(),
+                body,
+                key.to_owned(),
+                TOMB_SECS.to_string(),
+            ],
             ops,
             remove: true,
         })
@@ -669,8 +676,12 @@ impl Inner {
         }
         let mut st = lock(&self.state);
         let reset = st.observe_epoch(&epoch);
-        if reset && kind == Snapshot::Read {
+        if reset {
+            // Redis lost its data: nothing is compared with it (that would
+            // lift every quarantine) until the resync has written back what
+            // this replica knows.
             self.resync.notify_one();
+            return Ok((entries, true));
         }
         let changes = st.merge_snapshot(ns, seq, &entries, kind, now_unix());
         self.announce(changes);
@@ -681,7 +692,14 @@ impl Inner {
         check_ns(ns)?;
         if let Some(mut con) = self.conn() {
             match self.list_remote(&mut con, ns, Snapshot::Read).await {
-                Ok((entries, _)) => {
+                Ok((_, true)) => {
+                    // Redis came back empty: the last known state stands
+                    // until it is written back.
+                    if let Some(known) = lock(&self.state).offline_view(ns, now_unix()) {
+                        return Ok(known);
+                    }
+                }
+                Ok((entries, false)) => {
                     let map: BTreeMap<String, Entry> =
                         entries.into_iter().map(|e| (e.key.clone(), e)).collect();
                     return Ok(lock(&self.state).overlay(ns, map, now_unix()));
@@ -811,19 +829,89 @@ impl Inner {
             return Err(Fail::link("no connection for the resync"));
         };
         for _ in 0..3 {
+            if lock(&self.state).take_restore() {
+                self.restore(&mut con).await?;
+            }
             let namespaces = lock(&self.state).namespaces();
             let mut reset = false;
             for ns in namespaces {
-                reset |= self.list_remote(&mut con, &ns, Snapshot::Resync).await?.1;
+                if self.list_remote(&mut con, &ns, Snapshot::Resync).await?.1 {
+                    reset = true;
+                    break;
+                }
             }
             if !reset {
                 break;
             }
-            // Redis lost its data mid-way: list everything again under the
-            // new epoch.
+            // Redis lost its data mid-way: write back and list everything
+            // again under the new epoch.
         }
         lock(&self.state).in_sync = true;
         Ok(())
+    }
+
+    /// Redis lost its data (restarted without persistence, flushed,
+    /// failed over to an empty replica): every replica writes back its last
+    /// known state, so the union of what the replicas knew is stored again
+    /// and nothing is lifted by the loss. Only an explicit release or expiry
+    /// lifts a quarantine.
+    async fn restore(&self, con: &mut MultiplexedConnection) -> Result<(), Fail> {
+        let now = now_unix();
+        let namespaces = lock(&self.state).namespaces();
+        let mut restored = 0usize;
+        for ns in namespaces {
+            let known = lock(&self.state).known(&ns, now);
+            if known.is_empty() {
+                continue;
+            }
+            let (keys, args) = match self.restore_args(&ns, known) {
+                Ok(ka) => ka,
+                Err(e) => {
+                    tracing::warn!(ns, error = %e, "state store: cannot write back the last known state");
+                    continue;
+                }
+            };
+            let (n, _, _): (u64, u64, String) =
+                timed(self.op_timeout, self.scripts.restore.run(con, &keys, &args)).await?;
+            restored += usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        tracing::warn!(
+            redis = %self.target,
+            entries = restored,
+            "state store: redis lost its data; this replica's last known state was written back"
+        );
+        Ok(())
+    }
+
+    /// The restore script's keys and arguments for `entries` of `ns`.
+    fn restore_args(
+        &self,
+        ns: &str,
+        entries: Vec<Entry>,
+    ) -> Result<(Vec<String>, Vec<String>), serde_json::Error> {
+        let head = serde_json::to_string(&MsgBody {
+            v: VERSION,
+            origin: &self.replica,
+            ns,
+            ops: &[],
+        })?;
+        // `{…,"ops":[]}` → `{…,"ops":[`: the script appends what it wrote.
+        let head = head.strip_suffix("]}").unwrap_or(&head).to_owned();
+        let mut keys = vec![self.keys.index(ns), self.keys.seq(), self.keys.epoch()];
+        let mut args = vec![self.channel.clone(), random_hex(), head];
+        for e in entries {
+            keys.push(self.keys.entry(ns, &e.key));
+            keys.push(self.keys.tomb(ns, &e.key));
+            args.push(e.key.clone());
+            args.push(serde_json::to_string(&e)?);
+            args.push(e.expires_at.map(|t| t.to_string()).unwrap_or_default());
+            let op = MsgOp {
+                key: e.key.clone(),
+                entry: Some(e),
+            };
+            args.push(serde_json::to_string(&op)?);
+        }
+        Ok((keys, args))
     }
 
     fn on_message(&self, payload: &[u8]) -> bool {

@@ -102,6 +102,9 @@ pub(crate) struct State {
     /// Outbox writes per (namespace, key).
     pending: HashMap<(String, String), usize>,
     next_id: u64,
+    /// Redis lost its data (a new epoch) and this replica's last known
+    /// state has not been written back yet.
+    restore: bool,
 }
 
 fn is_pending(pending: &HashMap<(String, String), usize>, ns: &str, key: &str) -> bool {
@@ -129,6 +132,7 @@ impl State {
             }
             Some(_) => {
                 self.epoch = Some(epoch.to_owned());
+                self.restore = true;
                 for sp in self.spaces.values_mut() {
                     sp.base = 0;
                     for s in sp.slots.values_mut() {
@@ -138,6 +142,20 @@ impl State {
                 true
             }
         }
+    }
+
+    /// Whether Redis lost its data since the last restore (and clears it):
+    /// the caller then writes back [`State::known`] of every namespace.
+    pub fn take_restore(&mut self) -> bool {
+        std::mem::take(&mut self.restore)
+    }
+
+    /// The last known live entries of `ns` (empty if never cached).
+    pub fn known(&self, ns: &str, now: u64) -> Vec<Entry> {
+        self.spaces
+            .get(ns)
+            .map(|sp| sp.live(now).into_values().collect())
+            .unwrap_or_default()
     }
 
     /// Whether `ns` is cached.

@@ -431,3 +431,70 @@ async fn an_idle_feed_stays_subscribed() {
     })
     .await;
 }
+
+/// Redis restarted without its data: nothing known is lifted — every
+/// replica writes its last known state back, a replica that joins later
+/// reads it, and only explicit changes (here a removal queued during the
+/// outage) take effect.
+#[tokio::test]
+async fn redis_restarted_empty_gets_the_last_known_state_back() {
+    let mut server = RedisServer::start(&[]).await;
+    let a = RedisStore::connect(&cfg(&server.url())).await.unwrap();
+    let b = RedisStore::connect(&cfg(&server.url())).await.unwrap();
+    a.put("q", "keep", json!("a"), None).await.unwrap();
+    a.put("q", "drop", json!("a"), None).await.unwrap();
+    b.put("r", "b-only", json!("b"), None).await.unwrap();
+    assert_eq!(a.list("q").await.unwrap().len(), 2);
+    assert_eq!(b.list("q").await.unwrap().len(), 2);
+    assert_eq!(b.list("r").await.unwrap().len(), 1);
+    let mut ra = a.changes();
+    let mut rb = b.changes();
+
+    server.kill().await;
+    eventually(5, "both notice", || !a.is_connected() && !b.is_connected()).await;
+    // A removal issued during the outage: queued.
+    assert!(matches!(
+        a.remove("q", "drop").await,
+        Err(portcullis_contain::StoreError::Queued(_))
+    ));
+    server.restart().await; // no persistence: an empty Redis
+
+    eventually(10, "both back and drained", || {
+        a.health().ready() && b.health().ready()
+    })
+    .await;
+    let fresh = RedisStore::connect(&cfg(&server.url())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let l = kv(&fresh.list("q").await.unwrap());
+        if l == vec![("keep".to_owned(), json!("a"))] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the union minus the explicit removal is not stored again: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        kv(&fresh.list("r").await.unwrap()),
+        vec![("b-only".into(), json!("b"))]
+    );
+    // Nobody heard "keep" (or B's entry) go away; B heard the removal.
+    let ca = drain(&mut ra);
+    let cb = drain(&mut rb);
+    for c in ca.iter().chain(cb.iter()) {
+        assert!(
+            !(c.entry.is_none() && (c.key == "keep" || c.key == "b-only")),
+            "a known entry was announced as removed: {c:?}"
+        );
+    }
+    assert!(
+        cb.iter().any(|c| c.key == "drop" && c.entry.is_none()),
+        "{cb:?}"
+    );
+    assert_eq!(
+        kv(&b.list("q").await.unwrap()),
+        vec![("keep".into(), json!("a"))]
+    );
+}
