@@ -1069,8 +1069,14 @@ impl Gateway {
 
     /// Counts an allowed call and records the labels it reads (taint).
     fn note_read(self: &Arc<Self>, client: &Arc<Client>, labels: &[String]) {
+        client.facts().calls.fetch_add(1, Ordering::Relaxed);
+        self.note_labels(client, labels);
+    }
+
+    /// Adds labels to what the session (or 2026-07-28 identity) has read —
+    /// its taint — and, with a shared store, to what every replica knows.
+    fn note_labels(self: &Arc<Self>, client: &Arc<Client>, labels: &[String]) {
         let f = client.facts();
-        f.calls.fetch_add(1, Ordering::Relaxed);
         if labels.is_empty() {
             return;
         }
@@ -1139,8 +1145,8 @@ impl Gateway {
 
     /// Inspects a final result in place; `Err` when it must be withheld.
     fn inspect_result(
-        &self,
-        client: &Client,
+        self: &Arc<Self>,
+        client: &Arc<Client>,
         rules: &Rules,
         target: Option<&str>,
         m: &mut Message,
@@ -1152,7 +1158,15 @@ impl Gateway {
         let mut r = m.result();
         let rep = inspection::inspect_result(rules, &mut r);
         inspection::record_dlp(&self.pep, client, target, "result", &rep.dlp);
-        inspection::record_injections(&self.pep, client, target, rules.injection, &rep.injections);
+        if inspection::record_injections(
+            &self.pep,
+            client,
+            target,
+            rules.injection,
+            &rep.injections,
+        ) {
+            self.note_labels(client, &[inspection::INJECTED_LABEL.to_owned()]);
+        }
         if rep.changed() {
             m.set_result(&r);
         }

@@ -590,18 +590,19 @@ pub fn record_dlp(
     }
 }
 
-/// Records injection markers: audited, counted against the caller's risk,
-/// fed to the automatic containment rules, and the session marked
-/// [`INJECTED_LABEL`].
+/// Records injection markers: audited, counted against the caller's risk
+/// and fed to the automatic containment rules; `true` when there were any,
+/// so the caller marks the session [`INJECTED_LABEL`] (its taint, which a
+/// shared store carries to every replica).
 pub fn record_injections(
     pep: &Pep,
     client: &Client,
     tool: Option<&str>,
     action: InjectionAction,
     findings: &[Finding],
-) {
+) -> bool {
     if findings.is_empty() {
-        return;
+        return false;
     }
     let act = match action {
         InjectionAction::Off | InjectionAction::Flag => "flag",
@@ -635,7 +636,7 @@ pub fn record_injections(
         act,
         u64::try_from(findings.len()).unwrap_or(u64::MAX),
     );
-    client.facts().read(&[INJECTED_LABEL.to_owned()]);
+    true
 }
 
 #[cfg(test)]
