@@ -274,33 +274,70 @@ impl Gateway {
         f
     }
 
-    /// Stores an identity's labels read, in the background.
-    pub fn spawn_put_identity_facts(self: &Arc<Self>, key: &str, labels_read: Vec<String>) {
-        let me = self.clone();
-        let key = key.to_owned();
-        tokio::spawn(async move {
-            let ttl = me.cfg.auth.session_lifetime_secs.max(1);
-            let v = serde_json::to_value(IdentityFacts { labels_read });
-            let r = match v {
+    /// Stores what a session (or a 2026-07-28 identity) has read, awaited:
+    /// the taint is in the shared store before the read's data can leave,
+    /// so no replica can be asked to send it out unaware. A store that is
+    /// away queues it (in force here).
+    pub async fn store_taint(&self, client: &Client) {
+        if !self.sessions_shared() {
+            return;
+        }
+        let r = if client.id.is_empty() {
+            let ttl = self.cfg.auth.session_lifetime_secs.max(1);
+            match serde_json::to_value(IdentityFacts {
+                labels_read: client.facts().labels(),
+            }) {
                 Ok(v) => {
-                    me.pep
+                    self.pep
                         .contain
                         .state
                         .store()
                         .put(
                             NS_IDENTITY_FACTS,
-                            &key,
+                            &client.owner,
                             v,
                             Some(portcullis_contain::now_unix() + ttl),
                         )
                         .await
                 }
                 Err(e) => Err(StoreError::Encode(e.to_string())),
-            };
-            if let Err(e) = r {
-                tracing::warn!(identity = %key, error = %e, "identity facts not stored");
             }
-        });
+        } else {
+            self.put_binding(client).await
+        };
+        if let Err(e) = r {
+            tracing::warn!(identity = %client.owner, session = %client.id, error = %e, "taint not stored yet");
+        }
+    }
+
+    /// Before a decision taint can change (a tool call): what other
+    /// replicas recorded for this session (or 2026-07-28 identity), read
+    /// from the shared store — one lookup — and added here, so a label read
+    /// through another replica a moment ago is never missed. A store that
+    /// cannot answer leaves the last known taint (and `on_unreachable`).
+    pub async fn refresh_taint(&self, client: &Client) {
+        if !self.sessions_shared() {
+            return;
+        }
+        let store = self.pep.contain.state.store();
+        let labels = if client.id.is_empty() {
+            match store.get(NS_IDENTITY_FACTS, &client.owner).await {
+                Ok(Some(e)) => serde_json::from_value::<IdentityFacts>(e.value)
+                    .ok()
+                    .map(|f| f.labels_read),
+                _ => None,
+            }
+        } else {
+            match store.get(NS_SESSION, &client.id).await {
+                Ok(Some(e)) => serde_json::from_value::<Binding>(e.value)
+                    .ok()
+                    .map(|b| b.labels_read),
+                _ => None,
+            }
+        };
+        if let Some(l) = labels {
+            client.facts().read(&l);
+        }
     }
 
     /// Applies a binding change from the store: a session ended elsewhere

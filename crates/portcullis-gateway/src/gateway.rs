@@ -803,7 +803,7 @@ impl Gateway {
                                 {
                                     return;
                                 }
-                                self.note_read(client, &res.labels);
+                                self.note_read(client, &res.labels).await;
                                 self.forward(client, idx, msg, &method, p, forwarded, &rules, out)
                                     .await;
                             }
@@ -857,7 +857,7 @@ impl Gateway {
                         {
                             Ok(d) => {
                                 if method == "resources/read" {
-                                    self.note_read(client, &res.labels);
+                                    self.note_read(client, &res.labels).await;
                                 }
                                 Some((
                                     idx,
@@ -1068,14 +1068,15 @@ impl Gateway {
     }
 
     /// Counts an allowed call and records the labels it reads (taint).
-    fn note_read(self: &Arc<Self>, client: &Arc<Client>, labels: &[String]) {
+    async fn note_read(&self, client: &Client, labels: &[String]) {
         client.facts().calls.fetch_add(1, Ordering::Relaxed);
-        self.note_labels(client, labels);
+        self.note_labels(client, labels).await;
     }
 
     /// Adds labels to what the session (or 2026-07-28 identity) has read —
-    /// its taint — and, with a shared store, to what every replica knows.
-    fn note_labels(self: &Arc<Self>, client: &Arc<Client>, labels: &[String]) {
+    /// its taint — and, with a shared store, to what every replica knows
+    /// before the data goes on.
+    async fn note_labels(&self, client: &Client, labels: &[String]) {
         let f = client.facts();
         if labels.is_empty() {
             return;
@@ -1085,14 +1086,8 @@ impl Gateway {
             labels.iter().any(|l| !read.contains(l))
         };
         f.read(labels);
-        if new && self.sessions_shared() {
-            // The taint travels with the session (or, for 2026-07-28
-            // clients, the identity) to every replica.
-            if client.id.is_empty() {
-                self.spawn_put_identity_facts(&client.owner, f.labels());
-            } else {
-                self.spawn_put_binding(client);
-            }
+        if new {
+            self.store_taint(client).await;
         }
     }
 
@@ -1144,9 +1139,9 @@ impl Gateway {
     }
 
     /// Inspects a final result in place; `Err` when it must be withheld.
-    fn inspect_result(
-        self: &Arc<Self>,
-        client: &Arc<Client>,
+    async fn inspect_result(
+        &self,
+        client: &Client,
         rules: &Rules,
         target: Option<&str>,
         m: &mut Message,
@@ -1165,7 +1160,8 @@ impl Gateway {
             rules.injection,
             &rep.injections,
         ) {
-            self.note_labels(client, &[inspection::INJECTED_LABEL.to_owned()]);
+            self.note_labels(client, &[inspection::INJECTED_LABEL.to_owned()])
+                .await;
         }
         if rep.changed() {
             m.set_result(&r);
@@ -1260,6 +1256,9 @@ impl Gateway {
         }
         let args = params.get("arguments").filter(|a| !a.is_null());
         let is_call = action == portcullis_policy::Action::CallTool;
+        if is_call {
+            self.refresh_taint(client).await;
+        }
         let d = self.pep.decide(client, action, method, res, args);
         if !d.allow {
             return Err(Refusal::Denied(d.reason.clone()));
@@ -2016,8 +2015,9 @@ impl Gateway {
                     if m.kind() == Kind::Response {
                         // Inspection of the result: DLP, then injection markers.
                         let target = self.target_name(idx, params);
-                        if let Err(withheld) =
-                            self.inspect_result(client, rules, target.as_deref(), &mut m)
+                        if let Err(withheld) = self
+                            .inspect_result(client, rules, target.as_deref(), &mut m)
+                            .await
                         {
                             self.pep.monitor.outcome(
                                 client,
