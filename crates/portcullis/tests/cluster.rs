@@ -6,9 +6,12 @@
 //! Checked: a global rate limit holds across replicas; a session created
 //! on A continues on B (2025 sessions and 2026-07-28 stateless requests,
 //! taint included) and an admin kill on A ends it on B; Redis killed with
-//! SIGKILL mid-run — containment stays enforced, a quarantine issued
-//! during the outage reaches the other replica once Redis is back (empty);
-//! a pin approved on A shows the tool again on B.
+//! SIGKILL mid-run and restarted with its data or empty — containment
+//! stays enforced, sessions survive, a quarantine issued during the outage
+//! reaches the other replica once Redis is back; the outage fails closed
+//! where configured (`on_unreachable`, `rate_fallback`); the change feed
+//! stays subscribed while idle; a pin approved on A shows the tool again
+//! on B.
 //!
 //! Each test has its own redis-server (its own port and folder) and key
 //! prefix; every process is killed on drop.
@@ -344,9 +347,6 @@ tools = ["demo__read_secret"]
 }
 
 #[test]
-#[ignore = "gateway bug: a session created on another replica is refused (404) because the \
-            binding's route includes the creating replica's local socket address \
-            (server.rs find_session compares c.route with caller.route)"]
 fn a_session_created_on_a_continues_on_b() {
     let redis = Redis::start();
     let mut c = taint_cluster("cl-session", &redis);
@@ -557,10 +557,6 @@ fn stateless_requests_are_served_by_either_replica_with_taint_and_quarantine_sha
 }
 
 #[test]
-#[ignore = "gateway bug: the taint of an injection finding (label `injected`) is recorded with \
-            Facts::read in inspection::record_injections, which bypasses Gateway::note_read, so it \
-            is never written to the shared store (identity facts or session binding); other \
-            replicas do not see it"]
 fn an_injection_taint_on_a_holds_on_b() {
     let redis = Redis::start();
     let mut c = taint_cluster("cl-inject", &redis);
@@ -725,10 +721,6 @@ fn redis_killed_and_restarted_with_its_data_containment_holds_and_catches_up() {
 }
 
 #[test]
-#[ignore = "gateway bug: Redis restarted empty (no persistence) — the resync announces every \
-            entry it no longer finds as removed, so both replicas LIFT the quarantine stored \
-            before the outage and END every session (bindings gone), even sessions local to a \
-            replica"]
 fn redis_killed_and_restarted_empty_containment_holds_and_catches_up() {
     outage("cl-outage-empty", false);
 }
@@ -846,11 +838,6 @@ fn a_pin_approved_on_a_shows_the_tool_again_on_b() {
 }
 
 #[test]
-#[ignore = "redis store bug: the change feed's health ping (store.rs follow(), every 1 s of \
-            silence) reads PING's answer as a string, but a subscribed RESP2 connection answers \
-            [\"pong\", \"\"] — the feed is dropped, resubscribed and resynced every second \
-            (`change feed lost; resubscribing … Incompatible type`), and /admin/store shows it \
-            as last_error"]
 fn the_change_feed_stays_subscribed_while_nothing_happens() {
     let redis = Redis::start();
     let mut c = Cluster::new("cl-feed", &redis, "");
