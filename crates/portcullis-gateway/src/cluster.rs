@@ -310,7 +310,8 @@ impl Gateway {
         }
     }
 
-    /// Before a decision taint can change (a tool call): what other
+    /// With `[store] taint_reads = "strict"`, before a decision taint can
+    /// change (a tool call): what other
     /// replicas recorded for this session (or 2026-07-28 identity), read
     /// from the shared store — one lookup — and added here, so a label read
     /// through another replica a moment ago is never missed. A store that

@@ -102,6 +102,23 @@ pub struct StoreCfg {
     /// limited requests.
     #[serde(default)]
     pub rate_fallback: RateFallback,
+    /// How a tool call learns a session's taint recorded by another
+    /// replica: `cached` (default) from the change feed, like containment
+    /// (milliseconds behind); `strict` reads it from the store before every
+    /// tool call (one lookup each), so no window remains.
+    #[serde(default)]
+    pub taint_reads: TaintReads,
+}
+
+/// `[store] taint_reads`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TaintReads {
+    /// The local copy, kept current by the change feed.
+    #[default]
+    Cached,
+    /// A lookup in the store before every tool call.
+    Strict,
 }
 
 impl StoreCfg {

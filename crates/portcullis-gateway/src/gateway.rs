@@ -1256,7 +1256,7 @@ impl Gateway {
         }
         let args = params.get("arguments").filter(|a| !a.is_null());
         let is_call = action == portcullis_policy::Action::CallTool;
-        if is_call {
+        if is_call && self.cfg.store.taint_reads == crate::contain::TaintReads::Strict {
             self.refresh_taint(client).await;
         }
         let d = self.pep.decide(client, action, method, res, args);
