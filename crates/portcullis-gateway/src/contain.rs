@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_contain::breaker::BreakerConfig;
 use portcullis_contain::concurrency::{InFlight, Slot};
-use portcullis_contain::rate::{Limiter, Rate};
+use portcullis_contain::rate::{lease_for, lease_size, Leases, Limiter, Rate};
 use portcullis_contain::rules::{AutoRule, AutoRules, Severity, Trigger};
 use portcullis_contain::{Containment, Mode, Quarantine, Subject, Target, TargetKind, Verdict};
 use portcullis_policy::{Action, ResourceFacts, ResourceKind};
@@ -252,6 +252,8 @@ pub struct Guard {
     rate_fallback: RateFallback,
     rules: AutoRules,
     rates: Limiter,
+    /// Cells taken ahead from a shared (global) limiter.
+    leases: Leases,
     inflight: InFlight,
 }
 
@@ -265,6 +267,7 @@ impl Guard {
             on_unreachable: OnUnreachable::default(),
             rate_fallback: RateFallback::default(),
             rates: Limiter::default(),
+            leases: Leases::default(),
             inflight: InFlight::default(),
         }
     }
@@ -361,9 +364,10 @@ impl Guard {
 
     /// The configured rate limits that apply to one allowed request,
     /// plus the policy's rate class; the first one exceeded stops it. With
-    /// a shared store the limits are global (one atomic check in the store
-    /// per limit); what happens when it cannot be reached is
-    /// `[store] rate_fallback`.
+    /// a shared store the limits are global: cells are taken in the store
+    /// (one atomic script), a lease of several at once under a large burst
+    /// (`rate::lease_size`), spent here without a round trip; what happens
+    /// when the store cannot be reached is `[store] rate_fallback`.
     pub async fn rate(
         &self,
         client: &Client,
@@ -402,9 +406,21 @@ impl Guard {
                 local()?;
                 continue;
             };
-            match shared.check(&key, rate, None).await {
-                Ok(None) => {}
-                Ok(Some(wait)) => return Err(Stop::Rate { limit, wait }),
+            let now = Instant::now();
+            if self.leases.spend(&key, now) {
+                continue;
+            }
+            match shared.take(&key, rate, lease_size(rate), None).await {
+                Ok(g) if g.cells > 0 => {
+                    self.leases
+                        .lease(&key, g.cells - 1, now, now + lease_for(rate));
+                }
+                Ok(g) => {
+                    return Err(Stop::Rate {
+                        limit,
+                        wait: g.wait,
+                    })
+                }
                 Err(e) => match self.rate_fallback {
                     RateFallback::Local => {
                         tracing::debug!(error = %e, limit = %limit, "global rate limit not checked; this replica's limiter decides");

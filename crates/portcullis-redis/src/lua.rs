@@ -128,10 +128,12 @@ end
 return {tonumber(redis.call('GET', KEYS[2]) or '0'), epoch, vals}
 "#;
 
-/// GCRA, as `portcullis_contain::rate::Limiter::check`, in microseconds.
+/// GCRA, as `portcullis_contain::rate::Limiter::check`, in microseconds,
+/// taking up to `n` cells at once (a replica's lease).
 /// KEYS: the rate key. ARGV: interval, tolerance (burst × interval), now
-/// (`""`: the server's clock). Returns 0 when allowed (the arrival time is
-/// stored, expiring when the bucket is full again), else the wait.
+/// (`""`: the server's clock), n. Returns `{cells taken, wait}`: `wait` is
+/// how long until one cell would be free when none was taken. The arrival
+/// time is stored, expiring when the bucket is full again.
 pub(crate) const GCRA: &str = r#"
 local now
 if ARGV[3] == '' then
@@ -142,17 +144,21 @@ else
 end
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+local n = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then
   tat = now
 end
-local nxt = tat + interval
-local wait = nxt - now - tolerance
-if wait > 0 then
-  return wait
+local k = math.floor((now + tolerance - tat) / interval)
+if k > n then
+  k = n
 end
+if k < 1 then
+  return {0, tat + interval - now - tolerance}
+end
+local nxt = tat + k * interval
 redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', math.max(1, math.ceil((nxt - now) / 1000)))
-return 0
+return {k, 0}
 "#;
 
 /// One script, known by its SHA-1.

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use portcullis_contain::rate::{Rate, SharedLimiter};
+use portcullis_contain::rate::{Grant, Rate, SharedLimiter};
 use portcullis_contain::store::{Change, Entry};
 use portcullis_contain::{now_unix, StateStore, StoreError, StoreStatus};
 use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
@@ -1029,8 +1029,9 @@ impl Inner {
         &self,
         key: &str,
         rate: Rate,
+        cells: u32,
         now: Option<SystemTime>,
-    ) -> Result<Option<Duration>, StoreError> {
+    ) -> Result<Grant, StoreError> {
         let Some(mut con) = self.conn() else {
             return Err(self.unreachable("rate limit not checked"));
         };
@@ -1043,17 +1044,18 @@ impl Inner {
             micros(rate.interval()).to_string(),
             micros(rate.tolerance()).to_string(),
             now,
+            cells.max(1).to_string(),
         ];
         match timed(
             self.op_timeout,
-            self.scripts.gcra.run::<i64>(&mut con, &keys, &args),
+            self.scripts.gcra.run::<(i64, i64)>(&mut con, &keys, &args),
         )
         .await
         {
-            Ok(w) => Ok(u64::try_from(w)
-                .ok()
-                .filter(|w| *w > 0)
-                .map(Duration::from_micros)),
+            Ok((k, w)) => Ok(Grant {
+                cells: u32::try_from(k).unwrap_or(0),
+                wait: Duration::from_micros(u64::try_from(w).unwrap_or(0)),
+            }),
             Err(f) => {
                 self.note(&f);
                 Err(StoreError::Unavailable(format!(
@@ -1166,6 +1168,19 @@ impl SharedLimiter for RedisStore {
         rate: Rate,
         now: Option<SystemTime>,
     ) -> BoxFuture<'a, Result<Option<Duration>, StoreError>> {
-        Box::pin(self.inner.gcra(key, rate, now))
+        Box::pin(async move {
+            let g = self.inner.gcra(key, rate, 1, now).await?;
+            Ok((g.cells == 0).then_some(g.wait))
+        })
+    }
+
+    fn take<'a>(
+        &'a self,
+        key: &'a str,
+        rate: Rate,
+        cells: u32,
+        now: Option<SystemTime>,
+    ) -> BoxFuture<'a, Result<Grant, StoreError>> {
+        Box::pin(self.inner.gcra(key, rate, cells, now))
     }
 }

@@ -498,3 +498,37 @@ async fn redis_restarted_empty_gets_the_last_known_state_back() {
         vec![("keep".into(), json!("a"))]
     );
 }
+
+/// The global limiter takes several cells at once (a replica's lease) and
+/// never more than the burst allows; refusals say how long to wait.
+#[tokio::test]
+async fn the_shared_limiter_leases_cells_within_the_burst() {
+    use portcullis_contain::rate::{Rate, SharedLimiter};
+    let server = RedisServer::start(&[]).await;
+    let a = RedisStore::connect(&cfg(&server.url())).await.unwrap();
+    let b = RedisStore::connect(&cfg(&server.url())).await.unwrap();
+    let rate = Rate {
+        per_minute: 60,
+        burst: 8,
+    };
+    let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let g = a.take("id", rate, 5, Some(t0)).await.unwrap();
+    assert_eq!(g.cells, 5);
+    // The other replica gets what is left of the burst, not more.
+    let g = b.take("id", rate, 5, Some(t0)).await.unwrap();
+    assert_eq!(g.cells, 3);
+    let g = b.take("id", rate, 5, Some(t0)).await.unwrap();
+    assert_eq!((g.cells, g.wait), (0, Duration::from_secs(1)));
+    assert_eq!(
+        a.check("id", rate, Some(t0)).await.unwrap(),
+        Some(Duration::from_secs(1))
+    );
+    // One interval later, one cell.
+    let t1 = t0 + Duration::from_secs(1);
+    let g = a.take("id", rate, 5, Some(t1)).await.unwrap();
+    assert_eq!(g.cells, 1);
+    assert_eq!(
+        a.check("id", rate, Some(t1)).await.unwrap(),
+        Some(Duration::from_secs(1))
+    );
+}
