@@ -142,7 +142,7 @@ if ARGV[3] == '' then
 else
   now = tonumber(ARGV[3])
 end
-local interval = tonumber(ARGV[1])
+local interval = math.max(1, tonumber(ARGV[1]))
 local tolerance = tonumber(ARGV[2])
 local n = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]))

@@ -1040,9 +1040,15 @@ impl Inner {
             None => String::new(),
         };
         let keys = [self.keys.rate(key)];
+        // Whole microseconds: an interval under 1 µs (over 60 million a
+        // minute) counts as 1 µs rather than 0, which the script cannot
+        // divide by.
+        let interval = micros(rate.interval()).max(1);
         let args = [
-            micros(rate.interval()).to_string(),
-            micros(rate.tolerance()).to_string(),
+            interval.to_string(),
+            interval
+                .saturating_mul(u64::from(rate.burst.max(1)))
+                .to_string(),
             now,
             cells.max(1).to_string(),
         ];

@@ -531,4 +531,16 @@ async fn the_shared_limiter_leases_cells_within_the_burst() {
         a.check("id", rate, Some(t1)).await.unwrap(),
         Some(Duration::from_secs(1))
     );
+    // A rate above a million a second (interval under 1 µs) is not
+    // divided by zero: it allows, up to its burst at one instant.
+    let fast = Rate {
+        per_minute: 600_000_000,
+        burst: 4,
+    };
+    let g = a.take("fast", fast, 16, Some(t0)).await.unwrap();
+    assert_eq!(g.cells, 4);
+    let later = t0 + Duration::from_millis(1);
+    for _ in 0..3 {
+        assert_eq!(a.check("fast", fast, Some(later)).await.unwrap(), None);
+    }
 }
