@@ -3,9 +3,11 @@
 #
 # (a) unloaded added p50 of one small tools/call on one replica
 #     - Redis store vs the embedded file store (containment state cached in
-#       memory either way: no Redis round trip per request expected), and
+#       memory either way: no Redis round trip per request expected),
 #     - both with a global rate limit per identity configured (file store:
-#       the local GCRA; Redis: one EVALSHA round trip per request);
+#       the local GCRA; Redis: the GCRA script, leasing 16 cells per round
+#       trip under a large burst, one cell per call under a burst of 4),
+#     - taint_reads = "strict" (one lookup per tool call) vs the file store;
 # (b) throughput of 1 replica vs 2 replicas sharing one Redis (with the
 #     global rate limit configured, limits far above the load): one driver
 #     with SESSIONS sessions against replica 1, then two drivers at once
@@ -66,18 +68,25 @@ demo() { # NAME: starts an HTTP demo server, sets DIRECT
     DIRECT=$(wait_url "$log" "$!")
 }
 
+# Limits far above the load (100,000 calls a second), so nothing is
+# refused: a burst of 1,000 leases 16 cells per round trip
+# (rate::lease_size); a burst of 4 leases one, so every call is a round trip
+# (the exact case).
 RATE='[containment.rate]
-identity = { per_minute = 600000000, burst = 1000000 }'
+identity = { per_minute = 6000000, burst = 1000 }'
+RATE_EXACT='[containment.rate]
+identity = { per_minute = 6000000, burst = 4 }'
 
-config() { # NAME STORE(file|redis) PREFIX RATE(0|1)
-    local name=$1 store=$2 prefix=$3 rate=$4 f="$WORK/$1.toml"
+config() { # NAME STORE(file|redis) PREFIX RATE(0|1|exact) [STORE_LINE]
+    local name=$1 store=$2 prefix=$3 rate=$4 extra=${5:-} f="$WORK/$1.toml"
     echo "state_dir = \"$WORK/state-$name\"" >"$f"
     if [ "$store" = redis ]; then
-        printf '\n[store]\nkind = "redis"\n\n[store.redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$prefix" >>"$f"
+        printf '\n[store]\nkind = "redis"\n%s\n\n[store.redis]\nurl = "%s"\nprefix = "%s"\n' "$extra" "$REDIS_URL" "$prefix" >>"$f"
     fi
-    if [ "$rate" = 1 ]; then
-        printf '\n%s\n' "$RATE" >>"$f"
-    fi
+    case "$rate" in
+        1) printf '\n%s\n' "$RATE" >>"$f" ;;
+        exact) printf '\n%s\n' "$RATE_EXACT" >>"$f" ;;
+    esac
     echo "$f"
 }
 
@@ -105,15 +114,25 @@ gateway file-rate "$(config file-rate file "" 1)" "$DEMO_A"
 FILE_RATE=$URL
 gateway redis-rate "$(config redis-rate redis bench-lat-rate: 1)" "$DEMO_A"
 REDIS_RATE=$URL
+gateway file-exact "$(config file-exact file "" exact)" "$DEMO_A"
+FILE_EXACT=$URL
+gateway redis-exact "$(config redis-exact redis bench-lat-exact: exact)" "$DEMO_A"
+REDIS_EXACT=$URL
+gateway redis-strict "$(config redis-strict redis bench-lat-strict: 0 'taint_reads = "strict"')" "$DEMO_A"
+REDIS_STRICT=$URL
 
 LOAD_LIMIT=$(( 4 * (DURATION + WARMUP) + 60 ))
 echo "## (a) unloaded latency: $LAT_SESSIONS session(s), $ROUNDS alternating rounds of ${ROUND_SECS}s"
 echo "### redis store vs file store (no rate limit)"
 ab_rounds "$FILE" file "$REDIS" redis
-echo "### with a global rate limit per identity: redis (one round trip) vs file (local GCRA)"
+echo "### with a global rate limit per identity, burst 1,000: redis (a lease of 16 cells per round trip) vs file (local GCRA)"
 ab_rounds "$FILE_RATE" file-rate "$REDIS_RATE" redis-rate
-echo "### file store without vs redis store with the global rate limit (the whole cluster cost)"
+echo "### file store without vs redis store with the leased global rate limit (the whole cluster cost)"
 ab_rounds "$FILE" file "$REDIS_RATE" redis-rate
+echo "### with a global rate limit per identity, burst 4: redis (one round trip per call) vs file (local GCRA)"
+ab_rounds "$FILE_EXACT" file-exact "$REDIS_EXACT" redis-exact
+echo "### taint_reads = strict (one lookup per tool call) vs file store"
+ab_rounds "$FILE" file "$REDIS_STRICT" redis-strict
 
 # (b) two replicas over one Redis, each with its own demo server.
 gateway r1 "$(config r1 redis bench-tp: 1)" "$DEMO_A"

@@ -426,6 +426,58 @@ fn a_session_created_on_a_continues_on_b() {
     );
 }
 
+/// The `jti` claim of a compact JWT.
+fn jti(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["jti"].as_str().unwrap().to_owned()
+}
+
+/// A token revoked through A is refused by B too, and B ends the sessions
+/// it holds for that token; another token of the same identity still works.
+#[test]
+fn a_token_revoked_via_a_is_refused_on_b() {
+    let redis = Redis::start();
+    let mut c = Cluster::new("cl-revoke", &redis, "");
+    let a = c.replica();
+    let b = c.replica();
+    let leaked = c.token("grace");
+    let fresh = c.token("grace");
+    let sid = session(&b.gw, &leaked).unwrap();
+    let r = call(&b.gw, &leaked, &sid, 1, "demo__echo", echo("rv-before"));
+    assert!(r["result"].is_object(), "{r}");
+    let (status, v) = a.admin().post(
+        "/admin/revocations",
+        json!({"jti": jti(&leaked), "reason": "leaked", "ttl_secs": 3600}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        eventually(2, || session(&b.gw, &leaked).is_err()),
+        "B still accepts the revoked token"
+    );
+    let r = request(
+        &b.gw,
+        &leaked,
+        &sid,
+        2,
+        "tools/call",
+        json!({"name": "demo__echo", "arguments": echo("rv-after")}),
+    );
+    assert!(
+        r.status == 401 || r.status == 404,
+        "the revoked token's session on B: {}",
+        r.status
+    );
+    assert_eq!(c.upstream_saw("rv-after"), 0);
+    let sid2 = session(&b.gw, &fresh).unwrap();
+    let r = call(&b.gw, &fresh, &sid2, 3, "demo__echo", echo("rv-fresh"));
+    assert!(r["result"].is_object(), "another token still works: {r}");
+}
+
 #[test]
 fn a_session_of_b_killed_via_a_is_refused_on_b() {
     let redis = Redis::start();
