@@ -27,7 +27,7 @@ step "build the gateway"
 cargo build -p portcullis
 
 step "Rust unit and integration tests"
-cargo test --workspace || failed+=("cargo test")
+cargo test --workspace --no-fail-fast || failed+=("cargo test")
 
 step "OpenTelemetry export (--features otel): spans reach an OTLP/HTTP sink"
 cargo test -p portcullis --features otel --test otel || failed+=("otel")

@@ -967,8 +967,10 @@ impl Supervisor {
                     revision = next.revision,
                     "SPIFFE Workload API update applied"
                 );
-                self.tx.send_replace(Arc::new(next));
+                // The error first: whoever sees the new SVID sees no stale
+                // refusal next to it.
                 self.shared.set_error(None);
+                self.tx.send_replace(Arc::new(next));
             }
             Ok(None) => {
                 tracing::debug!("SPIFFE Workload API update: nothing changed");
