@@ -426,17 +426,6 @@ fn a_session_created_on_a_continues_on_b() {
     );
 }
 
-/// The `jti` claim of a compact JWT.
-fn jti(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let v: Value = serde_json::from_slice(&bytes).unwrap();
-    v["jti"].as_str().unwrap().to_owned()
-}
-
 /// A token revoked through A is refused by B too, and B ends the sessions
 /// it holds for that token; another token of the same identity still works.
 #[test]
@@ -452,7 +441,7 @@ fn a_token_revoked_via_a_is_refused_on_b() {
     assert!(r["result"].is_object(), "{r}");
     let (status, v) = a.admin().post(
         "/admin/revocations",
-        json!({"jti": jti(&leaked), "reason": "leaked", "ttl_secs": 3600}),
+        json!({"jti": common::jti(&leaked), "reason": "leaked", "ttl_secs": 3600}),
     );
     assert_eq!(status, 200, "{v}");
     assert!(

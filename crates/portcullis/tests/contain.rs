@@ -468,17 +468,6 @@ fn risk_baselines_survive_a_graceful_restart() {
     );
 }
 
-/// The `jti` claim of a compact JWT.
-fn jti(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let v: Value = serde_json::from_slice(&bytes).unwrap();
-    v["jti"].as_str().unwrap().to_owned()
-}
-
 #[test]
 fn a_revoked_token_is_refused_at_once_and_its_session_ends() {
     let env = Env::new("contain-jti", "");
@@ -491,7 +480,7 @@ fn a_revoked_token_is_refused_at_once_and_its_session_ends() {
         &[
             "revoke",
             // `--jti=…`: a base64url jti may start with '-'.
-            &format!("--jti={}", jti(&env.alice)),
+            &format!("--jti={}", common::jti(&env.alice)),
             "--reason",
             "token leaked",
         ],
