@@ -396,22 +396,31 @@ test('client certificates: a non-admin one is refused on every page and action; 
 
       // The guarded kill switch, as the admin certificate: confirm must be KILL.
       const ksState = async () => { await p.goto(`${adminOrigin}/console/health`); return text(p.locator(testid('killswitch-state'))); };
-      const ksForm = () => p.locator('form[action$="/console/actions/killswitch"]').first();
+      const ksForms = () => p.locator('form[action$="actions/killswitch"]');
+      const onForm = () => ksForms().filter({ has: p.locator(testid('killswitch-confirm')) }).first();
+      const button = (form) => form.locator('button, input[type="submit"]').first();
       assert.equal(await ksState(), 'off');
-      await withoutBrowserValidation(ksForm());
-      await ksForm().locator('[name="reason"]').fill('console e2e: incident drill');
-      await ksForm().locator(testid('killswitch-confirm')).fill('kill');
-      const wrong = await submit(p, ksForm().locator('button, input[type="submit"]').first(), '/console/actions/killswitch');
+      await withoutBrowserValidation(onForm());
+      await onForm().locator('[name="reason"]').fill('console e2e: incident drill');
+      await onForm().locator(testid('killswitch-confirm')).fill('kill');
+      const wrong = await submit(p, button(onForm()), '/console/actions/killswitch');
       assert.ok(wrong.status() >= 400 && wrong.status() < 500, `kill switch with confirm "kill" answered ${wrong.status()}`);
       assert.equal(await ksState(), 'off', 'the kill switch went on without typing KILL');
-      await ksForm().locator('[name="reason"]').fill('console e2e: incident drill');
-      await ksForm().locator(testid('killswitch-confirm')).fill('KILL');
-      assert.equal((await submit(p, ksForm().locator('button, input[type="submit"]').first(), '/console/actions/killswitch')).status(), 303);
+      await onForm().locator('[name="reason"]').fill('console e2e: incident drill');
+      await onForm().locator(testid('killswitch-confirm')).fill('KILL');
+      assert.equal((await submit(p, button(onForm()), '/console/actions/killswitch')).status(), 303);
       assert.equal(await text(p.locator(testid('killswitch-state'))), 'on');
       const during = await h.mcp(gw, pki.agent, 'call', 'demo__echo', JSON.stringify({ message: 'during kill switch' }));
       assert.ok(refusedAs(during, -32032), `call during the kill switch: ${JSON.stringify(during)}`);
-      await ksForm().locator('[name="reason"]').fill('console e2e: drill over');
-      assert.equal((await submit(p, ksForm().locator('button, input[type="submit"]').first(), '/console/actions/killswitch')).status(), 303);
+      // Turning it off: the kill switch form without the KILL confirmation (or the one form, set to off).
+      let offForm = ksForms().filter({ hasNot: p.locator(testid('killswitch-confirm')) }).first();
+      if ((await offForm.count()) === 0) {
+        offForm = ksForms().first();
+        const state = offForm.locator('select[name="state"]');
+        if (await state.count()) await state.selectOption('off');
+      }
+      await offForm.locator('[name="reason"]').fill('console e2e: drill over');
+      assert.equal((await submit(p, button(offForm), '/console/actions/killswitch')).status(), 303);
       assert.equal(await text(p.locator(testid('killswitch-state'))), 'off');
       const afterKs = await h.mcp(gw, pki.agent, 'call', 'demo__echo', JSON.stringify({ message: 'after kill switch' }));
       assert.ok(afterKs.ok && afterKs.text.includes('after kill switch'), JSON.stringify(afterKs));
@@ -428,7 +437,10 @@ test('CSRF: an action without the token, or with a foreign Origin, is refused 40
     const csrf = await agentRow(page).locator('form', { has: page.locator(testid('quarantine')) })
       .locator('input[name="csrf"]').getAttribute('value');
     assert.ok(csrf, 'hidden csrf field');
-    const identity = await agentRow(page).getAttribute('data-identity');
+    const quarantineForm = agentRow(page).locator('form', { has: page.locator(testid('quarantine')) });
+    const identity = (await quarantineForm.locator('input[name="identity"]').count())
+      ? await quarantineForm.locator('input[name="identity"]').getAttribute('value')
+      : await agentRow(page).getAttribute('data-identity');
     const post = (form, headers = {}) => ctx.request.post(`${adminOrigin}/console/actions/quarantine`,
       { form: { identity, mode: 'read-only', reason: 'csrf test', ...form }, headers, maxRedirects: 0 });
     assert.equal((await post({}, { Origin: adminOrigin })).status(), 403, 'no csrf token');
