@@ -101,6 +101,12 @@ pub fn check_cfg(a: &AdminCfg) -> Result<(), (&'static str, String)> {
             "set admin.cert, admin.key and admin.client_ca together (or none of them: serve then uses its development CA)".into(),
         ));
     }
+    if a.console == Some(false) && a.console_login_link == Some(true) {
+        return Err((
+            "admin.console_login_link",
+            "the login link opens the console: it needs admin.console = true".into(),
+        ));
+    }
     let ids = AdminIdentities::parse(&a.identities).map_err(|e| ("admin.identities", e))?;
     if !a.client_ca.is_empty() && ids.is_empty() {
         return Err((
@@ -138,6 +144,25 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Re
 /// The admin router. `admins` are the identities allowed through the guard;
 /// `deny` is the certificate deny list shared with the agents' listener.
 pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, admins: AdminIdentities) -> Router {
+    router_with_console(gw, deny, admins, None).router
+}
+
+/// The admin listener's app, and what `serve` must print for it.
+pub struct AdminApp {
+    /// Every route of the admin listener.
+    pub router: Router,
+    /// The console's one-time login token, when the login link is on.
+    pub login_token: Option<String>,
+}
+
+/// The admin router with the operations console under `/console/` when
+/// `console` is given. `/admin/*` and `/metrics` stay certificate-only.
+pub fn router_with_console(
+    gw: Arc<Gateway>,
+    deny: Arc<DenyList>,
+    admins: AdminIdentities,
+    console: Option<crate::console::Options>,
+) -> AdminApp {
     let st = Admin {
         gw,
         deny,
@@ -152,13 +177,23 @@ pub fn router(gw: Arc<Gateway>, deny: Arc<DenyList>, admins: AdminIdentities) ->
         .route("/admin/policy/reload", post(reload_policy))
         .merge(crate::admin_contain::routes())
         .layer(axum::middleware::from_fn_with_state(st.clone(), guard));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         // The router exists only once the gateway is built; draining on
         // shutdown makes it fail so load balancers stop sending.
         .route("/readyz", get(readyz))
         .merge(guarded)
-        .with_state(st)
+        .with_state(st.clone());
+    let mut login_token = None;
+    if let Some(opts) = console {
+        let (c, token) = crate::console::router(st, opts);
+        router = router.merge(c);
+        login_token = token;
+    }
+    AdminApp {
+        router,
+        login_token,
+    }
 }
 
 /// The probe listener's routes: `/healthz` and `/readyz` only, nothing
@@ -187,6 +222,32 @@ async fn readyz(State(st): State<Admin>) -> Response {
     (StatusCode::OK, "ready").into_response()
 }
 
+impl Admin {
+    /// The admin identity a client certificate proves, or why it proves
+    /// none (absent, revoked, expired, no SPIFFE ID, not an admin).
+    pub(crate) fn admin_of(
+        &self,
+        peer: Option<&portcullis_identity::tls::PeerCert>,
+    ) -> Result<String, String> {
+        let Some(p) = peer else {
+            return Err("no client certificate".to_owned());
+        };
+        if self.deny.denies(&p.fingerprint, &p.serial) {
+            return Err(format!("certificate {} is revoked", p.fingerprint));
+        }
+        if p.expired_at(portcullis_identity::tls::now_unix()) {
+            return Err(format!("certificate {} has expired", p.fingerprint));
+        }
+        match &p.spiffe_id {
+            None => Err("certificate carries no SPIFFE ID".to_owned()),
+            Some(id) if !self.admins.allows(&id.to_string()) => {
+                Err(format!("{id} is not an admin identity"))
+            }
+            Some(id) => Ok(id.to_string()),
+        }
+    }
+}
+
 /// Admits a request whose client certificate names an admin identity, and
 /// names that identity for the handlers; refuses (403, audited) any other.
 async fn guard(
@@ -197,26 +258,9 @@ async fn guard(
     let conn = req.extensions().get::<ConnInfo>();
     let remote = conn.map(|c| c.remote.to_string()).unwrap_or_default();
     let peer = conn.and_then(|c| c.peer.clone());
-    let refused = match &peer {
-        None => Some("no client certificate".to_owned()),
-        Some(p) if st.deny.denies(&p.fingerprint, &p.serial) => {
-            Some(format!("certificate {} is revoked", p.fingerprint))
-        }
-        Some(p) if p.expired_at(portcullis_identity::tls::now_unix()) => {
-            Some(format!("certificate {} has expired", p.fingerprint))
-        }
-        Some(p) => match &p.spiffe_id {
-            None => Some("certificate carries no SPIFFE ID".to_owned()),
-            Some(id) if !st.admins.allows(&id.to_string()) => {
-                Some(format!("{id} is not an admin identity"))
-            }
-            Some(_) => None,
-        },
-    };
-    let id = match (refused, peer.as_ref().and_then(|p| p.spiffe_id.as_ref())) {
-        (None, Some(id)) => id.to_string(),
-        (why, _) => {
-            let why = why.unwrap_or_else(|| "not an admin identity".into());
+    let id = match st.admin_of(peer.as_deref()) {
+        Ok(id) => id,
+        Err(why) => {
             tracing::warn!(%remote, path = %req.uri().path(), reason = %why, "admin API: refused");
             st.gw
                 .pep
@@ -289,28 +333,46 @@ async fn kill_sessions(
             )
         }
     };
-    let by = actor(&who);
-    st.gw
-        .pep
+    let ended = end_sessions(
+        &st.gw,
+        req.identity.as_deref(),
+        req.session.as_deref(),
+        &target,
+        ended,
+        req.reason.as_deref(),
+        &actor(&who),
+    )
+    .await;
+    reply(StatusCode::OK, json!({"ended": ended}))
+}
+
+/// Ends the sessions of one identity or one session id (here, and those
+/// bound on other replicas of a shared store): audited as `by` against
+/// `target`. `ended` are the local sessions already taken out of the
+/// table; returns how many ended in all.
+pub(crate) async fn end_sessions(
+    gw: &Gateway,
+    identity: Option<&str>,
+    session: Option<&str>,
+    target: &str,
+    ended: Vec<Arc<crate::session::Client>>,
+    reason: Option<&str>,
+    by: &str,
+) -> usize {
+    gw.pep
         .monitor
-        .containment("kill-sessions", &target, req.reason.as_deref(), &by);
+        .containment("kill-sessions", target, reason, by);
     for c in &ended {
-        tracing::warn!(session = %c.id, identity = %c.owner, by = %by, reason = ?req.reason, "session killed by admin");
+        tracing::warn!(session = %c.id, identity = %c.owner, by = %by, reason = ?reason, "session killed");
         crate::gateway::close_streams(c);
-        st.gw.end_session(c, "killed by admin").await;
+        gw.end_session(c, "killed by admin").await;
     }
     // Sessions bound on other replicas of a shared store end there too.
-    let elsewhere = st
-        .gw
-        .forget_bound(req.identity.as_deref(), req.session.as_deref())
-        .await;
+    let elsewhere = gw.forget_bound(identity, session).await;
     for id in &elsewhere {
-        tracing::warn!(session = %id, by = %by, reason = ?req.reason, "session on another replica killed by admin");
+        tracing::warn!(session = %id, by = %by, reason = ?reason, "session on another replica killed");
     }
-    reply(
-        StatusCode::OK,
-        json!({"ended": ended.len() + elsewhere.len()}),
-    )
+    ended.len() + elsewhere.len()
 }
 
 /// Prometheus / OpenMetrics text exposition.
@@ -432,5 +494,17 @@ mod tests {
             check_cfg(&cfg("identities = [\"nope\"]")).unwrap_err().0,
             "admin.identities"
         );
+        assert_eq!(
+            check_cfg(&cfg("console = false\nconsole_login_link = true"))
+                .unwrap_err()
+                .0,
+            "admin.console_login_link"
+        );
+        let a = cfg("");
+        assert!(a.console_on() && a.login_link_on(true) && !a.login_link_on(false));
+        let a = cfg("console = false");
+        assert!(!a.console_on() && !a.login_link_on(true));
+        let a = cfg("console_login_link = true");
+        assert!(a.login_link_on(false));
     }
 }

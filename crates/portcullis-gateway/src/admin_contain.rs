@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::admin::{parse, reply, Admin, AdminIdentity};
+use crate::gateway::Gateway;
 
 /// Containment routes, merged into the admin router (behind its guard).
 pub(crate) fn routes() -> Router<Admin> {
@@ -102,34 +103,40 @@ async fn approve_pin(
         Err(r) => return r,
     };
     let by = format!("admin:{}", who.0);
-    // A pending change, else a definition held for poisoning findings.
-    let approved = st
-        .gw
-        .pep
-        .pins
-        .approve(&req.server, &req.tool, &by)
-        .or_else(|| {
-            st.gw
-                .defs
-                .held(&req.server, &req.tool)
-                .then(|| st.gw.pep.pins.acknowledge(&req.server, &req.tool, &by))
-                .flatten()
-        });
-    let Some(p) = approved else {
-        return reply(
+    match approve(&st.gw, &req.server, &req.tool, &by).await {
+        None => reply(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no pending change for {}/{}", req.server, req.tool)}),
-        );
-    };
-    st.gw.defs.release(&req.server, &req.tool);
-    st.gw.pep.monitor.containment(
+        ),
+        Some((p, r)) => stored(r, json!({"approved": pin_json(&p, None)})),
+    }
+}
+
+/// Approves a tool's pending definition change, or releases a tool held
+/// for poisoning (that exact definition): in force at once, audited as
+/// `by`, then stored. `None` when nothing was pending.
+pub(crate) async fn approve(
+    gw: &Gateway,
+    server: &str,
+    tool: &str,
+    by: &str,
+) -> Option<(crate::pins::Pin, Result<(), StoreError>)> {
+    // A pending change, else a definition held for poisoning findings.
+    let p = gw.pep.pins.approve(server, tool, by).or_else(|| {
+        gw.defs
+            .held(server, tool)
+            .then(|| gw.pep.pins.acknowledge(server, tool, by))
+            .flatten()
+    })?;
+    gw.defs.release(server, tool);
+    gw.pep.monitor.containment(
         "pin-approve",
-        &format!("tool:{}/{}", req.server, req.tool),
+        &format!("tool:{server}/{tool}"),
         Some(&p.hash),
-        &by,
+        by,
     );
     let key = crate::pins::Pins::store_key(&p);
-    let store = st.gw.pep.contain.state.store();
+    let store = gw.pep.contain.state.store();
     let r = match serde_json::to_value(&p) {
         Ok(v) => match store.put(crate::pins::NS_PIN, &key, v, None).await {
             Ok(()) => store
@@ -140,7 +147,7 @@ async fn approve_pin(
         },
         Err(e) => Err(StoreError::Encode(e.to_string())),
     };
-    stored(r, json!({"approved": pin_json(&p, None)}))
+    Some((p, r))
 }
 
 fn bad(why: impl Into<String>) -> Response {
@@ -251,16 +258,39 @@ async fn add_quarantine(
         Some(Some(m)) => m,
         Some(None) => return bad("mode: use deny-all or read-only"),
     };
+    let (q, r, affected) = quarantine(
+        &st.gw,
+        t,
+        mode,
+        req.reason.unwrap_or_else(|| "no reason given".into()),
+        &format!("admin:{}", who.0),
+        req.ttl_secs,
+    )
+    .await;
+    stored(r, json!({"quarantine": q, "sessions_affected": affected}))
+}
+
+/// Quarantines `t`: in force at once, audited as `by`, then stored.
+/// Returns the quarantine, whether it was stored, and how many open
+/// sessions it (or anything else) restricts now.
+pub(crate) async fn quarantine(
+    gw: &Gateway,
+    t: Target,
+    mode: Mode,
+    reason: String,
+    by: &str,
+    ttl_secs: Option<u64>,
+) -> (Quarantine, Result<(), StoreError>, usize) {
     let now = now_unix();
     let q = Quarantine {
         target: t.clone(),
         mode,
-        reason: req.reason.unwrap_or_else(|| "no reason given".into()),
-        by: format!("admin:{}", who.0),
+        reason,
+        by: by.to_owned(),
         created_at: now,
-        expires_at: req.ttl_secs.map(|s| now + s),
+        expires_at: ttl_secs.map(|s| now + s),
     };
-    st.gw.pep.monitor.containment(
+    gw.pep.monitor.containment(
         match mode {
             Mode::DenyAll => "quarantine-deny-all",
             Mode::ReadOnly => "quarantine-read-only",
@@ -269,16 +299,15 @@ async fn add_quarantine(
         Some(&q.reason),
         &q.by,
     );
-    tracing::warn!(target = %t, mode = mode.as_str(), by = %q.by, reason = %q.reason, "quarantine by admin");
-    let r = st.gw.pep.contain.state.quarantine(q.clone()).await;
-    let affected = st
-        .gw
+    tracing::warn!(target = %t, mode = mode.as_str(), by = %q.by, reason = %q.reason, "quarantine");
+    let r = gw.pep.contain.state.quarantine(q.clone()).await;
+    let affected = gw
         .sessions
         .all()
         .iter()
-        .filter(|c| st.gw.pep.contain.verdict(c).mode().is_some())
+        .filter(|c| gw.pep.contain.verdict(c).mode().is_some())
         .count();
-    stored(r, json!({"quarantine": q, "sessions_affected": affected}))
+    (q, r, affected)
 }
 
 async fn remove_quarantine(
@@ -294,23 +323,36 @@ async fn remove_quarantine(
         Ok(t) => t,
         Err(r) => return r,
     };
-    match st.gw.pep.contain.state.release(&t).await {
-        Ok(q) => {
-            if q.is_some() {
-                st.gw.pep.monitor.containment(
-                    "quarantine-release",
-                    &t.to_string(),
-                    req.reason.as_deref(),
-                    &format!("admin:{}", who.0),
-                );
-            }
-            reply(StatusCode::OK, json!({"removed": q.is_some()}))
-        }
+    match release(
+        &st.gw,
+        &t,
+        req.reason.as_deref(),
+        &format!("admin:{}", who.0),
+    )
+    .await
+    {
+        Ok(q) => reply(StatusCode::OK, json!({"removed": q.is_some()})),
         Err(e) => reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({"error": format!("released until restart, but not stored: {e}")}),
         ),
     }
+}
+
+/// Lifts the quarantine on `t` (audited as `by` when there was one).
+pub(crate) async fn release(
+    gw: &Gateway,
+    t: &Target,
+    reason: Option<&str>,
+    by: &str,
+) -> Result<Option<Quarantine>, StoreError> {
+    let q = gw.pep.contain.state.release(t).await?;
+    if q.is_some() {
+        gw.pep
+            .monitor
+            .containment("quarantine-release", &t.to_string(), reason, by);
+    }
+    Ok(q)
 }
 
 #[derive(Deserialize)]
@@ -346,32 +388,43 @@ async fn set_killswitch(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let by = format!("admin:{}", who.0);
-    let reason = req.reason.unwrap_or_else(|| "no reason given".into());
-    let k = match req.mode.as_str() {
+    let mode = match req.mode.as_str() {
         "off" => None,
         m => match Mode::parse(m) {
-            Some(mode) => Some(KillSwitch {
-                mode,
-                reason: reason.clone(),
-                by: by.clone(),
-                since: now_unix(),
-            }),
+            Some(mode) => Some(mode),
             None => return bad("mode: use deny-all, read-only or off"),
         },
     };
-    let action = match k.as_ref().map(|k| k.mode) {
+    let reason = req.reason.unwrap_or_else(|| "no reason given".into());
+    let (k, r) = killswitch(&st.gw, mode, reason, &format!("admin:{}", who.0)).await;
+    stored(r, kill_json(k))
+}
+
+/// Puts everyone under `mode` (`None`: lifts the kill switch): in force at
+/// once, audited as `by`, then stored.
+pub(crate) async fn killswitch(
+    gw: &Gateway,
+    mode: Option<Mode>,
+    reason: String,
+    by: &str,
+) -> (Option<KillSwitch>, Result<(), StoreError>) {
+    let k = mode.map(|mode| KillSwitch {
+        mode,
+        reason: reason.clone(),
+        by: by.to_owned(),
+        since: now_unix(),
+    });
+    let action = match mode {
         None => "killswitch-off",
         Some(Mode::DenyAll) => "killswitch-deny-all",
         Some(Mode::ReadOnly) => "killswitch-read-only",
     };
     tracing::warn!(action, by = %by, reason = %reason, "kill switch");
-    st.gw
-        .pep
+    gw.pep
         .monitor
-        .containment(action, "everyone", Some(&reason), &by);
-    let r = st.gw.pep.contain.state.set_kill_switch(k.clone()).await;
-    stored(r, kill_json(k))
+        .containment(action, "everyone", Some(&reason), by);
+    let r = gw.pep.contain.state.set_kill_switch(k.clone()).await;
+    (k, r)
 }
 
 #[derive(Deserialize)]

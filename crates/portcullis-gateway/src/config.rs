@@ -235,6 +235,28 @@ pub struct AdminCfg {
     /// under that path (`spiffe://example.org/admin/*`).
     #[serde(default)]
     pub identities: Vec<String>,
+    /// Serve the operations console under `/console/` (default: on).
+    #[serde(default)]
+    pub console: Option<bool>,
+    /// Print a one-time console login link at start-up; the listener then
+    /// accepts TLS clients without a certificate (only `/healthz`,
+    /// `/readyz` and the console's login and assets answer them).
+    /// Default: on only with the development CA's certificates.
+    #[serde(default)]
+    pub console_login_link: Option<bool>,
+}
+
+impl AdminCfg {
+    /// Whether the console is served.
+    pub fn console_on(&self) -> bool {
+        self.console.unwrap_or(true)
+    }
+
+    /// Whether the login link is on, given whether the listener's
+    /// certificates come from the development CA.
+    pub fn login_link_on(&self, dev_default: bool) -> bool {
+        self.console_on() && self.console_login_link.unwrap_or(dev_default)
+    }
 }
 
 /// TLS on the client-facing listener.

@@ -256,6 +256,19 @@ impl Defs {
         }
     }
 
+    /// Every tool offered now as `(server, client-facing name, definition)`,
+    /// in server order, so the console can show them.
+    pub fn offered(&self) -> Vec<(String, String, Value)> {
+        read(&self.state)
+            .offered
+            .iter()
+            .map(|((rank, _), (outward, _, def))| {
+                let server = self.order.get(*rank).cloned().unwrap_or_default();
+                (server, outward.clone(), def.clone())
+            })
+            .collect()
+    }
+
     /// Re-checks shadowing across every offered tool when the offer
     /// changed; returns findings not handed out before, each with whether
     /// it hides the tool.

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod contain;
 pub mod defs;
 pub mod gateway;

@@ -408,6 +408,63 @@ pub struct DecisionEvent<'a> {
     pub took: Duration,
 }
 
+/// One decision as the operations console shows it live: what was asked,
+/// by whom, and what the policy stage answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveDecision {
+    /// When, in Unix milliseconds.
+    pub time: u64,
+    /// The identity key.
+    pub identity: String,
+    /// The JSON-RPC method.
+    pub method: String,
+    /// The tool (or other target) asked for; empty when none.
+    pub tool: String,
+    /// `allow`, `deny`, or `redact` (allowed with redaction obligations).
+    pub decision: &'static str,
+    /// The determining policies, comma-separated.
+    pub policy: String,
+    /// How long the request had taken when decided (µs).
+    pub latency_us: u64,
+}
+
+/// How many live decisions a watcher may fall behind before it skips.
+const LIVE_CAPACITY: usize = 1024;
+
+/// A subscription to live decisions; counts as a watcher while it lives,
+/// so the decision path builds events only when someone listens.
+pub struct DecisionFeed {
+    rx: tokio::sync::broadcast::Receiver<Arc<LiveDecision>>,
+    watchers: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DecisionFeed {
+    /// The next decision; `Ok(None)` when the monitor is gone, `Err(n)` when
+    /// `n` decisions were skipped because this watcher fell behind.
+    pub async fn next(&mut self) -> Result<Option<Arc<LiveDecision>>, u64> {
+        match self.rx.recv().await {
+            Ok(d) => Ok(Some(d)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => Ok(None),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Err(n),
+        }
+    }
+}
+
+impl Drop for DecisionFeed {
+    fn drop(&mut self) {
+        self.watchers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The outcome of the last policy reload, so operators can see a rejected one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// `Ok(hash)` of the new set, or `Err(errors)` (the running set was kept).
+    pub result: Result<String, String>,
+}
+
 /// The monitoring stage: audit log, metrics and risk engine.
 pub struct Monitor {
     /// Prometheus metrics.
@@ -415,9 +472,18 @@ pub struct Monitor {
     /// Per-identity behavioural risk.
     pub risk: RiskEngine,
     audit: Option<AuditLog>,
+    audit_path: Option<PathBuf>,
     arguments: ContentMode,
     results: ContentMode,
+    live: tokio::sync::broadcast::Sender<Arc<LiveDecision>>,
+    watchers: Arc<std::sync::atomic::AtomicUsize>,
+    last_reload: std::sync::Mutex<Option<ReloadStatus>>,
+    /// Recent call latency per upstream (µs, moving average).
+    upstream_latency: std::sync::RwLock<std::collections::HashMap<String, Arc<AtomicU64>>>,
 }
+
+/// Upstreams whose latency is tracked, at most (names come from config).
+const MAX_LATENCY_UPSTREAMS: usize = 256;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
@@ -445,9 +511,115 @@ impl Monitor {
             metrics: Metrics::new(),
             risk: RiskEngine::new(cfg.risk.clone(), Arc::new(SystemClock::default())),
             audit: None,
+            audit_path: None,
             arguments: cfg.audit.arguments,
             results: cfg.audit.results,
+            live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
+            watchers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            last_reload: std::sync::Mutex::new(None),
+            upstream_latency: std::sync::RwLock::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Subscribes to live decisions (bounded: a watcher that falls behind
+    /// skips, the request path never waits for it).
+    pub fn watch_decisions(&self) -> DecisionFeed {
+        self.watchers.fetch_add(1, Ordering::AcqRel);
+        DecisionFeed {
+            rx: self.live.subscribe(),
+            watchers: self.watchers.clone(),
+        }
+    }
+
+    /// How many live-decision watchers there are now.
+    pub fn decision_watchers(&self) -> usize {
+        self.watchers.load(Ordering::Relaxed)
+    }
+
+    /// The live audit file, when auditing, so the console can search it.
+    pub fn audit_path(&self) -> Option<&std::path::Path> {
+        self.audit_path.as_deref()
+    }
+
+    /// The audit log's Ed25519 public key (hex), to verify its chain with.
+    pub fn audit_key_hex(&self) -> Option<String> {
+        self.audit.as_ref().map(AuditLog::public_key_hex)
+    }
+
+    /// The last policy reload's outcome, if there was one.
+    pub fn last_reload(&self) -> Option<ReloadStatus> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The recent call latency of `upstream` (µs, a moving average of the
+    /// calls' whole time through the gateway), once it has had a call.
+    pub fn upstream_latency_us(&self, upstream: &str) -> Option<u64> {
+        self.upstream_latency
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(upstream)
+            .map(|a| a.load(Ordering::Relaxed))
+    }
+
+    fn note_latency(&self, upstream: &str, t: Duration) {
+        let us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1);
+        let step = |old: u64| Some(if old == 0 { us } else { (old / 8) * 7 + us / 8 });
+        if let Some(a) = self
+            .upstream_latency
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(upstream)
+        {
+            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, step);
+            return;
+        }
+        let mut w = self
+            .upstream_latency
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if w.len() < MAX_LATENCY_UPSTREAMS || w.contains_key(upstream) {
+            let a = w.entry(upstream.to_owned()).or_default();
+            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, step);
+        }
+    }
+
+    /// Sends a decision to live watchers; nothing is built without one.
+    fn publish(&self, e: &DecisionEvent<'_>) {
+        if self.watchers.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let d = e.decision;
+        let decision = match (d.allow, d.obligations.redact.is_empty()) {
+            (false, _) => "deny",
+            (true, true) => "allow",
+            (true, false) => "redact",
+        };
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let ev = LiveDecision {
+            time,
+            identity: e.client.owner.clone(),
+            method: e.method.to_owned(),
+            tool: if e.resource.kind == ResourceKind::Server {
+                String::new()
+            } else {
+                e.resource.id.clone()
+            },
+            decision,
+            policy: d.determining.join(", "),
+            latency_us: current_elapsed()
+                .unwrap_or(e.took)
+                .as_micros()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        };
+        // No receiver left (a watcher just went): nothing to do.
+        let _ = self.live.send(Arc::new(ev));
     }
 
     /// Builds the stage from config, opening (and recovering) the audit
@@ -467,6 +639,7 @@ impl Monitor {
                 AuditLog::open(ac).map_err(|e| format!("audit log {}: {e}", path.display()))?;
             tracing::info!(path = %path.display(), key = %log.public_key_hex(), "audit log open");
             m.audit = Some(log);
+            m.audit_path = Some(path);
         }
         Ok(m)
     }
@@ -518,6 +691,7 @@ impl Monitor {
                 Outcome::Denied
             },
         );
+        self.publish(&e);
         if self.audit.is_none() {
             return;
         }
@@ -586,6 +760,10 @@ impl Monitor {
     /// Records a policy reload, kept or rejected.
     pub fn policy_reload(&self, result: Result<&str, &str>, running: &str) {
         self.metrics.reload(result.is_ok());
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadStatus {
+            at: portcullis_contain::now_unix(),
+            result: result.map(str::to_owned).map_err(str::to_owned),
+        });
         let body = match result {
             Ok(hash) => serde_json::json!({"result": "ok", "policy_hash": hash}),
             Err(e) => {
@@ -664,6 +842,9 @@ impl Monitor {
         if let Some(t) = current_elapsed() {
             self.metrics
                 .stage(portcullis_monitor::metrics::Stage::Total, t);
+            if ok {
+                self.note_latency(upstream, t);
+            }
         }
         if self.results == ContentMode::Omit || self.audit.is_none() {
             return;
@@ -791,6 +972,87 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
         ));
         assert!(unsampled.traceparent().ends_with("-00"));
+    }
+
+    fn decide(m: &Monitor, c: &Client, allow: bool, redact: bool) {
+        let resource = ResourceFacts {
+            kind: ResourceKind::Tool,
+            ..ResourceFacts::server("demo")
+        };
+        let mut d = Decision {
+            allow,
+            determining: vec!["p1".into(), "p2".into()],
+            ..Decision::default()
+        };
+        if redact {
+            d.obligations.redact = vec!["pii".into()];
+        }
+        m.decision(DecisionEvent {
+            client: c,
+            action: "call_tool",
+            method: "tools/call",
+            resource: &resource,
+            decision: &d,
+            policy_hash: "h",
+            risk: &RiskScore::default(),
+            args: None,
+            took: Duration::from_micros(42),
+        });
+    }
+
+    #[tokio::test]
+    async fn live_decisions_reach_watchers_and_lagging_ones_skip() {
+        let m = Monitor::without_audit(&Config::empty());
+        let c = Client::new(
+            "s1".into(),
+            portcullis_wire::Revision::V2025_06_18,
+            Value::Null,
+            Value::Null,
+            0,
+            Principal::anonymous(),
+            "/mcp".into(),
+        );
+        // Nobody watches: nothing is sent (and nothing built).
+        decide(&m, &c, true, false);
+        assert_eq!(m.live.len(), 0);
+        let mut feed = m.watch_decisions();
+        assert_eq!(m.decision_watchers(), 1);
+        decide(&m, &c, true, false);
+        decide(&m, &c, false, false);
+        decide(&m, &c, true, true);
+        let got: Vec<_> = [
+            feed.next().await.unwrap().unwrap(),
+            feed.next().await.unwrap().unwrap(),
+            feed.next().await.unwrap().unwrap(),
+        ]
+        .into_iter()
+        .map(|d| d.decision)
+        .collect();
+        assert_eq!(got, ["allow", "deny", "redact"]);
+        // A watcher that falls behind skips; the sender never waits.
+        for _ in 0..LIVE_CAPACITY + 10 {
+            decide(&m, &c, true, false);
+        }
+        assert_eq!(feed.next().await.err(), Some(10));
+        let d = feed.next().await.unwrap().unwrap();
+        assert_eq!(d.policy, "p1, p2");
+        assert_eq!(d.tool, "demo");
+        assert_eq!(d.method, "tools/call");
+        drop(feed);
+        assert_eq!(m.decision_watchers(), 0);
+    }
+
+    #[test]
+    fn reload_outcome_is_kept() {
+        let m = Monitor::without_audit(&Config::empty());
+        assert!(m.last_reload().is_none());
+        m.policy_reload(Err("bad.cedar:1:1: oops"), "abc");
+        assert_eq!(
+            m.last_reload().unwrap().result,
+            Err("bad.cedar:1:1: oops".to_owned())
+        );
+        m.policy_reload(Ok("def"), "def");
+        assert_eq!(m.last_reload().unwrap().result, Ok("def".to_owned()));
     }
 
     #[test]

@@ -286,6 +286,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     key: None,
                     client_ca: Vec::new(),
                     identities: Vec::new(),
+                    console: None,
+                    console_login_link: None,
                 })
             }
         }
@@ -410,13 +412,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let gw = Gateway::new(cfg, &[], true, pep);
     if let Some(a) = admin {
         let addr = a.listener.local_addr()?;
+        let app = portcullis_gateway::admin::router_with_console(
+            gw.clone(),
+            deny_for_admin.clone(),
+            a.identities,
+            a.console,
+        );
         tokio::spawn(portcullis_gateway::admin::serve(
             a.listener,
             a.tls,
-            portcullis_gateway::admin::router(gw.clone(), deny_for_admin.clone(), a.identities),
+            app.router,
             portcullis_gateway::listener::ConnLimits::from(&gw.cfg.limits),
         ));
         eprintln!("portcullis: admin API on https://{addr} (mTLS; {})", a.note);
+        if a.console.is_some() {
+            // The link must name an address a browser can reach.
+            let shown = match addr.ip() {
+                std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                    SocketAddr::from(([127, 0, 0, 1], addr.port()))
+                }
+                std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+                }
+                _ => addr,
+            };
+            match &app.login_token {
+                Some(t) => eprintln!(
+                    "portcullis: console on https://{shown}/console/ (one-time login: https://{shown}/console/login?token={t})"
+                ),
+                None => eprintln!(
+                    "portcullis: console on https://{shown}/console/ (admin client certificate required)"
+                ),
+            }
+        }
     }
     if let Some(h) = &gw.cfg.health {
         let l = tokio::net::TcpListener::bind(&h.addr)
@@ -499,6 +527,8 @@ struct AdminListener {
     identities: portcullis_gateway::admin::AdminIdentities,
     /// For the start-up line: where the admin credential is, or who may in.
     note: String,
+    /// The console, if served, and whether its login link is on.
+    console: Option<portcullis_gateway::console::Options>,
 }
 
 /// The admin client identity of the development default.
@@ -532,8 +562,9 @@ async fn admin_listener(
             require_spiffe: true,
             deny,
         });
+        let console = console_options(&a, false);
         let tls = w
-            .server_config(TlsMode::Required, policy, Vec::new())
+            .server_config(client_cert_mode(console), policy, Vec::new())
             .context("admin listener TLS from the SPIFFE Workload API")?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -547,8 +578,10 @@ async fn admin_listener(
                 w.current().spiffe_id(),
                 a.identities.join(", ")
             ),
+            console,
         });
     }
+    let console = console_options(&a, !files);
     let note = match (&a.cert, &a.key, a.client_ca.is_empty()) {
         (Some(_), Some(_), false) => format!("admin identities: {}", a.identities.join(", ")),
         _ => {
@@ -588,7 +621,7 @@ async fn admin_listener(
     });
     let tls = tls::server_config(
         &ServerTls {
-            mode: TlsMode::Required,
+            mode: client_cert_mode(console),
             cert,
             key,
             client_ca: a.client_ca,
@@ -605,7 +638,32 @@ async fn admin_listener(
         tls,
         identities,
         note,
+        console,
     })
+}
+
+/// The console's options from `[admin]`: `dev_default` says the listener's
+/// certificates come from the development CA (the login link's default).
+fn console_options(
+    a: &portcullis_gateway::config::AdminCfg,
+    dev_default: bool,
+) -> Option<portcullis_gateway::console::Options> {
+    a.console_on()
+        .then(|| portcullis_gateway::console::Options {
+            login_link: a.login_link_on(dev_default),
+        })
+}
+
+/// Client certificates are required on the admin listener, except with the
+/// console's login link: a browser without one must reach the login page
+/// (every other route still asks for an admin certificate or, under
+/// `/console/`, the session the link opened).
+fn client_cert_mode(console: Option<portcullis_gateway::console::Options>) -> TlsMode {
+    if console.is_some_and(|c| c.login_link) {
+        TlsMode::Optional
+    } else {
+        TlsMode::Required
+    }
 }
 
 /// Starts the Workload API identity of `[spiffe]`: waits for the first
