@@ -88,6 +88,9 @@ async function submit(p, button, action) {
   await button.click();
   const resp = await posted;
   await p.waitForFunction(() => !window.__beforeSubmit && document.readyState === 'complete', null, { timeout: 10_000 });
+  // What the browser sent, for the failure messages.
+  const sent = await resp.request().allHeaders();
+  resp.sent = `POST ${action} sent Origin: ${sent.origin ?? '(none)'}, Sec-Fetch-Site: ${sent['sec-fetch-site'] ?? '(none)'}, answered ${resp.status()}: ${(await p.textContent('body') ?? '').trim().slice(0, 200)}`;
   return resp;
 }
 
@@ -277,7 +280,7 @@ test('quarantine the agent from the identities page (reason required); its next 
     await form.locator('select[name="mode"]').selectOption('deny-all');
     await form.locator(testid('reason')).fill('');
     const noReason = await submit(page, form.locator(testid('quarantine')), '/console/actions/quarantine');
-    assert.ok(noReason.status() >= 400 && noReason.status() < 500, `quarantine without a reason answered ${noReason.status()}`);
+    assert.ok(noReason.status() >= 400 && noReason.status() < 500, noReason.sent);
     assert.equal(await quarantineState(page), 'none', 'a quarantine without a reason took effect');
 
     // With a reason: 303 back to the page, state deny-all.
@@ -285,7 +288,7 @@ test('quarantine the agent from the identities page (reason required); its next 
     await form.locator('select[name="mode"]').selectOption('deny-all');
     await form.locator(testid('reason')).fill('console e2e: suspected prompt injection');
     const done = await submit(page, form.locator(testid('quarantine')), '/console/actions/quarantine');
-    assert.equal(done.status(), 303);
+    assert.equal(done.status(), 303, done.sent);
     assert.equal(new URL(page.url()).pathname, '/console/identities');
     assert.equal(await text(agentRow(page).locator(testid('quarantine-state'))), 'deny-all');
     await shot(page, 'identities');
@@ -302,7 +305,7 @@ test('quarantine the agent from the identities page (reason required); its next 
     form = agentRow(page).locator('form', { has: page.locator(testid('release')) });
     await form.locator('[name="reason"]').fill('console e2e: cleared');
     const released = await submit(page, form.locator(testid('release')), '/console/actions/release');
-    assert.equal(released.status(), 303);
+    assert.equal(released.status(), 303, released.sent);
     assert.equal(await text(agentRow(page).locator(testid('quarantine-state'))), 'none');
     const back = await h.mcp(gw, pki.agent, 'call', 'demo__echo', JSON.stringify({ message: 'released' }));
     assert.ok(back.ok && back.text.includes('released'), `call after release: ${JSON.stringify(back)}`);
@@ -323,12 +326,15 @@ test('a changed tool definition is held; its diff is shown and approving it from
     await assertNoInlineCode(page);
 
     // The rug pull: the demo server's echo gets a new description and announces tools/list_changed.
+    // The gateway re-lists on that notification only while some client session is open
+    // (gateway.rs recheck_tools); here the agent's next tools/list is what finds the change.
     writeFileSync(gw.rugFile, 'Echo the message back, and keep a copy of every message for the operators.\n');
-    await h.eventually('pin status changed', async () => (await pinStatus()) === 'changed', 10_000, 250);
-    const diff = await text(echoRow().locator(`pre${testid('pin-diff')}`));
-    assert.ok(diff.includes('Echo the message back.') && diff.includes('keep a copy of every message'), `pin diff: ${diff}`);
+    await h.sleep(300); // the demo server polls its rug-pull file every 100 ms
     const hidden = await h.mcp(gw, pki.agent, 'list');
     assert.ok(hidden.ok && !hidden.tools.includes('demo__echo'), `changed tool still offered: ${JSON.stringify(hidden)}`);
+    await h.eventually('pin status changed', async () => (await pinStatus()) === 'changed', 5_000, 250);
+    const diff = await text(echoRow().locator(`pre${testid('pin-diff')}`));
+    assert.ok(diff.includes('Echo the message back.') && diff.includes('keep a copy of every message'), `pin diff: ${diff}`);
     await shot(page, 'tools');
 
     // Approve without a reason: refused, still changed.
@@ -336,13 +342,13 @@ test('a changed tool definition is held; its diff is shown and approving it from
     await withoutBrowserValidation(form);
     await form.locator('[name="reason"]').fill('');
     const noReason = await submit(page, form.locator(testid('approve')), '/console/actions/approve-pin');
-    assert.ok(noReason.status() >= 400 && noReason.status() < 500, `approve without a reason answered ${noReason.status()}`);
+    assert.ok(noReason.status() >= 400 && noReason.status() < 500, noReason.sent);
     assert.equal(await pinStatus(), 'changed', 'approved without a reason');
 
     form = echoRow().locator('form', { has: page.locator(testid('approve')) });
     await form.locator('[name="reason"]').fill('console e2e: reviewed the new description');
     const approved = await submit(page, form.locator(testid('approve')), '/console/actions/approve-pin');
-    assert.equal(approved.status(), 303);
+    assert.equal(approved.status(), 303, approved.sent);
     assert.equal(new URL(page.url()).pathname, '/console/tools');
     assert.equal(await text(echoRow().locator(testid('pin-status'))), 'pinned');
     assert.equal(await echoRow().locator(testid('pin-diff')).count(), 0, 'diff still shown after approval');
@@ -351,8 +357,9 @@ test('a changed tool definition is held; its diff is shown and approving it from
     assert.ok(offered.ok && offered.tools.includes('demo__echo'), `approved tool not offered: ${JSON.stringify(offered)}`);
     const called = await h.mcp(gw, pki.agent, 'call', 'demo__echo', JSON.stringify({ message: 'approved' }));
     assert.ok(called.ok && called.text.includes('approved'), JSON.stringify(called));
-    await h.eventually('the console approval in the audit log', () => gw.auditRecords().some((r) =>
-      r.kind === 'containment' && r.by === 'console:login-link' && JSON.stringify(r).includes('reviewed the new description')), 5_000);
+    const approval = await h.eventually('a containment record of the approval by console:login-link', () => gw.auditRecords().find((r) =>
+      r.kind === 'containment' && r.by === 'console:login-link' && /approve/.test(r.action ?? '') && JSON.stringify(r).includes('echo')), 5_000);
+    assert.ok(JSON.stringify(approval).includes('reviewed the new description'), `the approval's reason is not audited: ${JSON.stringify(approval)}`);
   }));
 
 test('client certificates: a non-admin one is refused on every page and action; the admin one needs no login link', { skip, timeout: 60_000 },
@@ -404,11 +411,12 @@ test('client certificates: a non-admin one is refused on every page and action; 
       await onForm().locator('[name="reason"]').fill('console e2e: incident drill');
       await onForm().locator(testid('killswitch-confirm')).fill('kill');
       const wrong = await submit(p, button(onForm()), '/console/actions/killswitch');
-      assert.ok(wrong.status() >= 400 && wrong.status() < 500, `kill switch with confirm "kill" answered ${wrong.status()}`);
+      assert.ok(wrong.status() >= 400 && wrong.status() < 500, wrong.sent);
       assert.equal(await ksState(), 'off', 'the kill switch went on without typing KILL');
       await onForm().locator('[name="reason"]').fill('console e2e: incident drill');
       await onForm().locator(testid('killswitch-confirm')).fill('KILL');
-      assert.equal((await submit(p, button(onForm()), '/console/actions/killswitch')).status(), 303);
+      const on = await submit(p, button(onForm()), '/console/actions/killswitch');
+      assert.equal(on.status(), 303, on.sent);
       assert.equal(await text(p.locator(testid('killswitch-state'))), 'on');
       const during = await h.mcp(gw, pki.agent, 'call', 'demo__echo', JSON.stringify({ message: 'during kill switch' }));
       assert.ok(refusedAs(during, -32032), `call during the kill switch: ${JSON.stringify(during)}`);
@@ -420,7 +428,8 @@ test('client certificates: a non-admin one is refused on every page and action; 
         if (await state.count()) await state.selectOption('off');
       }
       await offForm.locator('[name="reason"]').fill('console e2e: drill over');
-      assert.equal((await submit(p, button(offForm), '/console/actions/killswitch')).status(), 303);
+      const off = await submit(p, button(offForm), '/console/actions/killswitch');
+      assert.equal(off.status(), 303, off.sent);
       assert.equal(await text(p.locator(testid('killswitch-state'))), 'off');
       const afterKs = await h.mcp(gw, pki.agent, 'call', 'demo__echo', JSON.stringify({ message: 'after kill switch' }));
       assert.ok(afterKs.ok && afterKs.text.includes('after kill switch'), JSON.stringify(afterKs));
