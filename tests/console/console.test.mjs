@@ -483,12 +483,11 @@ test('audit search and chain status; health shows upstreams, policy version and 
     assert.ok(denied.length >= 1, 'no denied record found');
     assert.ok(denied.every((r) => /deny/i.test(r)), `a row without deny: ${JSON.stringify(denied)}`);
     assert.ok(denied.some((r) => r.includes('fetch_url')), `the denied fetch_url is missing: ${JSON.stringify(denied)}`);
+    await assertNoInlineCode(page);
+    await shot(page, 'audit');
     await page.goto(`${adminOrigin}/console/audit?identity=${encodeURIComponent(h.AGENT_ID)}&decision=allow`);
     const allowed = (await page.locator(testid('audit-row')).allTextContents()).map((s) => s.trim());
     assert.ok(allowed.length >= 1 && !allowed.some((r) => r.includes('fetch_url')), `allow search: ${JSON.stringify(allowed)}`);
-    await page.goto(`${adminOrigin}/console/audit?identity=${encodeURIComponent(h.AGENT_ID)}`);
-    await assertNoInlineCode(page);
-    await shot(page, 'audit');
 
     const { stdout } = await h.run([h.BIN, 'policy', 'reload', '--admin', gw.admin], { env: { PORTCULLIS_STATE_DIR: pki.state } });
     const hash = /sha256 ([0-9a-f]{64})/.exec(stdout)?.[1];
