@@ -517,7 +517,7 @@ test('every console response carries the security headers; nothing is fetched fr
         csp: CSP,
         'x-frame-options': 'DENY',
         'x-content-type-options': 'nosniff',
-        'referrer-policy': 'no-referrer',
+        'referrer-policy': 'same-origin',
         'cache-control': 'no-store',
       };
       const got = {

@@ -103,7 +103,7 @@ async fn approve_pin(
         Err(r) => return r,
     };
     let by = format!("admin:{}", who.0);
-    match approve(&st.gw, &req.server, &req.tool, &by).await {
+    match approve(&st.gw, &req.server, &req.tool, &by, None).await {
         None => reply(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no pending change for {}/{}", req.server, req.tool)}),
@@ -114,12 +114,14 @@ async fn approve_pin(
 
 /// Approves a tool's pending definition change, or releases a tool held
 /// for poisoning (that exact definition): in force at once, audited as
-/// `by`, then stored. `None` when nothing was pending.
+/// `by` with the operator's `reason` (if given) and the approved hash,
+/// then stored. `None` when nothing was pending.
 pub(crate) async fn approve(
     gw: &Gateway,
     server: &str,
     tool: &str,
     by: &str,
+    reason: Option<&str>,
 ) -> Option<(crate::pins::Pin, Result<(), StoreError>)> {
     // A pending change, else a definition held for poisoning findings.
     let p = gw.pep.pins.approve(server, tool, by).or_else(|| {
@@ -129,10 +131,14 @@ pub(crate) async fn approve(
             .flatten()
     })?;
     gw.defs.release(server, tool);
+    let why = match reason.map(str::trim).filter(|r| !r.is_empty()) {
+        Some(r) => format!("{r} (definition {})", p.hash),
+        None => p.hash.clone(),
+    };
     gw.pep.monitor.containment(
         "pin-approve",
         &format!("tool:{server}/{tool}"),
-        Some(&p.hash),
+        Some(&why),
         by,
     );
     let key = crate::pins::Pins::store_key(&p);

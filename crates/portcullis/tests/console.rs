@@ -146,7 +146,7 @@ fn assert_secure_headers(a: &Answer, what: &str) {
         Some("nosniff"),
         "{what}"
     );
-    assert_eq!(a.header("referrer-policy"), Some("no-referrer"), "{what}");
+    assert_eq!(a.header("referrer-policy"), Some("same-origin"), "{what}");
     assert_eq!(a.header("cache-control"), Some("no-store"), "{what}");
 }
 

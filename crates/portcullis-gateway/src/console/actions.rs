@@ -259,7 +259,15 @@ pub(crate) async fn approve_pin(
         Err(r) => return r,
     };
     let by = who.actor();
-    match admin_contain::approve(c.gw(), f.server.trim(), f.tool.trim(), &by).await {
+    match admin_contain::approve(
+        c.gw(),
+        f.server.trim(),
+        f.tool.trim(),
+        &by,
+        Some(f.reason.trim()),
+    )
+    .await
+    {
         None => message(
             &c,
             &who,
