@@ -191,7 +191,13 @@ impl Gateway {
         tokio::spawn(async move {
             let client = match client.or_else(|| me.sessions.all().into_iter().next()) {
                 Some(c) => c,
-                None => return,
+                None => {
+                    // No session to read it through: forget what calls know
+                    // of tools, so the next call reads the lists again (and
+                    // a changed definition is held before it is reached).
+                    lock(&me.tool_meta).clear();
+                    return;
+                }
             };
             match me.read_list(&client, idx, "tools/list", "tools").await {
                 Ok(tools) => {
