@@ -468,3 +468,117 @@ fn agents_listener_serves_no_console() {
     );
     assert_eq!(r.status, 404);
 }
+
+/// Posts a console form with the admin certificate.
+fn post_form(env: &Env, path: &str, fields: &[(&str, &str)]) -> Answer {
+    let mut args: Vec<String> = Vec::new();
+    for (k, v) in fields {
+        args.push("--data-urlencode".into());
+        args.push(format!("{k}={v}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(&env.admin, &env.ca, Some(&env.cert), path, &args)
+}
+
+#[test]
+fn console_kill_switch_is_guarded_and_kill_session_ends_it() {
+    let env = start_dev("console-kill");
+    let page = curl(&env.admin, &env.ca, Some(&env.cert), "/console/health", &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("data-testid=\"killswitch-confirm\""));
+    assert!(page.body.contains("data-testid=\"policy-hash\""));
+    assert!(
+        page.body
+            .contains("data-testid=\"upstream-row\" data-upstream=\"demo\""),
+        "{}",
+        page.body
+    );
+    let token = csrf(&page.body);
+    let state = |env: &Env| {
+        let r = curl(
+            &env.admin,
+            &env.ca,
+            Some(&env.cert),
+            "/admin/killswitch",
+            &[],
+        );
+        serde_json::from_str::<Value>(&r.body).unwrap()["mode"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Not confirmed: nothing happens.
+    let r = post_form(
+        &env,
+        "/console/actions/killswitch",
+        &[
+            ("state", "on"),
+            ("reason", "drill"),
+            ("confirm", "kill"),
+            ("csrf", &token),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(state(&env), "off");
+    // Confirmed: everyone is stopped, and the page says so.
+    let r = post_form(
+        &env,
+        "/console/actions/killswitch",
+        &[
+            ("state", "on"),
+            ("reason", "drill"),
+            ("confirm", "KILL"),
+            ("csrf", &token),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/console/health"));
+    assert_eq!(state(&env), "deny-all");
+    let page = curl(&env.admin, &env.ca, Some(&env.cert), "/console/health", &[]);
+    assert!(page.body.contains("class=\"ks-on\">on<"), "{}", page.body);
+    let r = post_form(
+        &env,
+        "/console/actions/killswitch",
+        &[("state", "off"), ("reason", "drill over"), ("csrf", &token)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(state(&env), "off");
+
+    // Kill a session from the console: its client gets 404 next.
+    let sid = env.gw.session();
+    let r = post_form(
+        &env,
+        "/console/actions/kill-session",
+        &[("session", &sid), ("reason", "stale"), ("csrf", &token)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let after = env.gw.post(
+        &[
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "2025-06-18"),
+        ],
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#,
+    );
+    assert_eq!(after.status, 404);
+    let again = post_form(
+        &env,
+        "/console/actions/kill-session",
+        &[("session", &sid), ("reason", "stale"), ("csrf", &token)],
+    );
+    assert_eq!(again.status, 404);
+    assert!(
+        eventually(5, || {
+            let recs = records(&env.audit);
+            let by = |a: &str| {
+                recs.iter().any(|r| {
+                    r["kind"] == "containment"
+                        && r["action"] == a
+                        && r["by"] == "console:spiffe://portcullis.local/admin/cli"
+                })
+            };
+            by("killswitch-deny-all") && by("killswitch-off") && by("kill-sessions")
+        }),
+        "{:?}",
+        records(&env.audit)
+    );
+}
