@@ -109,6 +109,41 @@ fn checked(
     Ok(f)
 }
 
+/// One action's context: who asked, from which page, and how to answer.
+struct Act<'a> {
+    c: &'a Console,
+    who: &'a Who,
+    back: &'static str,
+}
+
+impl<'a> Act<'a> {
+    /// Checks the request ([`checked`]) and keeps what answering needs.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the error is the HTTP answer itself, on a cold path"
+    )]
+    fn start(
+        c: &'a Console,
+        who: &'a Who,
+        headers: &HeaderMap,
+        body: &[u8],
+        back: &'static str,
+    ) -> Result<(Act<'a>, Form), Response> {
+        let f = checked(c, who, headers, body, back)?;
+        Ok((Act { c, who, back }, f))
+    }
+
+    /// A page saying why nothing (or not all) was done.
+    fn say(&self, status: StatusCode, title: &str, text: &str) -> Response {
+        message(self.c, self.who, status, title, text, self.back)
+    }
+
+    /// Back to the page once the action is in force ([`done`]).
+    fn done(&self, r: Result<(), StoreError>) -> Response {
+        done(self.c, self.who, r, self.back)
+    }
+}
+
 /// 303 back when stored; a page naming the store failure otherwise (the
 /// action is in force here either way).
 fn done(c: &Console, who: &Who, r: Result<(), StoreError>, back: &'static str) -> Response {
@@ -140,8 +175,8 @@ pub(crate) async fn quarantine(
     body: axum::body::Bytes,
 ) -> Response {
     const BACK: &str = "/console/identities";
-    let f = match checked(&c, &who, &headers, &body, BACK) {
-        Ok(f) => f,
+    let (act, f) = match Act::start(&c, &who, &headers, &body, BACK) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let identity = f.identity.trim();
@@ -150,13 +185,10 @@ pub(crate) async fn quarantine(
         m => Mode::parse(m),
     };
     let (false, Some(mode)) = (identity.is_empty(), mode) else {
-        return message(
-            &c,
-            &who,
+        return act.say(
             StatusCode::BAD_REQUEST,
             "Not done",
             "Name the identity, and a mode of deny-all or read-only.",
-            BACK,
         );
     };
     let t = Target::new(TargetKind::Identity, identity);
@@ -169,7 +201,7 @@ pub(crate) async fn quarantine(
         None,
     )
     .await;
-    done(&c, &who, r, BACK)
+    act.done(r)
 }
 
 /// `POST /console/actions/release` (identity, reason, csrf).
@@ -180,22 +212,15 @@ pub(crate) async fn release(
     body: axum::body::Bytes,
 ) -> Response {
     const BACK: &str = "/console/identities";
-    let f = match checked(&c, &who, &headers, &body, BACK) {
-        Ok(f) => f,
+    let (act, f) = match Act::start(&c, &who, &headers, &body, BACK) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let t = Target::new(TargetKind::Identity, f.identity.trim());
     match admin_contain::release(c.gw(), &t, Some(f.reason.trim()), &who.actor()).await {
         Ok(Some(_)) => see_other(BACK),
-        Ok(None) => message(
-            &c,
-            &who,
-            StatusCode::NOT_FOUND,
-            "Nothing to release",
-            "That identity has no quarantine of its own (it may be quarantined by agent, user or device: use the CLI).",
-            BACK,
-        ),
-        Err(e) => done(&c, &who, Err(e), BACK),
+        Ok(None) => act.say(StatusCode::NOT_FOUND, "Nothing to release", "That identity has no quarantine of its own (it may be quarantined by agent, user or device: use the CLI)."),
+        Err(e) => act.done(Err(e)),
     }
 }
 
@@ -207,20 +232,13 @@ pub(crate) async fn kill_session(
     body: axum::body::Bytes,
 ) -> Response {
     const BACK: &str = "/console/identities";
-    let f = match checked(&c, &who, &headers, &body, BACK) {
-        Ok(f) => f,
+    let (act, f) = match Act::start(&c, &who, &headers, &body, BACK) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let id = f.session.trim();
     if id.is_empty() {
-        return message(
-            &c,
-            &who,
-            StatusCode::BAD_REQUEST,
-            "Not done",
-            "Name the session.",
-            BACK,
-        );
+        return act.say(StatusCode::BAD_REQUEST, "Not done", "Name the session.");
     }
     let ended: Vec<_> = c.gw().sessions.remove(id).into_iter().collect();
     let n = crate::admin::end_sessions(
@@ -234,13 +252,10 @@ pub(crate) async fn kill_session(
     )
     .await;
     if n == 0 {
-        return message(
-            &c,
-            &who,
+        return act.say(
             StatusCode::NOT_FOUND,
             "No such session",
             "That session has already ended.",
-            BACK,
         );
     }
     see_other(BACK)
@@ -254,8 +269,8 @@ pub(crate) async fn approve_pin(
     body: axum::body::Bytes,
 ) -> Response {
     const BACK: &str = "/console/tools";
-    let f = match checked(&c, &who, &headers, &body, BACK) {
-        Ok(f) => f,
+    let (act, f) = match Act::start(&c, &who, &headers, &body, BACK) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let by = who.actor();
@@ -268,17 +283,14 @@ pub(crate) async fn approve_pin(
     )
     .await
     {
-        None => message(
-            &c,
-            &who,
+        None => act.say(
             StatusCode::NOT_FOUND,
             "Nothing to approve",
             "That tool has no pending change and is not held.",
-            BACK,
         ),
         Some((p, r)) => {
             tracing::warn!(server = %p.server, tool = %p.tool, by = %by, reason = %f.reason.trim(), "pin approved from the console");
-            done(&c, &who, r, BACK)
+            act.done(r)
         }
     }
 }
@@ -292,8 +304,8 @@ pub(crate) async fn killswitch(
     body: axum::body::Bytes,
 ) -> Response {
     const BACK: &str = "/console/health";
-    let f = match checked(&c, &who, &headers, &body, BACK) {
-        Ok(f) => f,
+    let (act, f) = match Act::start(&c, &who, &headers, &body, BACK) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let mode = match f.state.as_str() {
@@ -304,27 +316,21 @@ pub(crate) async fn killswitch(
             Mode::ReadOnly
         }),
         "on" => {
-            return message(
-                &c,
-                &who,
+            return act.say(
                 StatusCode::BAD_REQUEST,
                 "Not confirmed",
                 "Type KILL to turn the kill switch on: nothing was done.",
-                BACK,
             )
         }
         _ => {
-            return message(
-                &c,
-                &who,
+            return act.say(
                 StatusCode::BAD_REQUEST,
                 "Not done",
                 "state must be on or off.",
-                BACK,
             )
         }
     };
     let (_, r) =
         admin_contain::killswitch(c.gw(), mode, f.reason.trim().to_owned(), &who.actor()).await;
-    done(&c, &who, r, BACK)
+    act.done(r)
 }
