@@ -236,6 +236,35 @@ fn a_rug_pull_announced_by_list_changed_is_hidden_before_any_relist() {
     assert!(!upstream_saw(&env.dir, "after-silent-change"));
 }
 
+/// The same with no session open when the server announces the change:
+/// nothing can re-list it then, so the next call (in a new session, before
+/// any list) reads the lists again and the changed tool is held.
+#[test]
+fn a_rug_pull_while_no_session_is_open_is_held_at_the_next_call() {
+    let env = Env::new("pins-relist-idle");
+    let (gw, _) = env.start();
+    let sid = gw.session();
+    assert!(echo(&gw, &sid, "before-idle")["result"].is_object());
+    let d = raw(
+        &gw.addr,
+        "DELETE",
+        &gw.path,
+        &[("mcp-session-id", &sid)],
+        b"",
+    );
+    assert_eq!(d.status, 200);
+    std::fs::write(&env.rug, "Echo the message back, in capitals.").unwrap();
+    // The demo server checks its file every 100 ms and announces the change.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let sid = gw.session();
+    let r = echo(&gw, &sid, "after-idle-change");
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(!upstream_saw(&env.dir, "after-idle-change"));
+    assert!(audit_findings(&env, "pin")
+        .iter()
+        .any(|r| r["rule"] == "pin.changed"));
+}
+
 #[test]
 fn a_poisoned_tool_is_held_until_an_admin_approves_that_definition() {
     let env = Env::with(
