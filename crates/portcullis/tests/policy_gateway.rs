@@ -178,6 +178,55 @@ fn invalid_policy_reload_keeps_the_running_set() {
     assert!(r.get("error").is_some(), "{r}");
 }
 
+/// Fault: the policy file deleted while the gateway runs. The running set
+/// keeps deciding (what it forbade stays forbidden, what it allowed stays
+/// allowed), the loss is logged, and a set that comes back applies.
+#[test]
+fn a_policy_file_deleted_while_running_keeps_the_running_set() {
+    let dir = tempdir("pol-deleted");
+    let pack = include_str!("../../../policies/default.cedar");
+    let no_echo = format!("{pack}\n@id(\"no-echo\")\nforbid (principal, action == Portcullis::Action::\"CallTool\", resource == Portcullis::Tool::\"demo__echo\");\n");
+    std::fs::write(dir.join("p.cedar"), &no_echo).unwrap();
+    let cfg = config(&dir, &["p.cedar"], "");
+    let gw = start(&["--config".into(), cfg.display().to_string()], &[]);
+    let sid = gw.session();
+    let echo = |id: &str| {
+        gw.call(
+            &sid,
+            id,
+            "tools/call",
+            r#"{"name":"demo__echo","arguments":{"message":"m"}}"#,
+        )
+    };
+    let listed = |id: &str| names(&gw.call(&sid, id, "tools/list", "{}"));
+    assert!(echo("1").get("error").is_some());
+    let before = listed("2");
+    assert!(
+        before.contains(&"demo__read_document".to_string()),
+        "{before:?}"
+    );
+    std::fs::remove_file(dir.join("p.cedar")).unwrap();
+    assert!(
+        eventually(10, || gw.log_text().contains("policy reload rejected")),
+        "the loss is logged: {}",
+        gw.log_text()
+    );
+    let r = echo("3");
+    assert!(
+        r.get("error").is_some(),
+        "the running forbid still holds: {r}"
+    );
+    assert_eq!(listed("4"), before, "what was allowed stays allowed");
+    // The file comes back without the forbid: it applies.
+    std::fs::write(dir.join("p.cedar"), pack).unwrap();
+    assert!(
+        eventually(10, || gw.log_text().contains("policy set reloaded")),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(echo("5")["result"]["content"][0]["text"], "Echo: m");
+}
+
 #[test]
 fn an_erroring_forbid_denies_instead_of_failing_open() {
     let dir = tempdir("pol-error");
