@@ -679,3 +679,76 @@ fn audit_cli_tails_with_filters_and_verifies_against_key_and_anchors() {
         "--strict refuses records after the last checkpoint: {out}"
     );
 }
+
+/// Fault: the audit log's disk fills up (a file-size limit on the gateway:
+/// its writes fail with EFBIG, as with ENOSPC). The gateway fails closed:
+/// the answer that could not be recorded is withheld (`-32031`, said in
+/// the log), and from then on no call reaches the upstream.
+#[test]
+fn a_full_audit_disk_fails_closed() {
+    let dir = tempdir("mon-disk-full");
+    let audit = dir.join("audit.jsonl");
+    let cfg = config(&dir, "");
+    // bash: SIGXFSZ ignored (so the write fails instead of killing the
+    // process; ignored signals survive exec), 24 KiB per file.
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", "trap '' XFSZ; ulimit -f 24; exec \"$0\" \"$@\""])
+        .arg(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-anonymous-loopback",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--audit-log")
+        .arg(&audit);
+    let gw = spawn_gateway(cmd);
+    let sid = gw.session();
+    let upstream_saw = |marker: &str| {
+        std::fs::read_to_string(dir.join("upstream.log"))
+            .unwrap_or_default()
+            .contains(marker)
+    };
+    let call = |i: usize| {
+        gw.call(
+            &sid,
+            &i.to_string(),
+            "tools/call",
+            &format!(r#"{{"name":"demo__echo","arguments":{{"message":"fill-{i:04}"}}}}"#),
+        )
+    };
+    let mut failed_at = None;
+    for i in 1..400 {
+        let r = call(i);
+        if r.get("error").is_some() {
+            assert_eq!(r["error"]["code"], -32031, "{r}");
+            failed_at = Some(i);
+            break;
+        }
+        assert_eq!(
+            r["result"]["content"][0]["text"],
+            format!("Echo: fill-{i:04}")
+        );
+    }
+    let first = failed_at.expect("the audit log never filled up");
+    println!("audit full after {first} calls");
+    assert!(first > 1, "some calls were recorded before the disk filled");
+    assert!(
+        eventually(5, || gw.log_text().contains("audit log failed")),
+        "the gateway says why: {}",
+        gw.log_text()
+    );
+    // From now on everything is refused, and nothing reaches the upstream.
+    for i in first + 1..first + 6 {
+        let r = call(i);
+        assert!(r.get("error").is_some(), "served unaudited: {r}");
+        assert!(
+            !upstream_saw(&format!("fill-{i:04}")),
+            "call {i} reached the upstream"
+        );
+    }
+    // What was recorded still verifies.
+    assert!(records(&audit).len() >= first - 1);
+}
