@@ -209,7 +209,7 @@ fn https(
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
-        body = dechunk(&body);
+        body = common::dechunk(&body);
     }
     Ok(Exchange {
         leaf,
@@ -219,25 +219,7 @@ fn https(
     })
 }
 
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&b[start..(start + size).min(b.len())]);
-        b = &b[(start + size + 2).min(b.len())..];
-    }
-    out
-}
-
-const MCP: [(&str, &str); 2] = [
-    ("accept", "application/json, text/event-stream"),
-    ("content-type", "application/json"),
-];
+const MCP: [(&str, &str); 2] = [common::ACCEPT, common::JSON];
 
 /// initialize, initialized, then `tools/call demo__echo` — each request on
 /// a new connection. The echoed text, or the first failure.
