@@ -440,13 +440,14 @@ impl Pep {
         let engine = self.engine();
         let principal = client.policy_principal();
         // Visibility is decided on standing facts only: no behaviour, no risk.
-        let risk = if record {
+        let (risk, argument_findings) = if record {
             self.observe(client, resource, args)
         } else {
-            RiskScore {
+            let none = RiskScore {
                 score: 0,
                 factors: Vec::new(),
-            }
+            };
+            (none, Vec::new())
         };
         if record {
             let fired = self.contain.on_risk(risk.score);
@@ -476,6 +477,7 @@ impl Pep {
             method: Some(method),
             session,
             risk: i64::from(risk.score),
+            argument_findings: &argument_findings,
             now_unix: now_unix(),
         });
         if !record {
@@ -546,13 +548,14 @@ impl Pep {
     }
 
     /// Feeds one request to the identity's risk (argument findings are
-    /// recorded too) and returns the score to decide with.
+    /// recorded too) and returns the score to decide with and the findings
+    /// as policy sees them (`rule`, and `rule:high` when high).
     fn observe(
         &self,
         client: &Client,
         resource: &ResourceFacts,
         args: Option<&Value>,
-    ) -> RiskScore {
+    ) -> (RiskScore, Vec<String>) {
         let is_tool = resource.kind == ResourceKind::Tool;
         let findings = args.map(portcullis_inspect::args::scan).unwrap_or_default();
         let rules: Vec<&str> = findings.iter().map(|f| f.rule).collect();
@@ -582,9 +585,31 @@ impl Pep {
             );
         }
         if findings.is_empty() {
-            score
-        } else {
-            self.monitor.risk.score(&client.owner)
+            return (score, Vec::new());
+        }
+        (
+            self.monitor.risk.score(&client.owner),
+            policy_findings(&findings),
+        )
+    }
+}
+
+/// The argument findings as `context.argument_findings` names them: each
+/// rule once, and `rule:high` beside it when any finding of it is high, so a
+/// policy can refuse only the unmistakable shapes (metadata addresses).
+fn policy_findings(findings: &[portcullis_inspect::args::ArgFinding]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(findings.len() * 2);
+    for f in findings {
+        let rule = f.rule.to_owned();
+        if !out.contains(&rule) {
+            out.push(rule);
+        }
+        if f.severity == portcullis_inspect::args::Severity::High {
+            let high = format!("{}:high", f.rule);
+            if !out.contains(&high) {
+                out.push(high);
+            }
         }
     }
+    out
 }

@@ -177,6 +177,7 @@ impl Fixture {
             method: Some("tools/call"),
             session: &self.session,
             risk: 0,
+            argument_findings: &[],
             now_unix: 1_700_000_000,
         }
     }

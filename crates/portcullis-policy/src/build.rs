@@ -351,6 +351,10 @@ pub(crate) fn build(
         ])?,
     ));
     ctx.push(("risk".to_owned(), RestrictedExpression::new_long(req.risk)));
+    ctx.push((
+        "argument_findings".to_owned(),
+        string_set(req.argument_findings),
+    ));
     let context = Context::from_pairs(ctx).map_err(|e| format!("context: {e}"))?;
 
     let action_uid = names

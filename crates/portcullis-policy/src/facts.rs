@@ -460,6 +460,10 @@ pub struct Request<'a> {
     pub session: &'a SessionFacts,
     /// The live risk score (0 until monitoring lands).
     pub risk: i64,
+    /// What the argument scan found (`context.argument_findings`): each
+    /// finding's rule id, plus `RULE:high` for a high-severity one, so
+    /// policies can refuse SSRF and traversal shapes by name.
+    pub argument_findings: &'a [String],
     /// Now, seconds since the Unix epoch.
     pub now_unix: i64,
 }

@@ -31,6 +31,9 @@ pub struct RequestSpec {
     /// Risk score.
     #[serde(default)]
     pub risk: i64,
+    /// What the argument scan found (`internal-address`, `internal-address:high`, …).
+    #[serde(default)]
+    pub argument_findings: Vec<String>,
     /// Seconds since the epoch.
     #[serde(default)]
     pub now_unix: i64,
@@ -59,6 +62,7 @@ impl RequestSpec {
             method,
             session: &self.session,
             risk: self.risk,
+            argument_findings: &self.argument_findings,
             now_unix: self.now_unix,
         }
     }

@@ -21,6 +21,7 @@
 //!     method: None,
 //!     session: &session,
 //!     risk: 0,
+//!     argument_findings: &[],
 //!     now_unix: 1_700_000_000,
 //! });
 //! if !decision.allow { /* answer with a JSON-RPC error carrying decision.reason */ }

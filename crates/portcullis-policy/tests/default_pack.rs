@@ -80,6 +80,7 @@ fn decide(
         method: None,
         session: &session,
         risk: 0,
+        argument_findings: &[],
         now_unix: 1_700_000_000,
     };
     let d = e.decide(&req);
@@ -95,7 +96,7 @@ const ALL: [Strength; 5] = [Anonymous, Local, Token, Certificate, CertificateAnd
 #[test]
 fn loads_and_is_small() {
     let e = pack();
-    assert_eq!(e.policy_count(), 7);
+    assert_eq!(e.policy_count(), 9);
 }
 
 #[test]
@@ -189,4 +190,60 @@ fn writing_needs_a_token() {
         );
         assert!(decide(&e, s, Action::CallTool, &labelled_destructive, false).allow);
     }
+}
+
+/// Decides a call of `tool` by a certificate agent with these argument findings.
+fn call_with_findings(e: &Engine, tool: &ResourceFacts, findings: &[&str]) -> Decision {
+    let p = who(Certificate);
+    let session = SessionFacts::default();
+    let findings: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+    let req = Request {
+        principal: &p,
+        action: Action::CallTool,
+        resource: tool,
+        arguments: None,
+        method: None,
+        session: &session,
+        risk: 0,
+        argument_findings: &findings,
+        now_unix: 1_700_000_000,
+    };
+    let d = e.decide(&req);
+    assert_eq!(d, e.decide_unindexed(&req));
+    assert!(d.errors.is_empty(), "{d:?}");
+    d
+}
+
+#[test]
+fn metadata_and_disguised_addresses_are_refused_for_every_tool() {
+    let e = pack();
+    let plain = thing(ResourceKind::Tool, &[], None);
+    let egress = thing(ResourceKind::Tool, &["egress"], None);
+    for tool in [&plain, &egress] {
+        let d = call_with_findings(&e, tool, &["internal-address", "internal-address:high"]);
+        assert!(!d.allow);
+        assert!(
+            d.determining
+                .contains(&"no-internal-address-arguments".to_string()),
+            "{d:?}"
+        );
+    }
+    // Other high findings are risk, not this rule's business.
+    assert!(call_with_findings(&e, &plain, &["path-traversal", "path-traversal:high"]).allow);
+    assert!(call_with_findings(&e, &plain, &[]).allow);
+}
+
+#[test]
+fn tools_that_reach_out_may_not_name_internal_addresses() {
+    let e = pack();
+    for label in ["egress", "fetch"] {
+        let tool = thing(ResourceKind::Tool, &[label], None);
+        let d = call_with_findings(&e, &tool, &["internal-address"]);
+        assert!(!d.allow, "{label}");
+        assert_eq!(d.determining, vec!["no-internal-address-egress"]);
+        assert!(call_with_findings(&e, &tool, &[]).allow, "{label}");
+    }
+    // A loopback URL to an unlabelled tool stays the local developer's choice.
+    let plain = thing(ResourceKind::Tool, &[], None);
+    assert!(call_with_findings(&e, &plain, &["internal-address"]).allow);
 }

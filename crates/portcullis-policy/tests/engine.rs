@@ -46,6 +46,7 @@ impl R {
             method: None,
             session: &self.session,
             risk: self.risk,
+            argument_findings: &[],
             now_unix: 1_700_000_000,
         };
         let d = e.decide(&req);

@@ -144,6 +144,7 @@ impl Owned {
             method: None,
             session: &self.session,
             risk: self.risk,
+            argument_findings: &[],
             now_unix: 1_700_000_000,
         }
     }

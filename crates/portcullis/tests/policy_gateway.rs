@@ -311,3 +311,46 @@ fn a_rate_class_obligation_limits_with_retry_after() {
     );
     assert!(other.get("result").is_some(), "{other}");
 }
+
+#[test]
+fn the_default_pack_refuses_metadata_and_disguised_addresses_in_arguments() {
+    let dir = tempdir("pol-ssrf");
+    let cfg = config(&dir, &[], "");
+    let gw = start(&["--config".into(), cfg.display().to_string()], &[]);
+    let sid = gw.session();
+    let echo = |id: &str, message: &str| {
+        let params = serde_json::json!({"name": "demo__echo", "arguments": {"message": message}});
+        gw.call(&sid, id, "tools/call", &params.to_string())
+    };
+    for (id, url) in [
+        ("1", "http://169.254.169.254/latest/meta-data/iam/"),
+        ("2", "see http://2130706433:8080/admin"),
+        ("3", "http://metadata.google.internal/computeMetadata/v1/"),
+        ("4", "http://[::ffff:127.0.0.1]/"),
+    ] {
+        let r = echo(id, url);
+        assert_eq!(r["error"]["code"], -32030, "{url}: {r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("link-local, metadata or disguised"), "{msg}");
+    }
+    // Ordinary and plainly-spelled loopback URLs on an unlabelled tool pass.
+    for (id, url) in [("5", "http://example.com/"), ("6", "http://127.0.0.1:9/")] {
+        let r = echo(id, url);
+        assert_eq!(
+            r["result"]["content"][0]["text"],
+            format!("Echo: {url}"),
+            "{r}"
+        );
+    }
+    let up = std::fs::read_to_string(dir.join("upstream.log")).unwrap_or_default();
+    for marker in ["169.254", "2130706433", "metadata.google", "ffff:127"] {
+        assert!(
+            !up.contains(marker),
+            "a refused call reached the upstream: {marker}"
+        );
+    }
+    assert!(
+        up.contains("example.com"),
+        "allowed calls reach the upstream: {up}"
+    );
+}
