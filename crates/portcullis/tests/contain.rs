@@ -203,7 +203,7 @@ mode = "deny-all"
             &a,
             10 + i,
             "demo__echo",
-            echo("alice-bad ../../../../etc/passwd http://169.254.169.254/latest/meta-data/"),
+            echo("alice-bad ../../../../etc/passwd http://10.0.0.1/admin"),
         );
         if r["error"].is_object() {
             stopped = Some(r);
@@ -412,7 +412,7 @@ fn risk_baselines_survive_a_graceful_restart() {
             &a,
             i,
             "demo__echo",
-            echo("../../../../etc/passwd http://169.254.169.254/latest/meta-data/"),
+            echo("../../../../etc/passwd http://10.0.0.1/admin"),
         );
         assert!(r["result"].is_object(), "{r}");
     }
