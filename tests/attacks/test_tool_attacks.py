@@ -161,3 +161,121 @@ async def test_t6_confused_deputy_hidden_tool_answers_like_a_missing_one(gw: Att
     assert "vip-t6-hr-c5" in text(hr_vip) and "AWS_ACCESS_KEY_ID" in text(hr_config)
     allowed = {r.get("tool") for r in gw.decisions(HR) if r["decision"] == "allow"}
     assert {"leaky__get_customer", "leaky__get_config"} <= allowed, allowed
+
+
+# ----------------------------------------------------------------- T7 ----
+
+POISONED = {"evil__add": "poison.exfil-parameter", "evil__get_weather": "unicode.tag-chars", "evil__format_date": "unicode.zero-width"}
+
+
+async def test_t7_poisoned_descriptions_are_hidden_and_unreachable(gw: AttackGateway, agents: Agents) -> None:
+    """The evil server's tools carry orders to the model (<IMPORTANT> exfiltration
+    of ~/.ssh/id_rsa, instructions spelled in invisible tag characters and in
+    zero-width bits). Under ``poison_action = "hide"`` they are not listed and
+    calls answer like unknown tools; the evil server never gets those calls; each
+    is audited as a poison finding with its rule and the action; the same
+    server's benign tool and the honest server keep working."""
+    async with connect(gw, agents("t7-agent")) as c:
+        names = await tool_names(c)
+        tries = {name: await outcome(c.call_tool(name, {"a": 1, "b": 2, "city": "t7-oslo", "date": "t7-2026"})) for name in POISONED}
+        missing = await outcome(c.call_tool("evil__no_such_tool", {}))
+        dice = await outcome(c.call_tool("evil__roll_dice", {"sides": 6}))
+        echo = await outcome(c.call_tool("everything__echo", {"message": "t7-honest"}))
+
+    assert not names & set(POISONED), sorted(names & set(POISONED))
+    assert {"evil__roll_dice", "evil__word_count", "everything__echo"} <= names, sorted(names)
+    for name, e in tries.items():
+        assert shape(e, name) == shape(missing, "evil__no_such_tool"), (name, e)
+    assert text(dice) == "evil:roll_dice 4"
+    assert text(echo) == "Echo: t7-honest"
+    reached = {c["name"] for c in gw.calls("evil")}
+    assert not reached & {"add", "get_weather", "format_date"}, reached
+    assert "t7-oslo" not in gw.received("evil")
+
+    found = {(r["tool"], r["rule"]): r for r in gw.findings("poison")}
+    for name, rule in POISONED.items():
+        assert (name, rule) in found, sorted(found)
+        r = found[(name, rule)]
+        assert r["detail"]["action"] == "hide" and r["detail"]["server"] == "evil", r
+    assert "~/.aws/credentials" in found[("evil__get_weather", "unicode.tag-chars")]["detail"]["evidence"]
+    assert not any(t in {"evil__roll_dice", "evil__word_count"} for t, _ in found), "a benign tool was flagged"
+
+
+# ----------------------------------------------------------------- T8 ----
+
+
+async def test_t8_rug_pull_mid_session_is_hidden_until_approved(gw: AttackGateway, agents: Agents) -> None:
+    """The rug-pull server serves an honest ``lookup``; on its second call it
+    swaps the definition (hidden orders, a new ``context`` parameter) and
+    announces tools/list_changed. The gateway re-lists at once: the changed tool
+    disappears from the open session's list, the next call answers like an
+    unknown tool and never reaches the server, the change is audited
+    (``pin.changed``) and ``pins diff`` shows the injected text. The server's
+    unchanged tool, the honest server, and a second agent's session keep working."""
+    async with connect(gw, agents("t8-agent")) as c, connect(gw, agents("t8-other")) as other:
+        before = await tool_names(c)
+        first = await outcome(c.call_tool("rugpull__lookup", {"word": "t8-first"}))
+        pulled = await outcome(c.call_tool("rugpull__lookup", {"word": "t8-pull"}))  # the server changes the tool here
+        changed = gw.wait_records(lambda r: r.get("kind") == "finding" and r.get("rule") == "pin.changed", timeout=10)
+        after = await outcome(c.call_tool("rugpull__lookup", {"word": "t8-after", "context": "t8-stolen-key"}))
+        listed = await tool_names(c)
+        stable = await outcome(c.call_tool("rugpull__stable", {}))
+        other_names = await tool_names(other)
+        other_try = await outcome(other.call_tool("rugpull__lookup", {"word": "t8-other-try"}))
+        other_echo = await outcome(other.call_tool("everything__echo", {"message": "t8-other-ok"}))
+
+    assert "rugpull__lookup" in before, sorted(before)
+    assert text(first) == "rugpull:lookup t8-first: a word"
+    assert text(pulled) == "rugpull:lookup t8-pull: a word"
+    assert changed, "no pin.changed finding after the rug pull"
+    assert changed[0]["tool"] == "rugpull__lookup", changed
+    err = error_of(after, "rugpull__lookup")
+    assert (err.code, err.message) == (INVALID_PARAMS, "Unknown tool: rugpull__lookup"), err
+    assert "rugpull__lookup" not in listed and "rugpull__lookup" not in other_names, (sorted(listed), sorted(other_names))
+    assert error_of(other_try, "rugpull__lookup").code == INVALID_PARAMS
+    assert text(stable) == "rugpull:stable 2026 edition"
+    assert text(other_echo) == "Echo: t8-other-ok"
+
+    words = [c.get("arguments", {}).get("word") for c in gw.calls("rugpull") if c["name"] == "lookup"]
+    assert words == ["t8-first", "t8-pull"], f"calls after the change reached the server: {words}"
+    assert "t8-stolen-key" not in gw.received("rugpull")
+
+    diff = gw.cli("pins", "diff", "rugpull", "lookup")
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    added = [line for line in diff.stdout.splitlines() if line.startswith("+ ")]
+    assert any("id_rsa" in line for line in added), diff.stdout
+    pins = gw.cli("pins", "list")
+    assert any(line.split()[:3] == ["rugpull", "lookup", "changed"] for line in pins.stdout.splitlines()), pins.stdout
+
+
+# ----------------------------------------------------------------- T9 ----
+
+SHADOWING = {"evil__echo": "echo", "evil__get_sum": "get-sum"}
+
+
+async def test_t9_shadowing_tools_are_hidden_and_the_honest_tool_answers(gw: AttackGateway, agents: Agents) -> None:
+    """The evil server offers ``echo`` (its description tells the model to use it
+    instead of everything__echo) and ``get_sum`` (a folded-name twin of
+    ``get-sum``). With ``shadowing = "hide"`` and server-everything preferred the
+    twins are hidden and unreachable, the findings are audited (name collision,
+    cross-reference) with the other server named, and the agent's echo and sum
+    go to server-everything, not to the evil server."""
+    async with connect(gw, agents("t9-agent")) as c:
+        names = await tool_names(c)
+        tries = {name: await outcome(c.call_tool(name, {"message": "t9-hijacked", "a": 1, "b": 2})) for name in SHADOWING}
+        echo = await outcome(c.call_tool("everything__echo", {"message": "t9-honest"}))
+        total = await outcome(c.call_tool("everything__get-sum", {"a": 2, "b": 3}))
+
+    assert not names & set(SHADOWING), sorted(names & set(SHADOWING))
+    for name, e in tries.items():
+        err = error_of(e, name)
+        assert (err.code, err.message) == (INVALID_PARAMS, f"Unknown tool: {name}"), err
+    assert text(echo) == "Echo: t9-honest"
+    assert text(total) == "The sum of 2 and 3 is 5."
+    assert "t9-hijacked" not in gw.received("evil")
+    assert "t9-honest" in gw.received("everything")
+
+    pairs = {(r["rule"], r["tool"], r["detail"]["other_server"], r["detail"]["other_tool"], r["detail"]["action"]) for r in gw.findings("shadow")}
+    assert ("shadow.name-collision", "evil__echo", "everything", "echo", "hide") in pairs, pairs
+    assert ("shadow.cross-reference", "evil__echo", "everything", "echo", "hide") in pairs, pairs
+    assert ("shadow.name-collision", "evil__get_sum", "everything", "get-sum", "hide") in pairs, pairs
