@@ -5,11 +5,19 @@
 //! The check runs on every message, so it is built to cost nothing when
 //! nobody is quarantined (one atomic load) and a few hash lookups when
 //! someone is.
+//!
+//! Expiries are wall-clock (they must mean the same after a restart and on
+//! every replica), but a wall clock can jump. A quarantine therefore also
+//! keeps a monotonic floor taken when this process learned of it: it stays
+//! in force until both the wall clock and the monotonic clock say its time
+//! is up, so stepping the clock forward never lifts it early (stepping it
+//! back only keeps it longer).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -179,16 +187,43 @@ impl Subject<'_> {
 pub struct Quarantines {
     /// Number of entries: the hot path's "anyone at all?" test.
     count: AtomicUsize,
-    map: RwLock<HashMap<Target, Quarantine>>,
+    map: RwLock<HashMap<Target, Held>>,
+}
+
+/// A quarantine and its monotonic floor (see the module docs).
+struct Held {
+    q: Quarantine,
+    /// Not lifted before this instant, whatever the wall clock says.
+    floor: Option<Instant>,
+}
+
+impl Held {
+    fn new(q: Quarantine, now: u64) -> Held {
+        let floor = q
+            .expires_at
+            .map(|t| Instant::now() + Duration::from_secs(t.saturating_sub(now)));
+        Held { q, floor }
+    }
+
+    /// In force by the wall clock, or not yet past its monotonic floor.
+    fn active(&self, now: u64) -> bool {
+        self.q.active(now) || self.floor.is_some_and(|f| Instant::now() < f)
+    }
 }
 
 impl Quarantines {
     /// Adds or replaces a quarantine; returns the one it replaced.
     pub fn insert(&self, q: Quarantine) -> Option<Quarantine> {
+        self.insert_at(q, crate::now_unix())
+    }
+
+    /// [`Quarantines::insert`] with the wall clock given: the floor is the
+    /// time left at `now`.
+    pub fn insert_at(&self, q: Quarantine, now: u64) -> Option<Quarantine> {
         let mut m = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let old = m.insert(q.target.clone(), q);
+        let old = m.insert(q.target.clone(), Held::new(q, now));
         self.count.store(m.len(), Ordering::Release);
-        old
+        old.map(|h| h.q)
     }
 
     /// Lifts a quarantine; returns it if there was one.
@@ -196,7 +231,7 @@ impl Quarantines {
         let mut m = self.map.write().unwrap_or_else(|e| e.into_inner());
         let old = m.remove(t);
         self.count.store(m.len(), Ordering::Release);
-        old
+        old.map(|h| h.q)
     }
 
     /// Whether no quarantine is held (expired ones count until swept).
@@ -216,9 +251,9 @@ impl Quarantines {
                 return;
             };
             // The lookup key borrows nothing from the map: build it once.
-            if let Some(q) = m.get(&Target::new(kind, v)) {
-                if q.active(now) && best.is_none_or(|b| q.mode > b.mode) {
-                    best = Some(q);
+            if let Some(h) = m.get(&Target::new(kind, v)) {
+                if h.active(now) && best.is_none_or(|b| h.q.mode > b.mode) {
+                    best = Some(&h.q);
                 }
             }
         };
@@ -233,7 +268,11 @@ impl Quarantines {
     /// Every quarantine in force at `now`, oldest first.
     pub fn list(&self, now: u64) -> Vec<Quarantine> {
         let m = self.map.read().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<Quarantine> = m.values().filter(|q| q.active(now)).cloned().collect();
+        let mut v: Vec<Quarantine> = m
+            .values()
+            .filter(|h| h.active(now))
+            .map(|h| h.q.clone())
+            .collect();
         v.sort_by_key(|q| (q.created_at, q.target.key()));
         v
     }
@@ -243,10 +282,14 @@ impl Quarantines {
         let mut m = self.map.write().unwrap_or_else(|e| e.into_inner());
         let dead: Vec<Target> = m
             .iter()
-            .filter(|(_, q)| !q.active(now))
+            .filter(|(_, h)| !h.active(now))
             .map(|(t, _)| t.clone())
             .collect();
-        let out = dead.iter().filter_map(|t| m.remove(t)).collect();
+        let out = dead
+            .iter()
+            .filter_map(|t| m.remove(t))
+            .map(|h| h.q)
+            .collect();
         self.count.store(m.len(), Ordering::Release);
         out
     }

@@ -462,13 +462,17 @@ async fn sweep_lifts_expired_from_memory_and_store() {
     let c = Containment::in_memory();
     let now = now_unix();
     let mut soon = q(TargetKind::User, "bob", Mode::DenyAll);
-    soon.expires_at = Some(now + 10);
+    soon.expires_at = Some(now + 1);
     let keep = q(TargetKind::User, "carol", Mode::DenyAll);
     c.quarantine(soon.clone()).await.unwrap();
     c.quarantine(keep.clone()).await.unwrap();
     let mut rx = c.subscribe();
 
     assert!(c.sweep(now).await.is_empty(), "nothing expired yet");
+    // A wall clock stepped forward alone does not lift it: its second must
+    // also pass on the monotonic clock.
+    assert!(c.sweep(now + 10).await.is_empty(), "lifted by a clock step");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let gone = c.sweep(now + 10).await;
     assert_eq!(gone, vec![soon.clone()]);
     assert_eq!(rx.try_recv().unwrap(), ContainEvent::Released(soon));
@@ -656,4 +660,40 @@ async fn resync_adds_what_the_store_holds_and_never_lifts() {
         .collect();
     assert_eq!(targets.len(), 2, "{targets:?}");
     assert_eq!(c.resync().await.unwrap(), 0, "nothing new the second time");
+}
+
+#[test]
+fn a_wall_clock_step_neither_way_lifts_a_quarantine_early() {
+    let set = portcullis_contain::quarantine::Quarantines::default();
+    let now = now_unix();
+    let mut timed = q(TargetKind::User, "mallory", Mode::DenyAll);
+    timed.expires_at = Some(now + 60);
+    set.insert_at(timed.clone(), now);
+    let who = Subject {
+        identity: "spiffe://example.org/agent/x",
+        user: Some("mallory"),
+        ..Subject::default()
+    };
+    for step in [0, 61, 3_600, 86_400 * 365] {
+        assert_eq!(set.check(&who, now + step), Some(timed.clone()), "+{step}s");
+        assert_eq!(set.list(now + step), vec![timed.clone()], "+{step}s");
+    }
+    assert!(
+        set.sweep(now + 86_400).is_empty(),
+        "swept after a forward step"
+    );
+    // Back in time: still in force (the wall clock says so too).
+    assert_eq!(set.check(&who, now - 3_600), Some(timed.clone()));
+    // Learned with no time left (e.g. from a replica whose clock is ahead):
+    // the floor is now, so the wall clock alone decides.
+    let mut stale = q(TargetKind::User, "trent", Mode::DenyAll);
+    stale.expires_at = Some(now + 5);
+    set.insert_at(stale.clone(), now + 5);
+    let trent = Subject {
+        identity: "spiffe://example.org/agent/y",
+        user: Some("trent"),
+        ..Subject::default()
+    };
+    assert_eq!(set.check(&trent, now), Some(stale.clone()));
+    assert_eq!(set.check(&trent, now + 5), None);
 }
