@@ -274,6 +274,10 @@ trust_domains = [{q(TRUST_DOMAIN)}]
     proc = spawn(f"portcullis-{name}", argv, logs_dir / f"gateway-attacks-{name}.log", env={"PORTCULLIS_LOG": "info", "PORTCULLIS_STATE_DIR": str(state)})
     try:
         url = wait_for_line(proc, GATEWAY_READY, timeout=STARTUP_TIMEOUT).group(1)
+        # stdio upstreams start in the background; a session opened before
+        # one is up leaves it out, so wait for every one of them.
+        for u in upstreams:
+            wait_for_line(proc, re.compile(rf".*stdio server started upstream={re.escape(u.name)} "), timeout=STARTUP_TIMEOUT)
         admin_url = None
         if admin:
             admin_url = wait_for_line(proc, re.compile(r".*" + ADMIN_READY.pattern), timeout=STARTUP_TIMEOUT).group(1)
