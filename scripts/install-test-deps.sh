@@ -55,43 +55,35 @@ fi
 
 : >"$LOG"
 
-# ---------------------------------------------------------- redis-server ----
-if ! command -v redis-server >/dev/null 2>&1; then
+# ------------------------------------------------------ Debian packages ----
+# apt_install PACKAGE TEST...: installs PACKAGE with apt-get unless the
+# command TEST... already succeeds, and checks TEST... afterwards.
+apt_install() {
+    local pkg="$1"
+    shift
+    "$@" >/dev/null 2>&1 && return 0
     command -v apt-get >/dev/null 2>&1 ||
-        die "redis-server is not installed and apt-get is missing: install redis-server (>= 6.2) some other way"
-    if [[ "$(id -u)" == 0 ]]; then
-        SUDO=()
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        die "redis-server is not installed and this user cannot install it: run 'apt-get install -y --no-install-recommends redis-server' as root"
+        die "$pkg is not installed and apt-get is missing: install $pkg some other way"
+    local sudo=()
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null ||
+            die "$pkg is not installed and this user cannot install it: run 'apt-get install -y --no-install-recommends $pkg' as root"
+        sudo=(sudo -n)
     fi
     export DEBIAN_FRONTEND=noninteractive
-    { "${SUDO[@]}" apt-get install -y --no-install-recommends redis-server ||
-        { "${SUDO[@]}" apt-get update && "${SUDO[@]}" apt-get install -y --no-install-recommends redis-server; }; } \
-        >>"$LOG" 2>&1 || die "apt-get install redis-server failed"
-    command -v redis-server >/dev/null 2>&1 || die "redis-server is still not on PATH after apt-get install"
-fi
+    { "${sudo[@]}" apt-get install -y --no-install-recommends "$pkg" ||
+        { "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y --no-install-recommends "$pkg"; }; } \
+        >>"$LOG" 2>&1 || die "apt-get install $pkg failed"
+    "$@" >/dev/null 2>&1 || die "$pkg is still missing after apt-get install $pkg"
+}
 
-# -------------------------------------------------------------- chromium ----
+# redis-server (>= 6.2): the shared state store of the cluster tests.
+apt_install redis-server command -v redis-server
 # The console's browser tests (tests/console) launch /usr/bin/chromium through
 # playwright-core; Playwright's own browser download is never used.
-if [[ ! -x /usr/bin/chromium ]]; then
-    command -v apt-get >/dev/null 2>&1 ||
-        die "chromium is not installed and apt-get is missing: install Chromium at /usr/bin/chromium some other way"
-    if [[ "$(id -u)" == 0 ]]; then
-        SUDO=()
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        die "chromium is not installed and this user cannot install it: run 'apt-get install -y --no-install-recommends chromium' as root"
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    { "${SUDO[@]}" apt-get install -y --no-install-recommends chromium ||
-        { "${SUDO[@]}" apt-get update && "${SUDO[@]}" apt-get install -y --no-install-recommends chromium; }; } \
-        >>"$LOG" 2>&1 || die "apt-get install chromium failed"
-    [[ -x /usr/bin/chromium ]] || die "/usr/bin/chromium is still missing after apt-get install chromium"
-fi
+apt_install chromium test -x /usr/bin/chromium
+# libfaketime: the clock-step fault test moves the gateway's wall clock.
+apt_install faketime test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 
 # ---------------------------------------------------------------- Python ----
 pick_python() {

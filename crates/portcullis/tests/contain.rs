@@ -90,7 +90,13 @@ env = {{ PORTCULLIS_DEMO_LOG = {log:?} }}
 
     /// Starts with an admin listener; returns it with its `host:port`.
     fn start_admin(&self) -> (Gateway, String) {
+        self.start_admin_env(&[])
+    }
+
+    /// [`Env::start_admin`] with extra environment for the gateway.
+    fn start_admin_env(&self, vars: &[(&str, &str)]) -> (Gateway, String) {
         let mut cmd = Command::new(BIN);
+        cmd.envs(vars.iter().copied());
         cmd.args([
             "serve",
             "--listen",
@@ -617,4 +623,203 @@ tools = ["demo__read_document"]
     );
     assert_eq!(c, 0, "{out}{err}");
     assert!(call(&gw, &env.alice, &a, 6, "demo__echo", echo("alice-free"))["result"].is_object());
+}
+
+/// libfaketime, which steps a process's wall clock at run time; `None`
+/// (skip) locally when it is not installed, a failure under CI, where the
+/// test command installs it.
+fn faketime_lib() -> Option<&'static str> {
+    const LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if Path::new(LIB).exists() {
+        return Some(LIB);
+    }
+    let ci = std::env::var("CI").unwrap_or_default();
+    assert!(
+        !matches!(ci.as_str(), "1" | "true" | "yes"),
+        "libfaketime is missing ({LIB}): scripts/install-test-deps.sh installs the faketime package"
+    );
+    eprintln!("skipped: libfaketime is not installed ({LIB})");
+    None
+}
+
+/// Steps the gateway's wall clock (libfaketime's offset syntax: `+1d`, `-1h`).
+fn set_clock(file: &Path, offset: &str) {
+    std::fs::write(file, offset).unwrap();
+}
+
+/// The wall clock is stepped forward and back under a running gateway (only
+/// `CLOCK_REALTIME`, as an NTP step or an operator's `date -s` would; the
+/// monotonic clock runs on). Nothing is lifted early, no limit refills, tokens
+/// follow the wall clock as JWT requires, sessions survive, and the audit
+/// chain still verifies — also across a restart on the stepped-back clock.
+#[test]
+fn wall_clock_steps_lift_nothing_refill_nothing_and_keep_the_audit_chain() {
+    let Some(lib) = faketime_lib() else {
+        return;
+    };
+    let env = Env::new(
+        "contain-clock",
+        r#"
+[containment.rate.tools.demo__echo]
+per_minute = 1
+burst = 2
+"#,
+    );
+    let clock = env.dir.join("clock");
+    set_clock(&clock, "+0");
+    let clock_s = clock.display().to_string();
+    let vars = [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME_TIMESTAMP_FILE", clock_s.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let (gw, admin) = env.start_admin_env(&vars);
+    let a = session(&gw, &env.alice).unwrap();
+    let b = session(&gw, &env.bob).unwrap();
+    for i in 0..2 {
+        let r = call(&gw, &env.alice, &a, i, "demo__echo", echo("alice-burst"));
+        assert!(r["result"].is_object(), "{r}");
+    }
+    assert_eq!(
+        code(&call(
+            &gw,
+            &env.alice,
+            &a,
+            2,
+            "demo__echo",
+            echo("alice-over")
+        )),
+        -32029
+    );
+    let (rc, out, err) = env.cli(
+        &admin,
+        &[
+            "quarantine",
+            "add",
+            "--user",
+            "urn:portcullis:dev#bob",
+            "--ttl",
+            "2m",
+            "--reason",
+            "clock test",
+        ],
+    );
+    assert_eq!(rc, 0, "{out}{err}");
+    assert_eq!(
+        code(&call(&gw, &env.bob, &b, 1, "demo__echo", echo("bob-q"))),
+        -32032
+    );
+
+    // Forward 30 minutes: well past the quarantine's 2 minutes and the
+    // limiter's refill, within the tokens' hour.
+    set_clock(&clock, "+30m");
+    let bob = call(&gw, &env.bob, &b, 2, "demo__echo", echo("bob-after-step"));
+    assert_eq!(
+        code(&bob),
+        -32032,
+        "a clock step lifted the quarantine: {bob}"
+    );
+    let alice = call(
+        &gw,
+        &env.alice,
+        &a,
+        3,
+        "demo__echo",
+        echo("alice-after-step"),
+    );
+    assert_eq!(
+        code(&alice),
+        -32029,
+        "a clock step refilled the limit: {alice}"
+    );
+    let (rc, out, _) = env.cli(&admin, &["quarantine", "list"]);
+    assert_eq!(rc, 0);
+    assert!(out.contains("bob"), "listed after the step: {out}");
+    // The session lives on: another tool works.
+    let doc = call(
+        &gw,
+        &env.alice,
+        &a,
+        4,
+        "demo__read_document",
+        json!({"name": "welcome"}),
+    );
+    assert!(doc["result"].is_object(), "{doc}");
+
+    // Forward a day: the hour-long tokens have expired by the wall clock,
+    // which is what JWT validity means — refused, never served.
+    set_clock(&clock, "+1d");
+    let auth = bearer(&env.alice);
+    let r = gw.post(
+        &[("authorization", &auth), ("mcp-session-id", &a), ("mcp-protocol-version", "2025-06-18")],
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "demo__echo", "arguments": {"message": "alice-expired"}}}).to_string(),
+    );
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+
+    // Back to an hour before the start. Alice's token left the validation
+    // cache when it expired at +1d; checked again, its `iat` is an hour in
+    // the future: refused. Bob's is still cached as valid (until `exp`), and
+    // his quarantine holds: a new session is refused with 403.
+    set_clock(&clock, "-1h");
+    let r = gw.post(
+        &[("authorization", &auth), ("mcp-session-id", &a), ("mcp-protocol-version", "2025-06-18")],
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "demo__echo", "arguments": {"message": "alice-back"}}}).to_string(),
+    );
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("not yet valid"));
+    assert_eq!(session(&gw, &env.bob).unwrap_err().status, 403);
+    // Back to now: sessions opened before the steps still work, the limit
+    // and the quarantine still hold.
+    set_clock(&clock, "+0");
+    let doc = call(
+        &gw,
+        &env.alice,
+        &a,
+        6,
+        "demo__read_document",
+        json!({"name": "welcome"}),
+    );
+    assert!(doc["result"].is_object(), "{doc}");
+    assert_eq!(
+        code(&call(&gw, &env.bob, &b, 3, "demo__echo", echo("bob-back"))),
+        -32032
+    );
+
+    // A restart on a clock stepped back an hour: the audit chain's
+    // timestamps never go backwards, so it verifies.
+    drop(gw);
+    set_clock(&clock, "-1h");
+    let (gw, _admin) = env.start_admin_env(&vars);
+    let r = gw.post(&[], r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    assert!(r.status == 401 || r.status == 200, "{}", r.status);
+    drop(gw);
+    for marker in [
+        "alice-over",
+        "bob-q",
+        "bob-after-step",
+        "alice-after-step",
+        "alice-expired",
+        "alice-back",
+        "bob-back",
+    ] {
+        assert_eq!(env.upstream_saw(marker), 0, "{marker} reached the upstream");
+    }
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(env.dir.join("audit.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = env.audit();
+    let denied = recs
+        .iter()
+        .filter(|r| r["decision"] == "deny" || r["allow"] == false)
+        .count();
+    assert!(denied >= 4, "the refusals are audited: {denied}");
 }
