@@ -79,10 +79,16 @@ class Agents:
 
     def __call__(self, name: str) -> Leaf:
         if name not in self._leaves:
-            out = self.root / name
-            _run([str(gateway_bin()), "cert", "issue", "--ca", str(self.pki.ca.parent), "--spiffe-id", agent_id(name), "--ttl", "1h", "--out", str(out)])
-            self._leaves[name] = Leaf(out / "cert.pem", out / "key.pem", self.pki.ca)
+            self._leaves[name] = self.issue(agent_id(name), name)
         return self._leaves[name]
+
+    def issue(self, spiffe_id: str, folder: str, *sans: str, ca_dir: Path | None = None) -> Leaf:
+        """A certificate for any SPIFFE ID (servers: pass ``--dns``/``--ip`` SANs),
+        from the run's CA or the CA in ``ca_dir``."""
+        ca = ca_dir or self.pki.ca.parent
+        out = self.root / folder
+        _run([str(gateway_bin()), "cert", "issue", "--ca", str(ca), "--spiffe-id", spiffe_id, "--ttl", "1h", *sans, "--out", str(out)])
+        return Leaf(out / "cert.pem", out / "key.pem", ca / "ca.pem")
 
 
 @pytest.fixture(scope="session")
@@ -129,12 +135,44 @@ def q(s: str | Path) -> str:
 
 @dataclass
 class Upstream:
-    """A stdio upstream; ``extra`` is TOML added to its ``[[upstream]]`` table."""
+    """A stdio upstream (``argv``) or an HTTP one (``url``); ``extra`` is TOML
+    added to its ``[[upstream]]`` table."""
 
     name: str
-    argv: list[str]
+    argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     extra: str = ""
+    url: str | None = None
+
+
+@dataclass
+class DemoServer:
+    """``portcullis demo-server --http``: what it received is in ``log``
+    (one JSON line per request: method, authorization, message)."""
+
+    url: str
+    proc: Proc
+    log: Path
+
+    def requests(self) -> list[dict[str, Any]]:
+        try:
+            return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        except FileNotFoundError:
+            return []
+
+
+def start_demo(name: str, work: Path, logs_dir: Path, tls: Leaf | None = None) -> DemoServer:
+    log = work / f"{name}-demo.jsonl"
+    argv = [str(gateway_bin()), "demo-server", "--http", "127.0.0.1:0"]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+    proc = spawn(f"demo-{name}", argv, logs_dir / f"demo-attacks-{name}.log", env={"PORTCULLIS_DEMO_LOG": str(log)})
+    try:
+        url = wait_for_line(proc, GATEWAY_READY, timeout=STARTUP_TIMEOUT).group(1)
+    except BaseException:
+        proc.stop()
+        raise
+    return DemoServer(url, proc, log)
 
 
 @dataclass
@@ -236,6 +274,9 @@ def start_gateway(
     audit = work / "audit.jsonl"
     ups = []
     for u in upstreams:
+        if u.url is not None:
+            ups.append(f"[[upstream]]\nname = {q(u.name)}\nurl = {q(u.url)}\n{u.extra}\n")
+            continue
         received = work / f"{u.name}-received.jsonl"
         received.touch()
         env = ", ".join(f"{k} = {q(v)}" for k, v in u.env.items())
@@ -276,7 +317,7 @@ trust_domains = [{q(TRUST_DOMAIN)}]
         url = wait_for_line(proc, GATEWAY_READY, timeout=STARTUP_TIMEOUT).group(1)
         # stdio upstreams start in the background; a session opened before
         # one is up leaves it out, so wait for every one of them.
-        for u in upstreams:
+        for u in (u for u in upstreams if u.url is None):
             wait_for_line(proc, re.compile(rf".*stdio server started upstream={re.escape(u.name)} "), timeout=STARTUP_TIMEOUT)
         admin_url = None
         if admin:
