@@ -21,7 +21,6 @@ import pytest
 
 from attack_fixtures import (
     INVALID_PARAMS,
-    POLICY_DENIED,
     QUARANTINED,
     Agents,
     AttackGateway,
@@ -89,7 +88,7 @@ async def test_t14_an_edited_or_deleted_audit_record_is_named_by_verify(gw: Atta
     async with connect(gw, agents("t14-intruder")) as c:
         await outcome(c.call_tool("everything__echo", {"message": "t14-cover"}))
         denied = await outcome(c.call_tool("everything__get-sum", {"a": 14, "b": 14}))
-    assert error_of(denied, "everything__get-sum").code in (POLICY_DENIED, INVALID_PARAMS)
+    assert error_of(denied, "everything__get-sum").code == INVALID_PARAMS
 
     key = gw.state / "audit-ed25519.pk8.pub"
     ok = verify("--key", str(key), str(gw.audit))
@@ -127,9 +126,9 @@ async def test_t14_an_edited_or_deleted_audit_record_is_named_by_verify(gw: Atta
 async def test_t15_an_erroring_policy_denies_and_an_invalid_reload_keeps_the_running_set(
     gw: AttackGateway, agents: Agents, policy: Path
 ) -> None:
-    """A forbid that errors at evaluation denies (never fails open): the call is
-    refused, never reaches server-everything, and its decision record names the
-    erroring policy. A syntactically broken policy file is then pushed: ``policy
+    """A forbid that errors at evaluation denies (never fails open): the tool is
+    hidden, the call answers like a missing tool, never reaches
+    server-everything, and its decision record names the erroring policy. A syntactically broken policy file is then pushed: ``policy
     reload`` exits 1 naming file:line:col, the rejection is audited, and the
     running set keeps deciding (the sum still refused, the echo still served,
     the same policy hash)."""
@@ -147,7 +146,9 @@ async def test_t15_an_erroring_policy_denies_and_an_invalid_reload_keeps_the_run
             restored = gw.cli("policy", "reload")
 
     for e in (first, second):
-        assert error_of(e, "everything__get-sum").code in (POLICY_DENIED, INVALID_PARAMS), e
+        err = error_of(e, "everything__get-sum")
+        # Denied at every evaluation, the tool is also hidden: it answers like a missing one.
+        assert (err.code, err.message) == (INVALID_PARAMS, "Unknown tool: everything__get-sum"), err
     assert text(echo) == "Echo: t15-before" and text(echo2) == "Echo: t15-after"
     assert reload.returncode == 1, reload.stdout + reload.stderr
     assert f"{policy.name}:" in reload.stderr and "policy reload rejected" in reload.stderr, reload.stderr
@@ -158,7 +159,9 @@ async def test_t15_an_erroring_policy_denies_and_an_invalid_reload_keeps_the_run
     decisions = [r for r in gw.decisions("t15-agent") if r.get("tool")]
     sum_records = [r for r in decisions if r["tool"] == "everything__get-sum"]
     assert len(sum_records) == 2 and all(r["decision"] == "deny" for r in sum_records), sum_records
-    assert all(any("careless-forbid" in e for e in r.get("errors", [])) for r in sum_records), sum_records
+    for r in sum_records:
+        assert (r["reason"], r["policies"]) == ("denied: a policy could not be evaluated", ["careless-forbid"]), r
+        assert r["errors"] and r["errors"][0].startswith("careless-forbid: integer overflow"), r
     assert len({r["policy_hash"] for r in decisions}) == 1, "the rejected set decided something"
     rejected = [r for r in gw.records("policy_reload") if r["result"] == "rejected"]
     assert rejected and rejected[-1]["policy_hash"] == decisions[0]["policy_hash"], rejected
