@@ -41,6 +41,8 @@ from mcp.shared.exceptions import MCPError
 
 from conftest import GATEWAY_READY, REPO, STARTUP_TIMEOUT, Proc, gateway_bin, spawn, wait_for_line
 from identity_fixtures import TRUST_DOMAIN, Leaf, Pki, _run, fresh_pki, tls_context
+from test_inspect import all_tools as tool_names
+from test_inspect import text_of
 
 PEERS = Path(__file__).resolve().parent / "peers"
 MALICIOUS_PY = REPO / "tests" / "peers" / "malicious_py.py"
@@ -131,6 +133,11 @@ class Issuer:
 
 def q(s: str | Path) -> str:
     return json.dumps(str(s))  # a JSON string is a valid TOML basic string here
+
+
+def segment(name: str, label: str, *tools: str) -> str:
+    """A ``[[segment]]`` table: ``tools`` (client-facing names) get ``label``."""
+    return f"[[segment]]\nname = {q(name)}\nlabels = [{q(label)}]\ntools = [{', '.join(q(t) for t in tools)}]\n"
 
 
 @dataclass
@@ -384,28 +391,4 @@ def error_of(result: Any, what: str) -> MCPError:
 
 def text(result: Any) -> str:
     assert isinstance(result, types.CallToolResult), f"expected a result, got {result!r}"
-    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
-
-
-async def tool_names(client: Client) -> set[str]:
-    names: set[str] = set()
-    cursor = None
-    for _ in range(20):
-        page = await client.list_tools(cursor=cursor) if cursor else await client.list_tools()
-        names |= {t.name for t in page.tools}
-        cursor = page.next_cursor
-        if not cursor:
-            break
-    return names
-
-
-async def refused_connection(gw: AttackGateway, cert: Leaf | None, **kw: Any) -> BaseException:
-    """Connect and call a tool; the connection or the call must fail. Returns the failure."""
-    try:
-        async with connect(gw, cert, **kw) as c:
-            await c.call_tool("everything__echo", {"message": kw.get("headers", {}).get("x-marker", "refused")})
-    except BaseException as e:  # noqa: BLE001 - the SDK raises groups, MCPError, httpx errors, ssl errors
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        return e
-    pytest.fail("the connection and call succeeded")
+    return text_of(result)

@@ -7,10 +7,10 @@ fixtures of this directory by being names in this module; the e2e report
 hook attaches the gateway log of a failing test's fixtures).
 
 tests/e2e and tests/attacks/peers go on ``sys.path``, so the e2e building
-blocks (``identity_fixtures``) and the malicious peers' constants can be
-imported. ``identity_fixtures`` imports its helpers ``from conftest``: under
-this directory that name is this module, hence the re-exports below come
-before any import of it.
+blocks (``identity_fixtures``, helpers of ``test_inspect``) and the malicious
+peers' constants can be imported. Those modules import their helpers ``from
+conftest``: under this directory that name is this module, hence the
+re-exports below come before any import of them.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ _load_e2e_conftest()
 
 from e2e_conftest import (  # noqa: E402  (re-exported: helpers, fixtures, the report hook)
     EVERYTHING_JS,
+    EVERYTHING_PY,
     GATEWAY_READY,
     IN_CI,
     NODE,
@@ -61,6 +62,7 @@ from e2e_conftest import (  # noqa: E402  (re-exported: helpers, fixtures, the r
 
 __all__ = [
     "EVERYTHING_JS",
+    "EVERYTHING_PY",
     "GATEWAY_READY",
     "IN_CI",
     "NODE",

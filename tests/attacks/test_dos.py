@@ -22,20 +22,9 @@ import anyio
 import httpx2
 import pytest
 
+from attack_fixtures import BREAKER_OPEN, RATE_LIMITED, UPSTREAM_TIMEOUT
 from attack_fixtures import (
-    BREAKER_OPEN,
-    RATE_LIMITED,
-    UPSTREAM_TIMEOUT,
-    Agents,
-    AttackGateway,
-    Upstream,
-    connect,
-    error_of,
-    gateway_fixture,
-    outcome,
-    peer,
-    start_gateway,
-    text,
+    Agents, AttackGateway, Upstream, connect, error_of, gateway_fixture, outcome, peer, start_gateway, text,
 )
 from conftest import NODE
 from identity_fixtures import Pki, tls_context

@@ -24,19 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from attack_fixtures import POLICY_DENIED, REPO
 from attack_fixtures import (
-    POLICY_DENIED,
-    REPO,
-    Agents,
-    AttackGateway,
-    Upstream,
-    connect,
-    error_of,
-    gateway_fixture,
-    outcome,
-    peer,
-    start_gateway,
-    text,
+    Agents, AttackGateway, Upstream, connect, error_of, gateway_fixture, outcome, peer, start_gateway, text, segment,
 )
 from conftest import NODE
 from identity_fixtures import Pki
@@ -54,17 +44,7 @@ taint_labels = ["confidential", "injected"]
 results = { secrets = "redact", pii = "redact" }
 arguments = { secrets = "block" }
 injection = "flag"
-
-[[segment]]
-name = "customers"
-labels = ["confidential"]
-tools = ["leaky__get_customer"]
-
-[[segment]]
-name = "outbound"
-labels = ["egress"]
-tools = ["web__fetch"]
-"""
+""" + segment("customers", "confidential", "leaky__get_customer") + segment("outbound", "egress", "web__fetch")
 
 
 @pytest.fixture(scope="module")

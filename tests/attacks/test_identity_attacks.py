@@ -25,24 +25,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from attack_fixtures import INVALID_PARAMS, UPSTREAM_DOWN
 from attack_fixtures import (
-    INVALID_PARAMS,
-    UPSTREAM_DOWN,
-    Agents,
-    AttackGateway,
-    DemoServer,
-    Issuer,
-    Upstream,
-    agent_id,
-    connect,
-    error_of,
-    gateway_fixture,
-    outcome,
-    q,
-    start_demo,
-    start_gateway,
-    text,
-    tool_names,
+    Agents, AttackGateway, DemoServer, Issuer, Upstream, agent_id, connect, error_of, gateway_fixture, outcome, q, start_demo, start_gateway, text, tool_names,
 )
 from conftest import NODE
 from identity_fixtures import FOREIGN_ID, TRUST_DOMAIN, Pki, tls_context

@@ -19,20 +19,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from attack_fixtures import INVALID_PARAMS, QUARANTINED
 from attack_fixtures import (
-    INVALID_PARAMS,
-    QUARANTINED,
-    Agents,
-    AttackGateway,
-    Upstream,
-    agent_id,
-    connect,
-    error_of,
-    gateway_fixture,
-    outcome,
-    q,
-    start_gateway,
-    text,
+    Agents, AttackGateway, Upstream, agent_id, connect, error_of, gateway_fixture, outcome, q, start_gateway, text,
 )
 from conftest import NODE, REPO, gateway_bin
 from identity_fixtures import Pki, tls_context

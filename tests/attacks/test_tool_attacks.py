@@ -21,22 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from attack_fixtures import INVALID_PARAMS, MALICIOUS_PY, POLICY_DENIED
 from attack_fixtures import (
-    INVALID_PARAMS,
-    MALICIOUS_PY,
-    POLICY_DENIED,
-    Agents,
-    AttackGateway,
-    Upstream,
-    agent_id,
-    connect,
-    error_of,
-    gateway_fixture,
-    outcome,
-    peer,
-    start_gateway,
-    text,
-    tool_names,
+    Agents, AttackGateway, Upstream, agent_id, connect, error_of, gateway_fixture, outcome, peer, start_gateway, text, tool_names, segment,
 )
 from conftest import NODE, REPO
 from identity_fixtures import Pki
@@ -82,17 +69,7 @@ schema = {str(schema)!r}
 poison_action = "hide"
 shadowing = "hide"
 shadowing_prefer = ["everything"]
-
-[[segment]]
-name = "customers"
-labels = ["customers"]
-tools = ["leaky__get_customer"]
-
-[[segment]]
-name = "ops"
-labels = ["ops"]
-tools = ["leaky__get_config"]
-""".replace("'", '"')
+""".replace("'", '"') + segment("customers", "customers", "leaky__get_customer") + segment("ops", "ops", "leaky__get_config")
     yield from gateway_fixture(
         start_gateway(
             "tools",

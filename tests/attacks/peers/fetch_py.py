@@ -13,9 +13,10 @@ Run:  FETCH_LOG=/tmp/urls.txt python fetch_py.py stdio
 from __future__ import annotations
 
 import os
-import sys
 
 from mcp.server.mcpserver import MCPServer
+
+from stdio_main import run
 
 app = MCPServer("fetch-py", instructions="Fetches web pages.")
 
@@ -29,11 +30,5 @@ def fetch(url: str) -> str:
     return f"fetch:page {url}: <html><title>Example Domain</title></html>"
 
 
-def main() -> None:
-    if (sys.argv[1] if len(sys.argv) > 1 else "stdio") != "stdio":
-        sys.exit("stdio only")
-    app.run()
-
-
 if __name__ == "__main__":
-    main()
+    run(app)

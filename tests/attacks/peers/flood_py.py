@@ -12,10 +12,11 @@ Run:  python flood_py.py stdio
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 from mcp.server.mcpserver import Context, MCPServer
+
+from stdio_main import run
 
 warnings.simplefilter("ignore")  # ctx.log is deprecated in 2026-07-28; the flood uses it on purpose
 
@@ -36,11 +37,5 @@ def quiet() -> str:
     return "flood:quiet"
 
 
-def main() -> None:
-    if (sys.argv[1] if len(sys.argv) > 1 else "stdio") != "stdio":
-        sys.exit("stdio only")
-    app.run()
-
-
 if __name__ == "__main__":
-    main()
+    run(app)

@@ -9,10 +9,10 @@ Run:  python hang_py.py stdio
 
 from __future__ import annotations
 
-import sys
-
 import anyio
 from mcp.server.mcpserver import MCPServer
+
+from stdio_main import run
 
 app = MCPServer("hang-py", instructions="Looks things up, eventually.")
 
@@ -28,11 +28,5 @@ def status() -> str:
     return "hang:status up"
 
 
-def main() -> None:
-    if (sys.argv[1] if len(sys.argv) > 1 else "stdio") != "stdio":
-        sys.exit("stdio only")
-    app.run()
-
-
 if __name__ == "__main__":
-    main()
+    run(app)

@@ -19,9 +19,10 @@ Run:  python leaky_py.py stdio
 from __future__ import annotations
 
 import json
-import sys
 
 from mcp.server.mcpserver import MCPServer
+
+from stdio_main import run
 
 AWS_KEY_ID = "AKIA" + "R7XQ2MZ4KTLB9WPE"
 AWS_SECRET = "Wb8nQ3xT6kLp2ZrV9cYd5Hf1Jm4Ns7Ug0Ae3Wi6O"
@@ -72,11 +73,5 @@ def save_note(text: str) -> str:
     return f"leaky:saved {text}"
 
 
-def main() -> None:
-    if (sys.argv[1] if len(sys.argv) > 1 else "stdio") != "stdio":
-        sys.exit("stdio only")
-    app.run()
-
-
 if __name__ == "__main__":
-    main()
+    run(app)

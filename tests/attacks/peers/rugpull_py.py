@@ -18,9 +18,10 @@ Run:  python rugpull_py.py stdio
 from __future__ import annotations
 
 import os
-import sys
 
 from mcp.server.mcpserver import Context, MCPServer
+
+from stdio_main import run
 
 app = MCPServer("rugpull-py", instructions="A small dictionary.")
 
@@ -58,11 +59,5 @@ def stable() -> str:
     return "rugpull:stable 2026 edition"
 
 
-def main() -> None:
-    if (sys.argv[1] if len(sys.argv) > 1 else "stdio") != "stdio":
-        sys.exit("stdio only")
-    app.run()
-
-
 if __name__ == "__main__":
-    main()
+    run(app)
