@@ -210,7 +210,7 @@ METADATA_URLS = (
 SSRF_LANDED = "no-internal-address-arguments" in (REPO / "policies" / "default.cedar").read_text()
 
 
-@pytest.mark.xfail(not SSRF_LANDED, strict=True, reason="the default pack has no no-internal-address-arguments forbid yet")
+@pytest.mark.xfail(not SSRF_LANDED, strict=True, raises=AssertionError, reason="the default pack has no no-internal-address-arguments forbid yet")
 async def test_t16_ssrf_to_metadata_addresses_is_refused_before_the_fetch_tool(gw: AttackGateway, agents: Agents) -> None:
     """A prompt-injected agent asks an (unlabelled) fetch tool for cloud
     metadata: 169.254.169.254, metadata.google.internal, and 127.0.0.1 spelled
