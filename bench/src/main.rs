@@ -3,6 +3,7 @@
 //! certificate) and measures `tools/call` latency and throughput, e.g. a
 //! server directly versus the same server behind Portcullis. Also measures
 //! full TLS handshakes per second (`--handshakes`) and idle-session memory.
+#![forbid(unsafe_code)]
 
 mod handshake;
 mod mcp;
