@@ -24,7 +24,7 @@ import pytest
 
 from attack_fixtures import BREAKER_OPEN, RATE_LIMITED, UPSTREAM_TIMEOUT
 from attack_fixtures import (
-    Agents, AttackGateway, Upstream, connect, error_of, gateway_fixture, outcome, peer, start_gateway, text,
+    gateway_bug, Agents, AttackGateway, Upstream, connect, error_of, gateway_fixture, outcome, peer, start_gateway, text,
 )
 from conftest import NODE
 from identity_fixtures import Pki, tls_context
@@ -227,11 +227,9 @@ async def test_t13_rate_limit_refuses_the_greedy_agent_only(gw: AttackGateway, a
     assert all(r["decision"] == "allow" for r in gw.decisions("t13-fair", "everything__get-sum"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="gateway bug: a call refused by a rate limit (-32029, never sent upstream) is audited as "
-    "decision=allow, reason=allowed; only the process log says 'rate limited'",
+@gateway_bug(
+    "a call refused by a rate limit (-32029, never sent upstream) is audited as "
+    "decision=allow, reason=allowed; only the process log says 'rate limited'"
 )
 async def test_t13_rate_limited_calls_are_audited_as_refused(gw: AttackGateway, agents: Agents) -> None:
     """The audit record of a call refused with -32029 must say it was refused
@@ -246,11 +244,9 @@ async def test_t13_rate_limited_calls_are_audited_as_refused(gw: AttackGateway, 
     assert any(p.startswith("containment:") for p in records[-1]["policies"]) or "rate" in records[-1]["reason"], records[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="gateway bug: a call refused by an open circuit breaker (-32013, never sent upstream) is "
-    "audited as decision=allow, reason=allowed",
+@gateway_bug(
+    "a call refused by an open circuit breaker (-32013, never sent upstream) is "
+    "audited as decision=allow, reason=allowed"
 )
 async def test_t13_breaker_refusals_are_audited_as_refused(gw: AttackGateway, agents: Agents) -> None:
     """The audit record of a call refused with -32013 must say it was refused."""

@@ -30,7 +30,7 @@ from attack_fixtures import (
 )
 from conftest import NODE
 from identity_fixtures import Pki
-from leaky_py import AWS_KEY_ID, CARD, EMAIL, IBAN, PII_VALUES, SECRET_VALUES
+from leaky_py import AWS_KEY_ID, PII_VALUES, SECRET_VALUES
 
 pytestmark = pytest.mark.anyio
 

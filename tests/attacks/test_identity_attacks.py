@@ -27,10 +27,10 @@ import pytest
 
 from attack_fixtures import UPSTREAM_DOWN
 from attack_fixtures import (
-    Agents, AttackGateway, DemoServer, Issuer, Upstream, agent_id, connect, error_of, gateway_fixture, outcome, q, start_demo, start_gateway, text, tool_names,
+    gateway_bug, Agents, AttackGateway, DemoServer, Issuer, Upstream, agent_id, connect, error_of, gateway_fixture, outcome, q, start_demo, start_gateway, text, tool_names,
 )
 from conftest import NODE
-from identity_fixtures import FOREIGN_ID, TRUST_DOMAIN, Pki, tls_context
+from identity_fixtures import TRUST_DOMAIN, Pki, tls_context
 
 pytestmark = pytest.mark.anyio
 
@@ -173,11 +173,9 @@ async def test_t1_spoofed_agents_are_refused_before_the_upstream(
     assert REFUSED_MARK not in received
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="gateway bug: a client certificate refused in the TLS handshake (foreign trust domain) is only "
-    "in the process log, not in the audit log, which docs/monitoring.md says records every authentication failure",
+@gateway_bug(
+    "a client certificate refused in the TLS handshake (foreign trust domain) is only "
+    "in the process log, not in the audit log, which docs/monitoring.md says records every authentication failure"
 )
 async def test_t1_a_refused_certificate_is_audited(gw: AttackGateway, pki: Pki) -> None:
     since = len(gw.records())

@@ -10,7 +10,6 @@ with a policy file: the default pack plus a forbid on
 
 from __future__ import annotations
 
-import json
 import subprocess
 import traceback
 from collections.abc import Iterator
