@@ -385,6 +385,17 @@ impl Gateway {
         self.upstreams.iter().map(|u| u.name.clone()).collect()
     }
 
+    /// Seconds until `upstream`'s open breaker lets a probe through; `None`
+    /// when it would let a call through now.
+    fn circuit_open(&self, upstream: &str) -> Option<u64> {
+        let u = self.upstreams.iter().find(|u| u.name == upstream)?;
+        let snap = u.breaker.snapshot(Instant::now());
+        match snap.retry_in_secs {
+            Some(wait) if wait > 0.0 => Some((wait.ceil() as u64).max(1)),
+            _ => None,
+        }
+    }
+
     /// Each upstream's circuit breaker, by name.
     pub fn breakers(&self) -> Vec<(String, Arc<portcullis_contain::breaker::Breaker>)> {
         self.upstreams
@@ -1259,11 +1270,14 @@ impl Gateway {
         if is_call && self.cfg.store.taint_reads == crate::contain::TaintReads::Strict {
             self.refresh_taint(client).await;
         }
-        let d = self.pep.decide(client, action, method, res, args);
-        if !d.allow {
-            return Err(Refusal::Denied(d.reason.clone()));
+        // The record stays open until the rate limits have had their say, so
+        // a call they refuse is audited as refused.
+        let pending = self.pep.decide_pending(client, action, method, res, args);
+        if !pending.decision().allow {
+            return Err(Refusal::Denied(pending.finish().reason));
         }
-        let class = match &d.obligations.rate_class {
+        let rate_class = pending.decision().obligations.rate_class.clone();
+        let class = match &rate_class {
             None => None,
             Some(name) => match self.cfg.policy.rate_classes.get(name) {
                 Some(rc) => Some((
@@ -1276,6 +1290,8 @@ impl Gateway {
                 None => {
                     // An unknown class is a policy mistake: refuse rather than run unlimited.
                     tracing::warn!(class = %name, "rate class named by policy is not configured; denying");
+                    let source = format!("rate:class:{name}");
+                    pending.refuse(format!("rate class {name} is not configured"), &source);
                     let _ = out
                         .send(rate_limited(
                             id,
@@ -1296,9 +1312,22 @@ impl Gateway {
         {
             tracing::info!(identity = %client.owner, limit = %limit, wait_ms = wait.as_millis() as u64, "rate limited");
             self.pep.monitor.metrics.containment("rate_limited");
+            pending.refuse(format!("rate limited ({limit})"), &format!("rate:{limit}"));
             let _ = out.send(rate_limited(id, &limit, wait)).await;
             return Err(Refusal::Answered);
         }
+        // An open breaker refuses here, so the record says so; a breaker that
+        // opens between this check and the forward still fails fast there.
+        if let Some(secs) = self.circuit_open(&res.server) {
+            pending.refuse(
+                format!("upstream {} is failing and its circuit is open", res.server),
+                &format!("breaker:{}", res.server),
+            );
+            let err = crate::upstream::UpstreamError::CircuitOpen(res.server.clone(), secs);
+            let _ = out.send(err.to_message(id)).await;
+            return Err(Refusal::Answered);
+        }
+        let d = pending.finish();
         if let Some(message) = d.obligations.require_approval.clone() {
             self.approve(client, method, res, params, &message, id, out)
                 .await?;

@@ -371,8 +371,87 @@ impl Pep {
         resource: &ResourceFacts,
         args: Option<&Value>,
     ) -> Decision {
+        self.decide_pending(client, action, method, resource, args)
+            .finish()
+    }
+
+    /// Decides one request but leaves its record open: a later stage may
+    /// still refuse it (a rate limit, an open breaker), and the audit record
+    /// must say what happened to the request, not only what policy said.
+    /// The record is written by [`Pending::finish`] or [`Pending::refuse`],
+    /// or when the `Pending` is dropped.
+    pub fn decide_pending<'a>(
+        &'a self,
+        client: &'a Client,
+        action: Action,
+        method: &'a str,
+        resource: &'a ResourceFacts,
+        args: Option<&'a Value>,
+    ) -> Pending<'a> {
+        let began = std::time::Instant::now();
+        let engine = self.engine();
         let session = self.session_facts(&client.facts());
-        self.decide_with(client, action, method, resource, args, &session, true)
+        let (risk, argument_findings) = self.observe(client, resource, args);
+        let mut d = None;
+        let fired = self.contain.on_risk(risk.score);
+        if !fired.is_empty() && self.auto_contain(client, fired) {
+            if let Verdict::Restricted { mode, source, .. } = self.contain.verdict(client) {
+                if !self.contain.permits(mode, &action, resource) {
+                    d = Some(Decision {
+                        allow: false,
+                        reason: format!("quarantined ({source}) by an automatic rule"),
+                        determining: vec![format!("containment:{source}")],
+                        errors: Vec::new(),
+                        obligations: Default::default(),
+                    });
+                }
+            }
+        }
+        let d = match d {
+            Some(contained) => contained,
+            None => {
+                let mut d = engine.decide(&Request {
+                    principal: client.policy_principal(),
+                    action: action.clone(),
+                    resource,
+                    arguments: args,
+                    method: Some(method),
+                    session: &session,
+                    risk: i64::from(risk.score),
+                    argument_findings: &argument_findings,
+                    now_unix: now_unix(),
+                });
+                if d.allow && self.monitor.audit_failed() {
+                    // Fail closed: nothing is served that cannot be recorded.
+                    d = Decision {
+                        allow: false,
+                        reason: "denied: the audit log cannot record this request".into(),
+                        determining: Vec::new(),
+                        errors: Vec::new(),
+                        obligations: Default::default(),
+                    };
+                }
+                if !d.allow {
+                    let fired = self.contain.on_denial(client);
+                    if !fired.is_empty() {
+                        self.auto_contain(client, fired);
+                    }
+                }
+                d
+            }
+        };
+        Pending {
+            pep: self,
+            client,
+            action,
+            method,
+            resource,
+            args,
+            engine,
+            risk,
+            began,
+            decision: d,
+        }
     }
 
     /// Whether the principal may use `resource` at all, whatever its
@@ -401,17 +480,7 @@ impl Pep {
         if let Some(v) = client.visibility_cached(engine.hash(), &key, VISIBILITY_TTL) {
             return v;
         }
-        let allow = self
-            .decide_with(
-                client,
-                action.clone(),
-                method,
-                resource,
-                None,
-                &SessionFacts::default(),
-                false,
-            )
-            .allow;
+        let allow = self.decide_visibility(client, &action, method, resource);
         client.cache_visibility(engine.hash(), key, allow);
         allow && self.contain_permits(client, &action, resource)
     }
@@ -425,85 +494,28 @@ impl Pep {
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one decision's whole context")]
-    fn decide_with(
+    /// The visibility decision: standing facts only (a fresh session, no
+    /// arguments, no behaviour, no risk), never recorded.
+    fn decide_visibility(
         &self,
         client: &Client,
-        action: Action,
+        action: &Action,
         method: &str,
         resource: &ResourceFacts,
-        args: Option<&Value>,
-        session: &SessionFacts,
-        record: bool,
-    ) -> Decision {
-        let began = std::time::Instant::now();
-        let engine = self.engine();
-        let principal = client.policy_principal();
-        // Visibility is decided on standing facts only: no behaviour, no risk.
-        let (risk, argument_findings) = if record {
-            self.observe(client, resource, args)
-        } else {
-            let none = RiskScore {
-                score: 0,
-                factors: Vec::new(),
-            };
-            (none, Vec::new())
-        };
-        if record {
-            let fired = self.contain.on_risk(risk.score);
-            if !fired.is_empty() && self.auto_contain(client, fired) {
-                if let Verdict::Restricted { mode, source, .. } = self.contain.verdict(client) {
-                    if !self.contain.permits(mode, &action, resource) {
-                        let d = Decision {
-                            allow: false,
-                            reason: format!("quarantined ({source}) by an automatic rule"),
-                            determining: vec![format!("containment:{source}")],
-                            errors: Vec::new(),
-                            obligations: Default::default(),
-                        };
-                        self.record(
-                            client, &action, method, resource, &d, &engine, &risk, args, began,
-                        );
-                        return d;
-                    }
-                }
-            }
-        }
-        let mut d = engine.decide(&Request {
-            principal,
+    ) -> bool {
+        let d = self.engine().decide(&Request {
+            principal: client.policy_principal(),
             action: action.clone(),
             resource,
-            arguments: args,
+            arguments: None,
             method: Some(method),
-            session,
-            risk: i64::from(risk.score),
-            argument_findings: &argument_findings,
+            session: &SessionFacts::default(),
+            risk: 0,
+            argument_findings: &[],
             now_unix: now_unix(),
         });
-        if !record {
-            tracing::debug!(target: "portcullis::decision", allow = d.allow, identity = %client.owner, action = action.as_str(), resource = %resource.id, "visibility");
-            return d;
-        }
-        if d.allow && self.monitor.audit_failed() {
-            // Fail closed: nothing is served that cannot be recorded.
-            d = Decision {
-                allow: false,
-                reason: "denied: the audit log cannot record this request".into(),
-                determining: Vec::new(),
-                errors: Vec::new(),
-                obligations: Default::default(),
-            };
-        }
-        if !d.allow {
-            let fired = self.contain.on_denial(client);
-            if !fired.is_empty() {
-                self.auto_contain(client, fired);
-            }
-        }
-        self.record(
-            client, &action, method, resource, &d, &engine, &risk, args, began,
-        );
-        d
+        tracing::debug!(target: "portcullis::decision", allow = d.allow, identity = %client.owner, action = action.as_str(), resource = %resource.id, "visibility");
+        d.allow
     }
 
     /// Logs and audits one decision.
@@ -612,4 +624,61 @@ fn policy_findings(findings: &[portcullis_inspect::args::ArgFinding]) -> Vec<Str
         }
     }
     out
+}
+
+/// A decision whose record is still open (see [`Pep::decide_pending`]).
+pub struct Pending<'a> {
+    pep: &'a Pep,
+    client: &'a Client,
+    action: Action,
+    method: &'a str,
+    resource: &'a ResourceFacts,
+    args: Option<&'a Value>,
+    engine: Arc<Engine>,
+    risk: RiskScore,
+    began: std::time::Instant,
+    decision: Decision,
+}
+
+impl Pending<'_> {
+    /// What policy (or an automatic quarantine) decided.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// Records the decision as made and returns it.
+    pub fn finish(self) -> Decision {
+        let d = self.decision.clone();
+        drop(self);
+        d
+    }
+
+    /// Records the request as refused by a later stage instead: `reason`
+    /// for the record, `source` as its determining entry
+    /// (`containment:<source>`, e.g. `containment:rate:tool:x`).
+    pub fn refuse(mut self, reason: String, source: &str) {
+        self.decision = Decision {
+            allow: false,
+            reason,
+            determining: vec![format!("containment:{source}")],
+            errors: Vec::new(),
+            obligations: Default::default(),
+        };
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.pep.record(
+            self.client,
+            &self.action,
+            self.method,
+            self.resource,
+            &self.decision,
+            &self.engine,
+            &self.risk,
+            self.args,
+            self.began,
+        );
+    }
 }

@@ -290,6 +290,17 @@ burst = 2
         0,
         "never reached the upstream"
     );
+    // Audited as refused, by the limit, not as policy's allow.
+    let refused: Vec<Value> = env
+        .audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "decision" && r["decision"] == "deny")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        refused[0]["policies"],
+        json!(["containment:rate:tool:demo__echo"])
+    );
     // The limit is alice's: bob has his own burst.
     assert!(call(&gw, &env.bob, &b, 1, "demo__echo", echo("bob"))["result"].is_object());
     // Another tool is not under the echo limit.
