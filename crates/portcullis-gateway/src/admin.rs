@@ -430,9 +430,10 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     limits: crate::listener::ConnLimits,
+    refused: Option<crate::listener::CertRefused>,
 ) {
     let never = std::future::pending::<()>();
-    crate::listener::serve(listener, Some(tls), app, limits, never).await;
+    crate::listener::serve(listener, Some(tls), app, limits, refused, never).await;
 }
 
 #[cfg(test)]

@@ -180,12 +180,36 @@ pub struct ConnInfo {
     pub peer: Option<Arc<PeerCert>>,
 }
 
+/// Told of every client certificate a TLS handshake refused (remote
+/// address, reason), so the refusal reaches the audit log: the listener
+/// itself knows nothing of auditing.
+pub type CertRefused = Arc<dyn Fn(SocketAddr, String) + Send + Sync>;
+
+/// The refusal in a failed handshake's error when it was the client's
+/// certificate (untrusted, wrong SPIFFE ID, revoked, expired, missing), as
+/// opposed to a scanner or a client speaking plain HTTP.
+fn certificate_refusal(e: &std::io::Error) -> Option<String> {
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let why = match inner {
+        // The verifier's own reason (trust domain, SPIFFE ID, deny list).
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) => o.0.to_string(),
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            inner.to_string()
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "client certificate refused in the TLS handshake: {why}"
+    ))
+}
+
 /// Accepts connections until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
     limits: ConnLimits,
+    refused: Option<CertRefused>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let counter = Counter::new(limits);
@@ -223,6 +247,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let acceptor = acceptor.clone();
+        let refused = refused.clone();
         tokio::spawn(async move {
             let _guard = guard;
             match acceptor {
@@ -242,6 +267,10 @@ pub async fn serve(
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::info!(%remote, error = %e, "TLS handshake failed");
+                                if let (Some(why), Some(tell)) = (certificate_refusal(&e), &refused)
+                                {
+                                    tell(remote, why);
+                                }
                                 return;
                             }
                             Err(_) => {

@@ -27,6 +27,13 @@ use thiserror::Error;
 use crate::spiffe::{self, SpiffeId};
 
 /// A TLS setup that could not be built; names the file or setting.
+/// Why a client certificate that chains to a trusted CA was refused anyway
+/// (trust domain, SPIFFE ID, deny list), carried inside the TLS error so
+/// the refusal can be audited with its reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CertRefused(pub String);
+
 #[derive(Debug, Error)]
 pub enum TlsError {
     /// A PEM file could not be read or holds nothing usable.
@@ -296,7 +303,17 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             let err = if why.contains("revoked") {
                 rustls::CertificateError::Revoked
             } else {
-                rustls::CertificateError::ApplicationVerificationFailure
+                // The reason and the presented ID travel in the error, so the
+                // listener can audit the refusal (the alert becomes
+                // certificate_unknown instead of access_denied).
+                let presented = peer
+                    .spiffe_id
+                    .as_ref()
+                    .map_or_else(|| "no SPIFFE ID".to_owned(), |s| s.to_string());
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(CertRefused(format!(
+                    "{why} (presented {presented}, fingerprint {})",
+                    peer.fingerprint
+                )))))
             };
             return Err(rustls::Error::InvalidCertificate(err));
         }

@@ -507,6 +507,7 @@ pub async fn run_http(opts: HttpOptions) -> anyhow::Result<()> {
                 Some(tls),
                 app,
                 Default::default(),
+                None,
                 std::future::pending(),
             )
             .await

@@ -423,6 +423,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             a.tls,
             app.router,
             portcullis_gateway::listener::ConnLimits::from(&gw.cfg.limits),
+            Some(audit_refused_certificates(&gw)),
         ));
         eprintln!("portcullis: admin API on https://{addr} (mTLS; {})", a.note);
         if a.console.is_some() {
@@ -456,6 +457,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             None,
             portcullis_gateway::admin::health_router(gw.clone()),
             portcullis_gateway::listener::ConnLimits::from(&gw.cfg.limits),
+            None,
             std::future::pending::<()>(),
         ));
         eprintln!("portcullis: health probes on http://{addr} (/healthz, /readyz)");
@@ -485,7 +487,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tokio::time::sleep(delay).await;
         }
     };
-    portcullis_gateway::listener::serve(listener, tls_config, app, limits, draining).await;
+    let refused = Some(audit_refused_certificates(&gw));
+    portcullis_gateway::listener::serve(listener, tls_config, app, limits, refused, draining).await;
     // No new connections; calls in flight may finish.
     let left = gw
         .drained(Duration::from_millis(gw.cfg.limits.shutdown_timeout_ms))
@@ -777,4 +780,18 @@ fn banner(d: &Dev, url: &str, resource: &str) {
         id = d.client_id,
         ca_dir = ca.display(),
     );
+}
+
+/// A certificate refused in a TLS handshake becomes an `auth_failure`
+/// audit record (class `certificate_refused`), like every other failed
+/// authentication.
+fn audit_refused_certificates(
+    gw: &Arc<portcullis_gateway::Gateway>,
+) -> portcullis_gateway::listener::CertRefused {
+    let gw = gw.clone();
+    Arc::new(move |remote, why| {
+        gw.pep
+            .monitor
+            .auth_failure(&why, "certificate_refused", &remote.to_string(), 0);
+    })
 }
