@@ -46,6 +46,7 @@
 //!   against.
 //!
 //! See `docs/policy.md` for the algorithm, the argument mapping and costs.
+#![forbid(unsafe_code)]
 
 pub mod args;
 mod build;
