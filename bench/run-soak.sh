@@ -11,7 +11,7 @@
 # record, mismatch, unanswered call, leak or bound exceeded.
 #
 # Knobs (environment):
-#   SOAK_REQUESTS=500000 SOAK_SESSIONS=64 SOAK_CRASHES=6 SOAK_CHURN=150
+#   SOAK_REQUESTS=1000000 SOAK_SESSIONS=64 SOAK_CRASHES=7 SOAK_CHURN=150
 #   OUT_DIR=target/bench          where the full output goes (soak.txt)
 #
 # Crashes closer than 30 s apart make the gateway's restart backoff double
@@ -23,9 +23,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-export SOAK_REQUESTS=${SOAK_REQUESTS:-500000}
+export SOAK_REQUESTS=${SOAK_REQUESTS:-1000000}
 export SOAK_SESSIONS=${SOAK_SESSIONS:-64}
-export SOAK_CRASHES=${SOAK_CRASHES:-6}
+export SOAK_CRASHES=${SOAK_CRASHES:-7}
 export SOAK_CHURN=${SOAK_CHURN:-150}
 OUT_DIR=${OUT_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/bench}
 mkdir -p "$OUT_DIR"
