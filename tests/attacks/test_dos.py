@@ -157,9 +157,10 @@ async def test_t13_a_notification_flood_is_bounded(gw: AttackGateway, agents: Ag
     grew = gw.rss_kib() - rss_before
     assert grew < 64 * 1024, f"the gateway grew by {grew} KiB during the flood"
     lists = sum(1 for m in gw.received_messages("flood") if m.get("method") == "tools/list") - lists_before
-    # Each list_changed is answered with (at most) one re-list: no amplification.
-    # (Nor any coalescing: see tests/attacks/README.md, observations.)
-    assert lists <= count + 5, f"{count} list_changed notifications became {lists} re-lists of the server"
+    # Re-lists are coalesced: one running and one queued at most, whatever
+    # the number of list_changed notifications meanwhile.
+    print(f"{count} list_changed notifications -> {lists} re-lists")
+    assert 1 <= lists <= count // 10, f"{count} list_changed notifications became {lists} re-lists of the server"
     new = gw.records()[records_before:]
     assert len(new) < 100, f"{len(new)} audit records for one flooding call"
     flood_calls = [r for r in new if r.get("kind") == "decision" and r.get("tool") == "flood__flood"]

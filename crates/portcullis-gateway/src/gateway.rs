@@ -66,6 +66,9 @@ pub struct Upstream {
     pub(crate) hub_fed: std::sync::atomic::AtomicBool,
     /// Opens when the upstream keeps failing: calls then fail fast.
     pub(crate) breaker: Arc<portcullis_contain::breaker::Breaker>,
+    /// Re-lists after `tools/list_changed`, coalesced: a flood of
+    /// notifications costs at most one re-list running and one queued.
+    pub(crate) relist: crate::gateway::admit::Relist,
 }
 
 /// A step of a call in progress, as produced by its task.
@@ -321,6 +324,7 @@ impl Gateway {
                             cfg.containment.breaker,
                         )),
                         seen_init: StdMutex::new(None),
+                        relist: Default::default(),
                     }
                 })
                 .collect();

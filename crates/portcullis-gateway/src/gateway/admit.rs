@@ -187,32 +187,49 @@ impl Gateway {
     /// changed definition is pinned-checked, scanned and hidden before any
     /// client calls it (clients may never re-list).
     pub(super) fn recheck_tools(self: &Arc<Self>, client: Option<Arc<Client>>, idx: usize) {
+        let Some(up) = self.upstreams.get(idx) else {
+            return;
+        };
+        if !up.relist.claim() {
+            // One is running: it will run once more when it is done.
+            return;
+        }
         let me = self.clone();
         tokio::spawn(async move {
-            let client = match client.or_else(|| me.sessions.all().into_iter().next()) {
-                Some(c) => c,
-                None => {
-                    // No session to read it through: forget what calls know
-                    // of tools, so the next call reads the lists again (and
-                    // a changed definition is held before it is reached).
-                    lock(&me.tool_meta).clear();
-                    return;
-                }
-            };
-            match me.read_list(&client, idx, "tools/list", "tools").await {
-                Ok(tools) => {
-                    me.offer_tools(idx, &tools);
-                    for t in &tools {
-                        me.admit_tool(idx, t);
+            loop {
+                let started = tokio::time::Instant::now();
+                me.relist_tools(client.clone(), idx).await;
+                match me.upstreams.get(idx) {
+                    Some(up) if up.relist.again() => {
+                        // The first change is re-listed at once; a stream of
+                        // them, at most once per RELIST_EVERY.
+                        tokio::time::sleep_until(started + RELIST_EVERY).await;
                     }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "tool list not re-checked");
-                    return;
+                    _ => break,
                 }
             }
-            tracing::debug!(upstream = idx, "tool list re-checked after list_changed");
         });
+    }
+
+    /// One re-list of upstream `idx`'s tools (see [`Gateway::recheck_tools`]).
+    async fn relist_tools(self: &Arc<Self>, client: Option<Arc<Client>>, idx: usize) {
+        let Some(client) = client.or_else(|| self.sessions.all().into_iter().next()) else {
+            // No session to read it through: forget what calls know of
+            // tools, so the next call reads the lists again (and a changed
+            // definition is held before it is reached).
+            lock(&self.tool_meta).clear();
+            return;
+        };
+        match self.read_list(&client, idx, "tools/list", "tools").await {
+            Ok(tools) => {
+                self.offer_tools(idx, &tools);
+                for t in &tools {
+                    self.admit_tool(idx, t);
+                }
+                tracing::debug!(upstream = idx, "tool list re-checked after list_changed");
+            }
+            Err(e) => tracing::debug!(error = %e, "tool list not re-checked"),
+        }
     }
 
     /// Every item of one list of upstream `idx` (all pages), read for the
@@ -321,5 +338,79 @@ impl Gateway {
             }
         }
         Ok(lock(&self.prompt_seen).contains(name))
+    }
+}
+
+/// The shortest time between two re-lists of one upstream after the first:
+/// a server flooding `list_changed` costs at most ten re-lists a second.
+const RELIST_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The re-list state of one upstream: idle, running, or running with
+/// another `list_changed` seen meanwhile (so one more run follows).
+#[derive(Default)]
+pub(crate) struct Relist(std::sync::atomic::AtomicU8);
+
+const RELIST_IDLE: u8 = 0;
+const RELIST_RUNNING: u8 = 1;
+const RELIST_AGAIN: u8 = 2;
+
+impl Relist {
+    /// A `list_changed` arrived: true when the caller must start a re-list
+    /// (none was running); otherwise the running one is told to go again.
+    pub(crate) fn claim(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let next = if cur == RELIST_IDLE {
+                RELIST_RUNNING
+            } else {
+                RELIST_AGAIN
+            };
+            match self
+                .0
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return cur == RELIST_IDLE,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// A re-list finished: true when another was asked for meanwhile (and
+    /// the caller must run it), false when the state is idle again.
+    pub(crate) fn again(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self
+            .0
+            .compare_exchange(
+                RELIST_RUNNING,
+                RELIST_IDLE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            return false;
+        }
+        self.0.store(RELIST_RUNNING, Ordering::Release);
+        true
+    }
+}
+
+#[cfg(test)]
+mod relist_tests {
+    use super::Relist;
+
+    #[test]
+    fn a_flood_coalesces_into_one_running_and_one_queued() {
+        let r = Relist::default();
+        assert!(r.claim(), "the first notification starts a re-list");
+        for _ in 0..1000 {
+            assert!(!r.claim(), "the rest only queue one more");
+        }
+        assert!(r.again(), "one more run for everything seen meanwhile");
+        assert!(!r.again(), "then idle");
+        assert!(r.claim(), "and the next notification starts again");
+        assert!(!r.again());
     }
 }
