@@ -299,3 +299,55 @@ fn a_client_stopping_mid_body_sends_nothing_upstream_and_slow_pieces_are_served(
     assert_eq!(rig.peer_saw("pieces-complete"), 1);
     rig.verify_audit();
 }
+
+#[test]
+fn a_session_opened_while_a_stdio_upstream_starts_gets_it_once_it_is_up() {
+    let dir = tempdir("fault-slow-start");
+    let log = dir.join("peer.log");
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[limits]
+call_timeout_ms = 500
+
+[[upstream]]
+name = "slow"
+command = ["sh", "-c", "sleep 2; exec python3 \"$0\" stdio \"$1\"", {PEER:?}, {log:?}]
+
+[[upstream]]
+name = "ok"
+command = [{BIN:?}, "demo-server"]
+"#,
+            log = log.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let gw = start(&["--config".into(), cfg.display().to_string()], &[]);
+    // At once: the slow server is still starting.
+    let sid = gw.session();
+    let early = gw.call(&sid, "1", "tools/list", "{}");
+    let names = |v: &Value| -> Vec<String> {
+        v["result"]["tools"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| t["name"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(names(&early).iter().any(|n| n == "ok__echo"), "{early}");
+    // Once it is up, the same session lists and reaches it.
+    assert!(
+        eventually(20, || names(&gw.call(&sid, "2", "tools/list", "{}"))
+            .iter()
+            .any(|n| n == "slow__echo")),
+        "{}",
+        gw.log_text()
+    );
+    let params = json!({"name": "slow__echo", "arguments": {"message": "late"}});
+    let r = gw.call(&sid, "3", "tools/call", &params.to_string());
+    assert_eq!(text_of(&r), "Echo: late", "{r}");
+}
