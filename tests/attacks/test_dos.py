@@ -24,7 +24,7 @@ import pytest
 
 from attack_fixtures import BREAKER_OPEN, RATE_LIMITED, UPSTREAM_TIMEOUT
 from attack_fixtures import (
-    Agents, AttackGateway, Upstream, connect, error_of, gateway_fixture, outcome, peer, start_gateway, text,
+    Agents, AttackGateway, agent_id, Upstream, connect, error_of, gateway_fixture, outcome, peer, start_gateway, text,
 )
 from conftest import NODE
 from identity_fixtures import Pki, tls_context
@@ -170,9 +170,11 @@ async def test_t13_a_notification_flood_is_bounded(gw: AttackGateway, agents: Ag
 
 async def test_t13_oversized_and_deeply_nested_bodies_are_refused_before_the_upstream(gw: AttackGateway, agents: Agents, pki: Pki) -> None:
     """A body over ``max_body_bytes`` gets 413, JSON deeper than
-    ``max_json_depth`` gets 400 -32600, neither reaches server-everything; the
+    ``max_json_depth`` gets 400 -32600, neither reaches server-everything, each
+    is a ``bad_request`` audit record naming the agent (never the body); the
     same agent's ordinary call right after is served."""
     leaf = agents("t13-bodies")
+    since = len(gw.records())
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json", "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "everything__echo"}
 
     def call(message: object) -> dict:
@@ -202,6 +204,10 @@ async def test_t13_oversized_and_deeply_nested_bodies_are_refused_before_the_ups
     received = gw.received("everything")
     assert "t13-big" not in received and "t13-deep" not in received
     assert "t13-normal" in received
+    bad = [r for r in gw.records()[since:] if r.get("kind") == "bad_request"]
+    assert [(r["status"], r["identity"]["agent"]) for r in bad] == [(413, agent_id("t13-bodies")), (400, agent_id("t13-bodies"))], bad
+    assert "larger than" in bad[0]["reason"] and "deeper than" in bad[1]["reason"], bad
+    assert not any("t13-big" in json.dumps(r) or "t13-deep" in json.dumps(r) for r in bad), "a refused body was recorded"
 
 
 async def test_t13_rate_limit_refuses_the_greedy_agent_only(gw: AttackGateway, agents: Agents) -> None:

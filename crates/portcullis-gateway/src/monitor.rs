@@ -730,6 +730,23 @@ impl Monitor {
         );
     }
 
+    /// Records a request refused before it was read as JSON-RPC (too
+    /// large, too deep, too slow, not JSON): who sent it and why, so probing
+    /// with malformed bodies leaves a trace. Never the body.
+    pub fn bad_request(&self, p: &Principal, route: &str, status: u16, reason: &str) {
+        let key = p.key();
+        self.append(
+            "bad_request",
+            &serde_json::json!({
+                "identity": identity(&key, p),
+                "route": route,
+                "status": status,
+                "reason": reason,
+                "trace_id": current_trace_id(),
+            }),
+        );
+    }
+
     /// Records a new session.
     pub fn session_start(&self, c: &Client) {
         self.append(

@@ -340,6 +340,30 @@ async fn read_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Byt
     Ok(bytes)
 }
 
+/// Audits a body refused before dispatch (see [`Monitor::bad_request`]);
+/// the reason is the error the client got when `why` is generic.
+fn audit_bad_request(st: &AppState, caller: &Caller, r: &Response, why: &str) {
+    let reason = match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "request body larger than {} bytes",
+            st.gw.cfg.limits.max_body_bytes
+        ),
+        StatusCode::REQUEST_TIMEOUT => "request body too slow".to_owned(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "Content-Type is not application/json".to_owned(),
+        StatusCode::BAD_REQUEST if why == "body refused" => format!(
+            "JSON nested deeper than {}",
+            st.gw.cfg.limits.max_json_depth
+        ),
+        _ => why.to_owned(),
+    };
+    st.gw.pep.monitor.bad_request(
+        &caller.principal,
+        &caller.route,
+        r.status().as_u16(),
+        &reason,
+    );
+}
+
 fn wire_error(e: &WireError, id: Option<Box<serde_json::value::RawValue>>) -> Response {
     error_response(StatusCode::BAD_REQUEST, id, e.code(), &e.to_string())
 }
@@ -362,11 +386,18 @@ async fn post(
 ) -> Response {
     let bytes = match read_body(&st, &headers, body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => {
+            audit_bad_request(&st, &caller, &r, "body refused");
+            return r;
+        }
     };
     let parsed = match Message::parse_body(&bytes) {
         Ok(b) => b,
-        Err(e) => return wire_error(&e, None),
+        Err(e) => {
+            let r = wire_error(&e, None);
+            audit_bad_request(&st, &caller, &r, &e.to_string());
+            return r;
+        }
     };
     if stateless {
         return match parsed {

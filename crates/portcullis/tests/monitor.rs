@@ -523,7 +523,7 @@ fn risk_from_behaviour_reaches_policy_and_the_audit_record() {
         ok["result"].is_object(),
         "a fresh identity is allowed: {ok}"
     );
-    // Suspicious arguments, again and again: traversal, metadata address.
+    // Suspicious arguments, again and again: traversal, a private address.
     let mut denied = None;
     let mut allowed_suspicious = 0;
     for i in 0..20 {
@@ -531,7 +531,7 @@ fn risk_from_behaviour_reaches_policy_and_the_audit_record() {
             &sid,
             &format!("{}", 10 + i),
             "tools/call",
-            r#"{"name":"demo__echo","arguments":{"message":"../../../../etc/passwd http://169.254.169.254/latest/meta-data/"}}"#,
+            r#"{"name":"demo__echo","arguments":{"message":"../../../../etc/passwd http://10.0.0.1/admin"}}"#,
         );
         if r["error"].is_object() {
             denied = Some(r);
