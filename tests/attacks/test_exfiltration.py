@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from attack_fixtures import POLICY_DENIED, REPO
+from attack_fixtures import POLICY_DENIED
 from attack_fixtures import (
     Agents, AttackGateway, Upstream, connect, error_of, gateway_fixture, outcome, peer, start_gateway, text, segment,
 )
@@ -207,10 +207,8 @@ METADATA_URLS = (
     "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token",
     "http://2130706433/admin",
 )
-SSRF_LANDED = "no-internal-address-arguments" in (REPO / "policies" / "default.cedar").read_text()
 
 
-@pytest.mark.xfail(not SSRF_LANDED, strict=True, raises=AssertionError, reason="the default pack has no no-internal-address-arguments forbid yet")
 async def test_t16_ssrf_to_metadata_addresses_is_refused_before_the_fetch_tool(gw: AttackGateway, agents: Agents) -> None:
     """A prompt-injected agent asks an (unlabelled) fetch tool for cloud
     metadata: 169.254.169.254, metadata.google.internal, and 127.0.0.1 spelled
