@@ -16,8 +16,10 @@ pub struct Event {
     pub retry: Option<u64>,
 }
 
-/// Encodes one `message` event; payload newlines are split into several
-/// `data:` lines so any payload survives framing.
+/// Encodes one `message` event; payload line breaks (`\n`, `\r\n` and a
+/// lone `\r`, as the decoder reads them) are split into several `data:`
+/// lines, so any payload survives framing as one event whose data has its
+/// line breaks as `\n`.
 pub fn encode(id: Option<&str>, data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 48);
     if let Some(id) = id {
@@ -31,11 +33,20 @@ pub fn encode(id: Option<&str>, data: &[u8]) -> Bytes {
         out.put_u8(b'\n');
     }
     out.put_slice(b"event: message\n");
-    for line in data.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut rest = data;
+    loop {
+        let brk = rest.iter().position(|&b| b == b'\n' || b == b'\r');
+        let (line, tail) = rest.split_at(brk.unwrap_or(rest.len()));
         out.put_slice(b"data: ");
         out.put_slice(line);
         out.put_u8(b'\n');
+        if brk.is_none() {
+            break;
+        }
+        // A lone `\r` ends a line too, or the decoder would see a line
+        // (or an empty one, ending the event) the payload did not have.
+        let skip = if tail.starts_with(b"\r\n") { 2 } else { 1 };
+        rest = tail.get(skip..).unwrap_or_default();
     }
     out.put_u8(b'\n');
     out.freeze()
