@@ -338,3 +338,19 @@ pub fn jti(token: &str) -> String {
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     v["jti"].as_str().unwrap().to_owned()
 }
+
+/// The audit log's files in `dir`: the rotated ones
+/// (`audit.jsonl.<first seq>`) in order, then the live `audit.jsonl`.
+pub fn audit_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit.jsonl"))
+        })
+        .collect();
+    files.sort_by_key(|p| (p.extension().is_some_and(|e| e == "jsonl"), p.clone()));
+    files
+}
