@@ -3,6 +3,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// The UTF-8 byte-order mark a stream may start with.
+const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
 /// One SSE event as dispatched by the decoder.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Event {
@@ -82,6 +85,8 @@ pub struct Decoder {
     max_event: usize,
     last_was_cr: bool,
     started: bool,
+    /// Bytes of a leading byte-order mark seen so far (before `started`).
+    bom: usize,
 }
 
 impl Decoder {
@@ -95,42 +100,65 @@ impl Decoder {
             max_event,
             last_was_cr: false,
             started: false,
+            bom: 0,
         }
     }
 
     /// Feeds bytes; returns every event completed by them.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<Vec<Event>, SseError> {
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Event>, SseError> {
         let mut out = Vec::new();
-        if !self.started && !chunk.is_empty() {
-            self.started = true;
-            if let Some(rest) = chunk.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
-                chunk = rest;
+        let mut rest = chunk;
+        if !self.started {
+            // A byte-order mark may arrive split over chunks: its bytes are
+            // held until it is whole (dropped) or ruled out (data).
+            while let Some((&b, tail)) = rest.split_first() {
+                if BOM.get(self.bom) != Some(&b) {
+                    break;
+                }
+                self.bom += 1;
+                rest = tail;
+                if self.bom == BOM.len() {
+                    break;
+                }
+            }
+            if self.bom == BOM.len() || !rest.is_empty() {
+                self.started = true;
+                if self.bom < BOM.len() {
+                    for &b in BOM.get(..self.bom).unwrap_or_default() {
+                        self.byte(b, &mut out)?;
+                    }
+                }
             }
         }
-        for &b in chunk {
-            if self.last_was_cr {
-                self.last_was_cr = false;
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            match b {
-                b'\n' | b'\r' => {
-                    self.last_was_cr = b == b'\r';
-                    let line = std::mem::take(&mut self.buf);
-                    if let Some(ev) = self.line(&line) {
-                        out.push(ev);
-                    }
-                }
-                _ => {
-                    self.buf.push(b);
-                    if self.buf.len() + self.pending_len > self.max_event {
-                        return Err(SseError::TooLarge(self.max_event));
-                    }
-                }
-            }
+        for &b in rest {
+            self.byte(b, &mut out)?;
         }
         Ok(out)
+    }
+
+    fn byte(&mut self, b: u8, out: &mut Vec<Event>) -> Result<(), SseError> {
+        if self.last_was_cr {
+            self.last_was_cr = false;
+            if b == b'\n' {
+                return Ok(());
+            }
+        }
+        match b {
+            b'\n' | b'\r' => {
+                self.last_was_cr = b == b'\r';
+                let line = std::mem::take(&mut self.buf);
+                if let Some(ev) = self.line(&line) {
+                    out.push(ev);
+                }
+            }
+            _ => {
+                self.buf.push(b);
+                if self.buf.len() + self.pending_len > self.max_event {
+                    return Err(SseError::TooLarge(self.max_event));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn line(&mut self, line: &[u8]) -> Option<Event> {

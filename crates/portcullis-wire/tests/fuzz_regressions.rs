@@ -58,3 +58,36 @@ fn sse_encode_normalizes_line_breaks() {
         assert_eq!(events[0].data, data, "{payload:?}");
     }
 }
+
+/// Feeds `wire` to one decoder in the given chunks.
+fn decode_chunks(chunks: &[&[u8]]) -> Result<Vec<Event>, SseError> {
+    let mut d = Decoder::new(1024);
+    let mut events = Vec::new();
+    for c in chunks {
+        events.extend(d.feed(c)?);
+    }
+    Ok(events)
+}
+
+/// fuzz target `sse` (crash-14206099…): a byte-order mark split over two
+/// chunks was not recognised, so the first line read `\u{feff}data` and
+/// the first event was lost — the events depended on where the upstream's
+/// chunks happened to end.
+#[test]
+fn sse_decoder_bom_split_over_chunks() {
+    let wire: &[u8] = b"\xef\xbb\xbfdata: {\"a\":\n1ata: x\r\rdata: {\"a\":\n1}\n\n";
+    let whole = decode_chunks(&[wire]).unwrap();
+    assert_eq!(whole.len(), 2, "{whole:?}");
+    assert_eq!(whole[0].data, "{\"a\":");
+    for cut in 0..=wire.len() {
+        let (a, b) = wire.split_at(cut);
+        assert_eq!(decode_chunks(&[a, b]).unwrap(), whole, "cut at {cut}");
+    }
+    let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+    assert_eq!(decode_chunks(&bytes).unwrap(), whole, "byte by byte");
+    // A prefix of a BOM followed by something else is data, as when whole.
+    let odd: &[u8] = b"\xef\xbbdata: x\n\ndata: y\n\n";
+    let whole = decode_chunks(&[odd]).unwrap();
+    assert_eq!(decode_chunks(&[&odd[..1], &odd[1..]]).unwrap(), whole);
+    assert_eq!(decode_chunks(&[&odd[..2], &[], &odd[2..]]).unwrap(), whole);
+}
