@@ -466,16 +466,7 @@ fn kill_9_under_load_leaves_a_verifiable_log_and_every_answer_is_recorded() {
     );
     assert!(r["result"].is_object(), "{r}");
     drop(gw2);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("audit.jsonl"))
-        })
-        .collect();
-    files.sort();
+    let files = audit_files(&dir);
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let (ok, out) = verify(&refs, &[]);
     assert!(ok, "after restart: {out}");
