@@ -252,10 +252,20 @@ impl<'o> Verifier<'o> {
                 "malformed record: the body repeats a header field".into()
             ));
         }
+        if rec.seq == 0 {
+            return Err(bad(
+                "malformed record: seq 0 (records are numbered from 1)".into()
+            ));
+        }
         let hash = record::sha256(line);
         match self.prev {
             Some(prev) => {
-                let expected = self.last_seq + 1;
+                let Some(expected) = self.last_seq.checked_add(1) else {
+                    return Err(bad(format!(
+                        "malformed record: no seq can follow seq {}",
+                        self.last_seq
+                    )));
+                };
                 if rec.prev != prev {
                     return Err(self.diagnose(path, lineno, &rec, reader));
                 }
