@@ -7,6 +7,8 @@
 #   scripts/fuzz.sh                     every target, 10 s each
 #   FUZZ_SECONDS=600 scripts/fuzz.sh    longer runs
 #   scripts/fuzz.sh dlp sse             only these targets
+#   FUZZ_SECONDS=3600 FUZZ_CODEGEN_UNITS=1 FUZZ_OPT_LEVEL=3 scripts/fuzz.sh dlp
+#                                       a long run, built for speed
 #
 # cargo-fuzz is installed into .deps/cargo when missing. The committed seeds
 # (fuzz/corpus/<target>) are read only; what a run learns is kept in
@@ -26,9 +28,14 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # Stable rustc: no sanitizer (AddressSanitizer needs nightly; the library
-# crates forbid unsafe code, and a panic is what the targets look for); -O
-# keeps debug assertions, so arithmetic overflow panics too.
-flags=(-O --sanitizer none --fuzz-dir fuzz)
+# crates forbid unsafe code, and a panic is what the targets look for);
+# debug assertions on, so arithmetic overflow panics too. The build is most
+# of the cost (coverage instrumentation on ~316 crates): by default 16
+# codegen units and opt-level 1 keep it cheap on 2 cores; long runs are
+# worth FUZZ_CODEGEN_UNITS=1 FUZZ_OPT_LEVEL=3 (cargo-fuzz's own defaults).
+export CARGO_PROFILE_RELEASE_OPT_LEVEL="${FUZZ_OPT_LEVEL:-1}"
+flags=(-O --debug-assertions --sanitizer none --fuzz-dir fuzz
+       --codegen-units "${FUZZ_CODEGEN_UNITS:-16}")
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 bin="fuzz/target/$triple/release"
 
