@@ -30,7 +30,7 @@ fi
 # Stable rustc: no sanitizer (AddressSanitizer needs nightly; the library
 # crates forbid unsafe code, and a panic is what the targets look for);
 # debug assertions on, so arithmetic overflow panics too. The build is most
-# of the cost (coverage instrumentation on ~316 crates): by default 16
+# of the cost (coverage instrumentation on ~300 crates): by default 16
 # codegen units and opt-level 1 keep it cheap on 2 cores; long runs are
 # worth FUZZ_CODEGEN_UNITS=1 FUZZ_OPT_LEVEL=3 (cargo-fuzz's own defaults).
 export CARGO_PROFILE_RELEASE_OPT_LEVEL="${FUZZ_OPT_LEVEL:-1}"

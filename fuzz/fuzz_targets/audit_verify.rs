@@ -34,6 +34,17 @@ fn fixture() -> &'static Fixture {
         } else {
             std::env::temp_dir()
         };
+        // libFuzzer exits without running destructors: remove what earlier
+        // runs (processes gone) left behind instead.
+        let procfs = std::path::Path::new("/proc/self").exists();
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("portcullis-fuzz-audit-") {
+                if procfs && !std::path::Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         let dir = base.join(format!("portcullis-fuzz-audit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         if let Err(e) = std::fs::create_dir_all(&dir) {
