@@ -362,6 +362,47 @@ fn forged_checkpoint_signature_is_named() {
 }
 
 #[test]
+fn an_edited_timestamp_on_the_last_checkpoint_fails_its_signature() {
+    // Nothing chains after the last checkpoint: only its signature, which
+    // covers its timestamp, shows the edit.
+    let s = standard_log("cp-ts");
+    let mut all = lines(&s.live());
+    let last = all.len() - 1;
+    assert_eq!(kind(&all[last]), "checkpoint");
+    let ts = parse(&all[last])["ts"].as_str().unwrap().to_string();
+    let year: u32 = ts[..4].parse().unwrap();
+    let moved = format!("{}{}", year - 1, &ts[4..]);
+    all[last] = all[last].replace(&ts, &moved);
+    write_lines(&s.live(), &all);
+    let key = load_public_key(&PathBuf::from(format!("{}.pub", s.key().display()))).unwrap();
+    let pinned = VerifyOptions {
+        key: Some(key),
+        strict: true,
+        ..Default::default()
+    };
+    let f = expect_failure(verify_live(&s, &pinned));
+    assert_eq!(f.line, last as u64 + 1, "{f}");
+    assert!(
+        f.reason.contains("signature is invalid") || f.reason.contains("backwards"),
+        "{f}"
+    );
+    // Moving it forward is not "backwards": the signature alone catches it.
+    let mut all = lines(&s.live());
+    let later = format!("{}{}", year + 1, &ts[4..]);
+    all[last] = all[last].replace(&moved, &later);
+    write_lines(&s.live(), &all);
+    let key = load_public_key(&PathBuf::from(format!("{}.pub", s.key().display()))).unwrap();
+    let pinned = VerifyOptions {
+        key: Some(key),
+        strict: true,
+        ..Default::default()
+    };
+    let f = expect_failure(verify_live(&s, &pinned));
+    assert_eq!(f.line, last as u64 + 1, "{f}");
+    assert!(f.reason.contains("signature is invalid"), "{f}");
+}
+
+#[test]
 fn checkpoint_head_must_match_the_chain() {
     let s = standard_log("head");
     let mut all = lines(&s.live());

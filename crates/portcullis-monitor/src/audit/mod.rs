@@ -34,7 +34,9 @@
 //!   `head` is the hash of the previous record (equal to `prev`), `count` the
 //!   number of records before this one (`seq - 1`), `key` the Ed25519 public
 //!   key and `sig` the Ed25519 signature over the bytes
-//!   `portcullis-audit-checkpoint-v1\n<seq>\n<head>`. Written every
+//!   `portcullis-audit-checkpoint-v2\n<seq>\n<ts>\n<head>` (its own `ts`
+//!   included: nothing chains after the last checkpoint; `verify` still
+//!   accepts the v1 form `…-v1\n<seq>\n<head>` of older logs). Written every
 //!   [`AuditConfig::checkpoint_every`] records, after
 //!   [`AuditConfig::checkpoint_interval`] if records were added, before
 //!   rotation and at clean shutdown. Each checkpoint line is also copied to

@@ -7,8 +7,11 @@ use serde::Serialize;
 
 /// `prev` of record 1.
 pub(crate) const ZERO_HASH: [u8; 32] = [0; 32];
-/// Domain separation for checkpoint signatures.
-pub(crate) const SIG_DOMAIN: &str = "portcullis-audit-checkpoint-v1";
+/// Domain separation for checkpoint signatures (v2 covers the timestamp).
+pub(crate) const SIG_DOMAIN: &str = "portcullis-audit-checkpoint-v2";
+/// The first signature form, without the timestamp: still verified, so logs
+/// written before v2 keep verifying.
+pub(crate) const SIG_DOMAIN_V1: &str = "portcullis-audit-checkpoint-v1";
 /// Length of a `ts` value.
 pub(crate) const TS_LEN: usize = 27;
 /// Kinds only the writer may produce.
@@ -29,9 +32,20 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// The bytes a checkpoint signature covers.
-pub(crate) fn checkpoint_message(seq: u64, head_hex: &str) -> Vec<u8> {
-    format!("{SIG_DOMAIN}\n{seq}\n{head_hex}").into_bytes()
+/// The bytes a checkpoint signature covers: its seq, its own timestamp
+/// (nothing chains after the last checkpoint, so only the signature keeps
+/// its time honest) and the head it seals.
+pub(crate) fn checkpoint_message(seq: u64, ts: &[u8], head_hex: &str) -> Vec<u8> {
+    let mut m = format!("{SIG_DOMAIN}\n{seq}\n").into_bytes();
+    m.extend_from_slice(ts);
+    m.push(b'\n');
+    m.extend_from_slice(head_hex.as_bytes());
+    m
+}
+
+/// The v1 message (no timestamp), for logs written before v2.
+pub(crate) fn checkpoint_message_v1(seq: u64, head_hex: &str) -> Vec<u8> {
+    format!("{SIG_DOMAIN_V1}\n{seq}\n{head_hex}").into_bytes()
 }
 
 /// Appends one complete line (with newline) to `out` and returns its hash.

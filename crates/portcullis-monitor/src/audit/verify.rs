@@ -397,7 +397,7 @@ impl<'o> Verifier<'o> {
                 self.key = Some(key.clone());
             }
         }
-        if !signature_ok(&key, rec.seq, &body.head, &body.sig) {
+        if !signature_ok(&key, rec.seq, rec.ts, &body.head, &body.sig) {
             return Err(bad("checkpoint signature is invalid".into()));
         }
         Ok(())
@@ -495,7 +495,7 @@ impl<'o> Verifier<'o> {
                 .and_then(|p| {
                     let body: CheckpointBody = parse_body(p.inner)?;
                     let key = self.key.clone().or_else(|| hex::decode(&body.key).ok())?;
-                    Some(signature_ok(&key, seq, &body.head, &body.sig))
+                    Some(signature_ok(&key, seq, p.ts, &body.head, &body.sig))
                 })
                 .unwrap_or(false);
             if !ok {
@@ -550,13 +550,19 @@ impl<'o> Verifier<'o> {
     }
 }
 
-fn signature_ok(key: &[u8], seq: u64, head_hex: &str, sig_hex: &str) -> bool {
+/// A v2 signature (over seq, timestamp and head), or a v1 one (seq and
+/// head) from a log written before v2. A v2 signature never verifies as v1,
+/// so an edited timestamp cannot fall back to the weaker form.
+fn signature_ok(key: &[u8], seq: u64, ts: &[u8], head_hex: &str, sig_hex: &str) -> bool {
     let Ok(sig) = hex::decode(sig_hex) else {
         return false;
     };
-    UnparsedPublicKey::new(&ED25519, key)
-        .verify(&record::checkpoint_message(seq, head_hex), &sig)
+    let key = UnparsedPublicKey::new(&ED25519, key);
+    key.verify(&record::checkpoint_message(seq, ts, head_hex), &sig)
         .is_ok()
+        || key
+            .verify(&record::checkpoint_message_v1(seq, head_hex), &sig)
+            .is_ok()
 }
 
 /// The `seq` of the next line, if it parses (only used to refine a diagnosis).

@@ -742,7 +742,10 @@ impl Writer {
     fn push_checkpoint(&mut self, ts: &[u8; TS_LEN]) {
         let seq = self.next_seq;
         let head = hex::encode(self.prev);
-        let sig = self.key.pair.sign(&record::checkpoint_message(seq, &head));
+        let sig = self
+            .key
+            .pair
+            .sign(&record::checkpoint_message(seq, ts, &head));
         let inner = format!(
             "\"head\":\"{head}\",\"count\":{},\"key\":\"{}\",\"sig\":\"{}\"",
             seq - 1,
