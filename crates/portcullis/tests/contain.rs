@@ -176,6 +176,18 @@ fn call(gw: &Gateway, token: &str, sid: &str, id: u64, tool: &str, args: Value) 
     .json()
 }
 
+/// Reads the demo's `welcome` document (a read-only tool) in a session.
+fn read_welcome(gw: &Gateway, token: &str, sid: &str, id: u64) -> Value {
+    call(
+        gw,
+        token,
+        sid,
+        id,
+        "demo__read_document",
+        json!({"name": "welcome"}),
+    )
+}
+
 fn code(v: &Value) -> i64 {
     v["error"]["code"].as_i64().unwrap_or(0)
 }
@@ -304,14 +316,7 @@ burst = 2
     // The limit is alice's: bob has his own burst.
     assert!(call(&gw, &env.bob, &b, 1, "demo__echo", echo("bob"))["result"].is_object());
     // Another tool is not under the echo limit.
-    let doc = call(
-        &gw,
-        &env.alice,
-        &a,
-        10,
-        "demo__read_document",
-        json!({"name": "welcome"}),
-    );
+    let doc = read_welcome(&gw, &env.alice, &a, 10);
     assert!(doc["result"].is_object(), "{doc}");
     // After the advertised wait, alice may call again.
     std::thread::sleep(Duration::from_secs_f64(retry));
@@ -594,14 +599,7 @@ tools = ["demo__read_document"]
         .collect();
     assert_eq!(names, ["demo__read_document"], "{list}");
     // A read-only, safe-labelled tool still works…
-    let doc = call(
-        &gw,
-        &env.alice,
-        &a,
-        2,
-        "demo__read_document",
-        json!({"name": "welcome"}),
-    );
+    let doc = read_welcome(&gw, &env.alice, &a, 2);
     assert!(doc["result"].is_object(), "{doc}");
     // …a read-only tool without the label and a writing tool do not.
     for (i, tool, args) in [
@@ -748,14 +746,7 @@ burst = 2
     assert_eq!(rc, 0);
     assert!(out.contains("bob"), "listed after the step: {out}");
     // The session lives on: another tool works.
-    let doc = call(
-        &gw,
-        &env.alice,
-        &a,
-        4,
-        "demo__read_document",
-        json!({"name": "welcome"}),
-    );
+    let doc = read_welcome(&gw, &env.alice, &a, 4);
     assert!(doc["result"].is_object(), "{doc}");
 
     // Forward a day: the hour-long tokens have expired by the wall clock,
@@ -783,14 +774,7 @@ burst = 2
     // Back to now: sessions opened before the steps still work, the limit
     // and the quarantine still hold.
     set_clock(&clock, "+0");
-    let doc = call(
-        &gw,
-        &env.alice,
-        &a,
-        6,
-        "demo__read_document",
-        json!({"name": "welcome"}),
-    );
+    let doc = read_welcome(&gw, &env.alice, &a, 6);
     assert!(doc["result"].is_object(), "{doc}");
     assert_eq!(
         code(&call(&gw, &env.bob, &b, 3, "demo__echo", echo("bob-back"))),
@@ -816,17 +800,7 @@ burst = 2
     ] {
         assert_eq!(env.upstream_saw(marker), 0, "{marker} reached the upstream");
     }
-    let out = Command::new(BIN)
-        .args(["audit", "verify"])
-        .arg(env.dir.join("audit.jsonl"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_audit_verifies(&env.dir.join("audit.jsonl"));
     let recs = env.audit();
     let denied = recs
         .iter()

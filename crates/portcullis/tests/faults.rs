@@ -122,17 +122,7 @@ command = [{BIN:?}, "demo-server"]
     }
 
     fn verify_audit(&self) {
-        let out = std::process::Command::new(BIN)
-            .args(["audit", "verify"])
-            .arg(self.dir.join("audit.jsonl"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_audit_verifies(&self.dir.join("audit.jsonl"));
     }
 }
 

@@ -354,3 +354,18 @@ pub fn audit_files(dir: &Path) -> Vec<PathBuf> {
     files.sort_by_key(|p| (p.extension().is_some_and(|e| e == "jsonl"), p.clone()));
     files
 }
+
+/// `portcullis audit verify FILE` must pass (its output is the failure message).
+pub fn assert_audit_verifies(file: &Path) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
