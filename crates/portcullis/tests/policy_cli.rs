@@ -53,7 +53,7 @@ fn validate_accepts_the_default_pack() {
     let (stdout, stderr) = out(&o);
     assert!(o.status.success(), "{stderr}");
     assert!(
-        stdout.starts_with("ok: 7 policies in 1 file, sha256 "),
+        stdout.starts_with("ok: 9 policies in 1 file, sha256 "),
         "{stdout}"
     );
 }
@@ -154,12 +154,12 @@ fn test_runs_the_shipped_fixture() {
     assert!(o.status.success(), "{stdout}{stderr}");
     assert_eq!(
         stdout.lines().last(),
-        Some("12 passed, 0 failed"),
+        Some("15 passed, 0 failed"),
         "{stdout}"
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("pass: ")).count(),
-        12
+        15
     );
 }
 
