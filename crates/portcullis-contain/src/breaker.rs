@@ -131,6 +131,14 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How long an open breaker still refuses calls at `now` (`None` when
+    /// a call or a probe would be let through): a check that takes nothing
+    /// and copies nothing, for refusing before the forward.
+    pub fn refusing_for(&self, now: Instant) -> Option<Duration> {
+        let g = self.lock();
+        (g.state == State::Open && now < g.until).then(|| g.until - now)
+    }
+
     /// Asks to call at `now`: `Err` is how long until a probe may go.
     pub fn allow(&self, now: Instant) -> Result<Permit, Duration> {
         let mut g = self.lock();

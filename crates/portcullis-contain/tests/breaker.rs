@@ -280,3 +280,17 @@ fn several_half_open_probes_and_config_defaults() {
     );
     assert!(serde_json::from_str::<BreakerConfig>(r#"{"failure": 2}"#).is_err());
 }
+
+#[test]
+fn refusing_for_tells_an_open_breaker_without_taking_a_probe() {
+    let b = Breaker::new(cfg());
+    let t0 = Instant::now();
+    assert_eq!(b.refusing_for(t0), None, "closed");
+    fail(&b, 3, t0);
+    assert_eq!(b.refusing_for(t0), Some(secs(10)));
+    assert_eq!(b.refusing_for(t0 + secs(4)), Some(secs(6)));
+    // Asking took nothing: the cool-down's end still lets one probe through.
+    assert_eq!(b.refusing_for(t0 + secs(10)), None);
+    assert_eq!(b.allow(t0 + secs(10)), Ok(Permit::Probe));
+    assert_eq!(b.refusing_for(t0 + secs(10)), None, "half-open");
+}

@@ -393,11 +393,8 @@ impl Gateway {
     /// when it would let a call through now.
     fn circuit_open(&self, upstream: &str) -> Option<u64> {
         let u = self.upstreams.iter().find(|u| u.name == upstream)?;
-        let snap = u.breaker.snapshot(Instant::now());
-        match snap.retry_in_secs {
-            Some(wait) if wait > 0.0 => Some((wait.ceil() as u64).max(1)),
-            _ => None,
-        }
+        let wait = u.breaker.refusing_for(Instant::now())?;
+        Some(wait.as_secs_f64().ceil().max(1.0) as u64)
     }
 
     /// Each upstream's circuit breaker, by name.
