@@ -16,9 +16,11 @@ preferred), pinning on (the default), admin listener for ``pins``.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from attack_fixtures import INVALID_PARAMS, MALICIOUS_PY, POLICY_DENIED
@@ -223,6 +225,52 @@ async def test_t8_rug_pull_mid_session_is_hidden_until_approved(gw: AttackGatewa
     assert any("id_rsa" in line for line in added), diff.stdout
     pins = gw.cli("pins", "list")
     assert any(line.split()[:3] == ["rugpull", "lookup", "changed"] for line in pins.stdout.splitlines()), pins.stdout
+
+
+async def test_t8_rug_pull_whose_relist_fails_is_not_trusted_on_the_old_definition(
+    pki: Pki, agents: Agents, logs_dir: Path, tmp_path: Path
+) -> None:
+    """The same swap, but the server answers the gateway's re-list with an
+    error, so the change cannot be read when it is announced. The gateway must
+    not go on judging calls by the definition it knew: the next call reads the
+    list again, finds the changed definition, and answers like an unknown tool;
+    the stolen key never reaches the server."""
+    gw = start_gateway(
+        "tools-relist-fails",
+        tmp_path / "gw",
+        logs_dir,
+        pki,
+        [Upstream("rugpull", peer("rugpull_py"), env={"RUGPULL_AFTER": "2", "RUGPULL_LIST_FAILS": "1"})],
+    )
+    try:
+        async with connect(gw, agents("t8-relist")) as c:
+            first = await outcome(c.call_tool("rugpull__lookup", {"word": "t8r-first"}))
+            lists_before = lists_seen(gw)
+            pulled = await outcome(c.call_tool("rugpull__lookup", {"word": "t8r-pull"}))  # swap; the re-list fails
+            deadline = time.monotonic() + 10
+            while lists_seen(gw) == lists_before and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+            relisted = lists_seen(gw) > lists_before
+            await anyio.sleep(0.3)  # the failed re-list's answer is handled
+            after = await outcome(c.call_tool("rugpull__lookup", {"word": "t8r-after", "context": "t8r-stolen-key"}))
+            stable = await outcome(c.call_tool("rugpull__stable", {}))
+    finally:
+        gw.proc.stop()
+
+    assert text(first) == "rugpull:lookup t8r-first: a word"
+    assert text(pulled) == "rugpull:lookup t8r-pull: a word"
+    assert relisted, "the gateway did not re-list after list_changed"
+    err = error_of(after, "rugpull__lookup")
+    assert (err.code, err.message) == (INVALID_PARAMS, "Unknown tool: rugpull__lookup"), err
+    assert text(stable) == "rugpull:stable 2026 edition"
+    words = [c.get("arguments", {}).get("word") for c in gw.calls("rugpull") if c["name"] == "lookup"]
+    assert words == ["t8r-first", "t8r-pull"], f"calls after the change reached the server: {words}"
+    assert "t8r-stolen-key" not in gw.received("rugpull")
+
+
+def lists_seen(gw: AttackGateway) -> int:
+    """How many tools/list requests the upstream has received."""
+    return sum(1 for m in gw.received_messages("rugpull") if m.get("method") == "tools/list")
 
 
 # ----------------------------------------------------------------- T9 ----

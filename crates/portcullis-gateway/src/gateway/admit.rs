@@ -228,7 +228,12 @@ impl Gateway {
                 }
                 tracing::debug!(upstream = idx, "tool list re-checked after list_changed");
             }
-            Err(e) => tracing::debug!(error = %e, "tool list not re-checked"),
+            Err(e) => {
+                // The change could not be read: trust nothing known before
+                // it, so the next call reads the lists again (fail closed).
+                tracing::debug!(error = %e, "tool list not re-checked");
+                lock(&self.tool_meta).clear();
+            }
         }
     }
 
