@@ -252,7 +252,7 @@ async fn handle(
                 let id = if method == Method::POST {
                     match read_body(&st, &headers, body).await {
                         Ok(b) => portcullis_wire::message::id_of(&String::from_utf8_lossy(&b)),
-                        Err(r) => return r,
+                        Err(r) => return r.response,
                     }
                 } else {
                     None
@@ -289,39 +289,101 @@ async fn handle(
     }
 }
 
+/// A body refused before dispatch: what the client gets and what the audit
+/// record says (the body itself is never recorded).
+struct Refused {
+    response: Response,
+    reason: String,
+}
+
+impl Refused {
+    fn new(status: StatusCode, code: i64, message: String) -> Self {
+        Self {
+            response: error_response(status, None, code, &message),
+            reason: message,
+        }
+    }
+}
+
+/// How long an oversized body is read and discarded before the 413 is sent.
+const DRAIN_FOR: Duration = Duration::from_secs(1);
+
+/// Why collecting a body stopped.
+enum Collect {
+    TooLarge,
+    Broken,
+}
+
+/// Collects at most `limit` bytes. Past the limit it keeps reading, and
+/// discards, up to `limit` more bytes for at most [`DRAIN_FOR`], so that a
+/// client still sending reads the 413 rather than a connection reset (the
+/// socket closed with unread data). A body declared larger than twice the
+/// limit is refused at once: draining it could not finish.
+async fn collect(body: Body, limit: usize, declared: Option<u64>) -> Result<Bytes, Collect> {
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX);
+    if declared.is_some_and(|n| n > cap.saturating_mul(2)) {
+        return Err(Collect::TooLarge);
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| Collect::Broken)?;
+        if buf.len().saturating_add(chunk.len()) > limit {
+            let mut seen = buf.len().saturating_add(chunk.len());
+            drop(buf);
+            let drain = async {
+                while let Some(Ok(c)) = stream.next().await {
+                    seen = seen.saturating_add(c.len());
+                    if seen > limit.saturating_mul(2) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+            return Err(Collect::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
 /// Reads the body within the size limit and the depth bound.
-async fn read_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+async fn read_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Refused> {
     let ctype = header_str(headers, "content-type")
         .unwrap_or("")
         .to_ascii_lowercase();
     if !ctype.starts_with("application/json") {
-        return Err(error_response(
+        return Err(Refused::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            None,
             codes::INVALID_REQUEST,
-            "Content-Type must be application/json",
+            "Content-Type must be application/json".to_owned(),
         ));
     }
     let limits = &st.gw.cfg.limits;
     let within = Duration::from_millis(limits.body_timeout_ms);
+    let declared = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
     let bytes =
-        match tokio::time::timeout(within, axum::body::to_bytes(body, limits.max_body_bytes)).await
-        {
+        match tokio::time::timeout(within, collect(body, limits.max_body_bytes, declared)).await {
             Ok(Ok(b)) => b,
-            Ok(Err(_)) => {
-                return Err(error_response(
+            Ok(Err(Collect::TooLarge)) => {
+                return Err(Refused::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    None,
                     codes::INVALID_REQUEST,
-                    &format!("request body larger than {} bytes", limits.max_body_bytes),
+                    format!("request body larger than {} bytes", limits.max_body_bytes),
+                ))
+            }
+            Ok(Err(Collect::Broken)) => {
+                return Err(Refused::new(
+                    StatusCode::BAD_REQUEST,
+                    codes::INVALID_REQUEST,
+                    "request body ended before it was complete".to_owned(),
                 ))
             }
             Err(_) => {
-                return Err(error_response(
+                return Err(Refused::new(
                     StatusCode::REQUEST_TIMEOUT,
-                    None,
                     codes::INVALID_REQUEST,
-                    &format!(
+                    format!(
                         "request body did not arrive within {} ms",
                         limits.body_timeout_ms
                     ),
@@ -330,38 +392,21 @@ async fn read_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Byt
         };
     if depth::within_depth(&bytes, limits.max_json_depth).is_none() {
         let e = WireError::TooDeep(limits.max_json_depth);
-        return Err(error_response(
+        return Err(Refused::new(
             StatusCode::BAD_REQUEST,
-            None,
             e.code(),
-            &e.to_string(),
+            e.to_string(),
         ));
     }
     Ok(bytes)
 }
 
-/// Audits a body refused before dispatch (see [`Monitor::bad_request`]);
-/// the reason is the error the client got when `why` is generic.
-fn audit_bad_request(st: &AppState, caller: &Caller, r: &Response, why: &str) {
-    let reason = match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => format!(
-            "request body larger than {} bytes",
-            st.gw.cfg.limits.max_body_bytes
-        ),
-        StatusCode::REQUEST_TIMEOUT => "request body too slow".to_owned(),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "Content-Type is not application/json".to_owned(),
-        StatusCode::BAD_REQUEST if why == "body refused" => format!(
-            "JSON nested deeper than {}",
-            st.gw.cfg.limits.max_json_depth
-        ),
-        _ => why.to_owned(),
-    };
-    st.gw.pep.monitor.bad_request(
-        &caller.principal,
-        &caller.route,
-        r.status().as_u16(),
-        &reason,
-    );
+/// Audits a body refused before dispatch (see [`Monitor::bad_request`]).
+fn audit_bad_request(st: &AppState, caller: &Caller, status: StatusCode, reason: &str) {
+    st.gw
+        .pep
+        .monitor
+        .bad_request(&caller.principal, &caller.route, status.as_u16(), reason);
 }
 
 fn wire_error(e: &WireError, id: Option<Box<serde_json::value::RawValue>>) -> Response {
@@ -387,15 +432,15 @@ async fn post(
     let bytes = match read_body(&st, &headers, body).await {
         Ok(b) => b,
         Err(r) => {
-            audit_bad_request(&st, &caller, &r, "body refused");
-            return r;
+            audit_bad_request(&st, &caller, r.response.status(), &r.reason);
+            return r.response;
         }
     };
     let parsed = match Message::parse_body(&bytes) {
         Ok(b) => b,
         Err(e) => {
             let r = wire_error(&e, None);
-            audit_bad_request(&st, &caller, &r, &e.to_string());
+            audit_bad_request(&st, &caller, r.status(), &e.to_string());
             return r;
         }
     };

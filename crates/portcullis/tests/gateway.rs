@@ -361,6 +361,46 @@ fn bad_input_gets_clear_errors_and_never_reaches_the_upstream() {
     );
 }
 
+/// A client still sending an oversized body must read the 413, not a reset:
+/// the gateway drains a bounded excess before answering. Before, it closed
+/// with the excess unread, and the client's next write or its read failed
+/// (CI saw `Broken pipe` on exactly this).
+#[test]
+fn an_oversized_body_is_answered_413_while_the_client_is_still_sending() {
+    let dir = tempdir("oversized");
+    let up = dir.join("up.log");
+    let gw = two_demos(&up);
+    let sid = gw.session();
+    let marker = "MARKER-oversized";
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"a__echo","arguments":{{"message":"{marker}{}"}}}}}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    // The first piece is well past the 4 MiB limit, so the excess is still
+    // unread when the gateway decides; the last 64 KiB follow after a pause.
+    let (first, rest) = body.as_bytes().split_at(body.len() - 64 * 1024);
+    let r = try_raw(
+        &gw.addr,
+        "POST",
+        &gw.path,
+        &[ACCEPT, JSON, ("mcp-session-id", &sid)],
+        &[first, rest],
+        std::time::Duration::from_millis(300),
+    )
+    .expect("the client must get an answer, not a broken connection");
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["code"].as_i64(), Some(-32600));
+    assert_eq!(
+        r.json()["error"]["message"].as_str(),
+        Some("request body larger than 4194304 bytes")
+    );
+    let log = std::fs::read_to_string(&up).unwrap_or_default();
+    assert!(
+        !log.contains(marker),
+        "an oversized body reached the upstream"
+    );
+}
+
 #[test]
 fn stateless_requests_are_checked_against_their_headers() {
     let dir = tempdir("stateless");
