@@ -124,7 +124,7 @@ pub(crate) async fn approve(
     reason: Option<&str>,
 ) -> Option<(crate::pins::Pin, Result<(), StoreError>)> {
     // A pending change, else a definition held for poisoning findings.
-    let p = gw.pep.pins.approve(server, tool, by).or_else(|| {
+    let (p, stored) = gw.pep.pins.approve(server, tool, by).or_else(|| {
         gw.defs
             .held(server, tool)
             .then(|| gw.pep.pins.acknowledge(server, tool, by))
@@ -141,19 +141,7 @@ pub(crate) async fn approve(
         Some(&why),
         by,
     );
-    let key = crate::pins::Pins::store_key(&p);
-    let store = gw.pep.contain.state.store();
-    let r = match serde_json::to_value(&p) {
-        Ok(v) => match store.put(crate::pins::NS_PIN, &key, v, None).await {
-            Ok(()) => store
-                .remove(crate::pins::NS_PENDING, &key)
-                .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(StoreError::Encode(e.to_string())),
-    };
-    Some((p, r))
+    Some((p, stored.wait().await))
 }
 
 fn bad(why: impl Into<String>) -> Response {

@@ -375,6 +375,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     pep.watch();
     let pins = pep.pins.load(&contain).await;
+    pep.pins.persist(contain.store().clone());
     portcullis_gateway::pins::follow(&pep);
     if pins > 0 {
         tracing::info!(pins, "tool pins loaded");

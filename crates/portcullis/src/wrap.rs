@@ -49,6 +49,7 @@ pub async fn run(
             .with_containment(contain.clone()),
     );
     pep.pins.load(&contain).await;
+    pep.pins.persist(contain.store().clone());
     pep.watch();
     let gw = Gateway::new(cfg, &[], !single, pep);
     // The identity of a stdio front: the local user, as the configured agent.

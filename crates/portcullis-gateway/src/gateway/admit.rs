@@ -41,36 +41,17 @@ impl Gateway {
     /// verdict. `false` hides it. A new pin or a newly seen change is
     /// stored, and changes and findings are audited.
     pub(super) fn admit_tool(&self, idx: usize, tool: &Value) -> bool {
-        use crate::pins::{Admission, Pins, NS_PENDING, NS_PIN};
+        use crate::pins::Admission;
         let server = self.server_name(idx);
         let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
-        let store = |ns: &'static str, p: crate::pins::Pin| {
-            let state = self.pep.contain.state.clone();
-            if let (Ok(rt), Ok(v)) = (
-                tokio::runtime::Handle::try_current(),
-                serde_json::to_value(&p),
-            ) {
-                rt.spawn(async move {
-                    if let Err(e) = state.store().put(ns, &Pins::store_key(&p), v, None).await {
-                        tracing::warn!(error = %e, "pin not stored");
-                    }
-                });
-            }
-        };
+        // Pins writes each decision to the store itself, in decision order.
         match self.pep.pins.admit(&server, tool) {
             Admission::Trusted => {}
-            Admission::Restored(key) => {
+            Admission::Restored(_) => {
                 tracing::info!(server = %server, tool = name, "tool back to its pinned definition");
-                let state = self.pep.contain.state.clone();
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let _ = state.store().remove(NS_PENDING, &key).await;
-                    });
-                }
             }
             Admission::FirstSeen(p) => {
                 tracing::info!(server = %server, tool = name, hash = %p.hash, "tool pinned on first use");
-                store(NS_PIN, p);
             }
             Admission::Changed(first) => {
                 if let Some(p) = first {
@@ -84,7 +65,6 @@ impl Gateway {
                         Some(&self.naming.outward(idx, name)),
                         json!({"server": server, "tool": name, "hash": p.hash}),
                     );
-                    store(NS_PENDING, p);
                 }
                 return false;
             }
