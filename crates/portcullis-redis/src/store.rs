@@ -654,7 +654,7 @@ impl Inner {
     // ------------------------------------------------------------ reads --
 
     /// Lists `ns` in Redis and merges it into the cache: the entries and
-    /// whether a new epoch was seen.
+    /// whether they were not merged (a new epoch, or a restore still owed).
     async fn list_remote(
         &self,
         con: &mut MultiplexedConnection,
@@ -675,8 +675,7 @@ impl Inner {
             }
         }
         let mut st = lock(&self.state);
-        let reset = st.observe_epoch(&epoch);
-        if reset {
+        if !st.comparable(&epoch) {
             // Redis lost its data: nothing is compared with it (that would
             // lift every quarantine) until the resync has written back what
             // this replica knows.
@@ -685,7 +684,7 @@ impl Inner {
         }
         let changes = st.merge_snapshot(ns, seq, &entries, kind, now_unix());
         self.announce(changes);
-        Ok((entries, reset))
+        Ok((entries, false))
     }
 
     async fn list(&self, ns: &str) -> Result<Vec<Entry>, StoreError> {

@@ -144,6 +144,17 @@ impl State {
         }
     }
 
+    /// Whether a listing made under `epoch` may be compared with the cache:
+    /// not when it shows a new epoch, nor while the write-back of the last
+    /// known state is still owed. Redis then lacks what it lost, and the
+    /// comparison would announce every entry removed (every quarantine
+    /// lifted) — the epoch may have been seen first by a write's reply or
+    /// a message, between a resync's restore and its listing.
+    pub fn comparable(&mut self, epoch: &str) -> bool {
+        let reset = self.observe_epoch(epoch);
+        !reset && !self.restore
+    }
+
     /// Whether Redis lost its data since the last restore (and clears it):
     /// the caller then writes back [`State::known`] of every namespace.
     pub fn take_restore(&mut self) -> bool {
@@ -611,6 +622,23 @@ mod tests {
         assert!(!s.observe_epoch("e2"));
         let out = s.apply_message(&msg(3, "o", vec![put("a", 2)]), false);
         assert_eq!(keys(&out), vec![("a".into(), Some(2))]);
+    }
+
+    #[test]
+    fn a_listing_is_not_compared_while_the_restore_is_owed() {
+        let mut s = State::default();
+        assert!(s.comparable("e1"));
+        s.merge_snapshot("q", 5, &[e("keep", 1)], Snapshot::Resync, 0);
+        s.in_sync = true;
+        // A write's reply shows the new epoch first (Redis restarted empty).
+        assert!(s.observe_epoch("e2"));
+        // The feed's listing under that same epoch, before the write-back:
+        // not compared, so "keep" is not announced as gone.
+        assert!(!s.comparable("e2"));
+        assert!(s.take_restore());
+        assert!(s.comparable("e2"));
+        let out = s.merge_snapshot("q", 1, &[e("keep", 1)], Snapshot::Resync, 0);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
