@@ -7,6 +7,12 @@
 //! absolute lifetime holds cluster-wide) and the labels the session has
 //! read (its taint: hopping replicas must not launder it).
 //!
+//! Taint is also kept one entry per (session or identity, label) in
+//! [`NS_TAINT`]: replicas only ever add those, so two replicas recording
+//! labels at once cannot overwrite each other's. A whole binding written by
+//! one replica can lack a label another wrote a moment before; its
+//! `labels_read` is a copy, and the entries are what every replica reads.
+//!
 //! What stays with a replica: open SSE streams and their resumption
 //! buffers, server→client requests in flight, and upstream sessions — a
 //! replica that picks a session up opens its own upstream sessions for it
@@ -35,6 +41,58 @@ pub const NS_SESSION: &str = "session";
 /// Store namespace of 2026-07-28 clients' facts, per identity (they have
 /// no session; their taint is the identity's).
 pub const NS_IDENTITY_FACTS: &str = "identity-facts";
+
+/// Store namespace of labels read: one entry per (session or identity,
+/// label), added and never rewritten with less.
+pub const NS_TAINT: &str = "taint";
+
+/// One label read by a session or a 2026-07-28 identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TaintEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<String>,
+    label: String,
+}
+
+/// Whose taint: a handshake-era session, or a 2026-07-28 identity.
+#[derive(Clone, Copy)]
+enum Subject<'a> {
+    Session(&'a str),
+    Identity(&'a str),
+}
+
+impl Subject<'_> {
+    fn of(c: &Client) -> Subject<'_> {
+        if c.id.is_empty() {
+            Subject::Identity(&c.owner)
+        } else {
+            Subject::Session(&c.id)
+        }
+    }
+
+    /// The entry's key: unambiguous for any identity key and label.
+    fn key(self, label: &str) -> String {
+        let (kind, who) = match self {
+            Subject::Session(s) => ("s", s),
+            Subject::Identity(i) => ("i", i),
+        };
+        serde_json::to_string(&[kind, who, label]).unwrap_or_default()
+    }
+
+    fn entry(self, label: &str) -> TaintEntry {
+        let (session, identity) = match self {
+            Subject::Session(s) => (Some(s.to_owned()), None),
+            Subject::Identity(i) => (None, Some(i.to_owned())),
+        };
+        TaintEntry {
+            session,
+            identity,
+            label: label.to_owned(),
+        }
+    }
+}
 
 /// What the store keeps of an identity's facts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +215,7 @@ impl Gateway {
             b.fingerprint,
         );
         c.facts().read(&b.labels_read);
+        self.read_taint(Subject::Session(id), &c.facts()).await;
         c.bound_at
             .store(portcullis_contain::now_unix(), Ordering::Relaxed);
         if !self
@@ -165,6 +224,9 @@ impl Gateway {
         {
             return None;
         }
+        // A label recorded elsewhere between that read and the insert came
+        // by the feed while the session was not held here: read again.
+        self.read_taint(Subject::Session(id), &c.facts()).await;
         tracing::info!(session = %id, "session picked up from the shared store");
         Some(c)
     }
@@ -270,6 +332,7 @@ impl Gateway {
                     f.read(self.pep.taint_labels());
                 }
             }
+            self.read_taint(Subject::Identity(key), &f).await;
         }
         f
     }
@@ -305,9 +368,68 @@ impl Gateway {
         } else {
             self.put_binding(client).await
         };
+        let r = r.and(self.put_taint(client).await);
         if let Err(e) = r {
             tracing::warn!(identity = %client.owner, session = %client.id, error = %e, "taint not stored yet");
         }
+    }
+
+    /// Adds one [`NS_TAINT`] entry per label the client has read (awaited).
+    /// They expire with the absolute session lifetime, which no session or
+    /// identity facts outlive.
+    async fn put_taint(&self, client: &Client) -> Result<(), StoreError> {
+        let subject = Subject::of(client);
+        let expires = portcullis_contain::now_unix() + self.cfg.auth.session_lifetime_secs.max(1);
+        let mut entries = Vec::new();
+        for l in client.facts().labels() {
+            let value = serde_json::to_value(subject.entry(&l))
+                .map_err(|e| StoreError::Encode(e.to_string()))?;
+            entries.push(portcullis_contain::store::Entry {
+                key: subject.key(&l),
+                value,
+                expires_at: Some(expires),
+            });
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.pep
+            .contain
+            .state
+            .store()
+            .put_many(NS_TAINT, entries)
+            .await
+    }
+
+    /// Every label a session or identity can have read: the segments'
+    /// labels, the taint labels and the injection label.
+    fn label_universe(&self) -> Vec<String> {
+        let mut v = self.pep.segments.all_labels();
+        v.extend(self.pep.taint_labels().iter().cloned());
+        v.push(crate::inspection::INJECTED_LABEL.to_owned());
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Reads `subject`'s [`NS_TAINT`] entries from the store into `facts`.
+    /// A store that cannot answer fails closed: every taint label counts
+    /// as read.
+    async fn read_taint(&self, subject: Subject<'_>, facts: &crate::session::Facts) {
+        let store = self.pep.contain.state.store();
+        let mut found = Vec::new();
+        for l in self.label_universe() {
+            match store.get(NS_TAINT, &subject.key(&l)).await {
+                Ok(Some(_)) => found.push(l),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "labels read elsewhere unreadable: treated as tainted");
+                    facts.read(self.pep.taint_labels());
+                    return;
+                }
+            }
+        }
+        facts.read(&found);
     }
 
     /// With `[store] taint_reads = "strict"`, before a decision taint can
@@ -339,11 +461,30 @@ impl Gateway {
         if let Some(l) = labels {
             client.facts().read(&l);
         }
+        self.read_taint(Subject::of(client), &client.facts()).await;
     }
 
     /// Applies a binding change from the store: a session ended elsewhere
     /// ends here; labels another replica recorded taint the local copy.
     async fn on_binding_change(&self, c: &Change) {
+        if c.ns == NS_TAINT {
+            let Some(t) = c
+                .entry
+                .as_ref()
+                .and_then(|e| serde_json::from_value::<TaintEntry>(e.value.clone()).ok())
+            else {
+                return;
+            };
+            let facts = match (&t.session, &t.identity) {
+                (Some(s), _) => self.sessions.peek(s).map(|c| c.facts()),
+                (None, Some(i)) => self.identity_facts_held(i),
+                (None, None) => None,
+            };
+            if let Some(f) = facts {
+                f.read(std::slice::from_ref(&t.label));
+            }
+            return;
+        }
         if c.ns == NS_IDENTITY_FACTS {
             if let (Some(e), Some(f)) = (&c.entry, self.identity_facts_held(&c.key)) {
                 if let Ok(x) = serde_json::from_value::<IdentityFacts>(e.value.clone()) {

@@ -94,6 +94,15 @@ impl Segments {
         c
     }
 
+    /// Every label any segment gives (sorted, once each): what a session
+    /// can have read.
+    pub fn all_labels(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.segs.iter().flat_map(|s| s.labels.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Whether any segment is configured.
     pub fn is_empty(&self) -> bool {
         self.segs.is_empty()

@@ -691,6 +691,47 @@ fn cached_taint_reaches_b_within_100_ms() {
     assert!(max <= Duration::from_millis(300), "max {max:?}");
 }
 
+/// Two replicas recording labels for one session at once each write the
+/// whole binding; the one stored last can lack the other's label (seen:
+/// B's own label write superseded A's taint, and B served egress for the
+/// 2 s the test waited). The per-label taint entries keep it: here the
+/// binding is overwritten without the label, as that race leaves it, and a
+/// replica picking the session up is still refused egress.
+#[test]
+fn a_binding_overwritten_without_its_label_keeps_the_session_tainted() {
+    let redis = Redis::start();
+    let tag = "cl-taint-lost";
+    let mut c = taint_cluster_cached(tag, &redis);
+    let a = c.replica();
+    let who = c.token("grace");
+    let sid = session(&a.gw, &who).unwrap();
+    let r = call(&a.gw, &who, &sid, 1, "demo__read_secret", json!({}));
+    assert!(r["result"].is_object(), "{r}");
+    let key = format!("{tag}:e:session:{sid}");
+    let mut e: Value = serde_json::from_str(redis.cli(&["GET", &key]).trim()).unwrap();
+    assert_ne!(
+        e["value"]["labels_read"],
+        json!([]),
+        "the read is recorded: {e}"
+    );
+    e["value"]["labels_read"] = json!([]);
+    assert_eq!(
+        redis.cli(&["SET", &key, &e.to_string(), "KEEPTTL"]).trim(),
+        "OK"
+    );
+    let b = c.replica();
+    let r = call(
+        &b.gw,
+        &who,
+        &sid,
+        2,
+        "demo__fetch_url",
+        json!({"url": "https://example.org/lost-label"}),
+    );
+    assert_eq!(code(&r), -32030, "{r}");
+    assert_eq!(c.upstream_saw("lost-label"), 0);
+}
+
 /// Whether `who` is refused as quarantined on `gw`: a 2026-07-28 request
 /// (no session involved) and, if given, a call in its session there.
 fn refused(gw: &Gateway, token: &str, sid: Option<&str>, marker: &str) -> bool {
