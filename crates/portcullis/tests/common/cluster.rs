@@ -523,7 +523,7 @@ fn bearer(token: &str) -> String {
 }
 
 /// Opens a 2025-era session with a bearer token: the session id, or the
-/// refusal.
+/// refusal (of `initialize` or of `notifications/initialized`).
 pub fn session(gw: &Gateway, token: &str) -> Result<String, crate::common::Resp> {
     let auth = bearer(token);
     let r = gw.post(
@@ -538,7 +538,10 @@ pub fn session(gw: &Gateway, token: &str) -> Result<String, crate::common::Resp>
         &[("authorization", &auth), ("mcp-session-id", &sid)],
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
     );
-    assert_eq!(n.status, 202, "{:?}", String::from_utf8_lossy(&n.body));
+    // Refused here too once a revocation lands between the two requests.
+    if n.status != 202 {
+        return Err(n);
+    }
     Ok(sid)
 }
 
