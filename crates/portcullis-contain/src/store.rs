@@ -136,6 +136,22 @@ pub trait StateStore: Send + Sync + 'static {
         Box::pin(async move { Ok(self.list(ns).await?.into_iter().find(|e| e.key == key)) })
     }
 
+    /// Several live entries of one namespace, in the order of `keys` (the
+    /// default looks each up; a shared store answers in one round trip).
+    fn get_many<'a>(
+        &'a self,
+        ns: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<Entry>>, StoreError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                out.push(self.get(ns, k).await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Whether other gateway replicas share this store, so state that is
     /// otherwise per process (session bindings, their taint) must be kept
     /// here too. The embedded stores are not shared.

@@ -215,7 +215,8 @@ impl Gateway {
             b.fingerprint,
         );
         c.facts().read(&b.labels_read);
-        self.read_taint(Subject::Session(id), &c.facts()).await;
+        self.read_taint(Subject::Session(id), &c.facts(), true)
+            .await;
         c.bound_at
             .store(portcullis_contain::now_unix(), Ordering::Relaxed);
         if !self
@@ -226,7 +227,8 @@ impl Gateway {
         }
         // A label recorded elsewhere between that read and the insert came
         // by the feed while the session was not held here: read again.
-        self.read_taint(Subject::Session(id), &c.facts()).await;
+        self.read_taint(Subject::Session(id), &c.facts(), true)
+            .await;
         tracing::info!(session = %id, "session picked up from the shared store");
         Some(c)
     }
@@ -332,7 +334,7 @@ impl Gateway {
                     f.read(self.pep.taint_labels());
                 }
             }
-            self.read_taint(Subject::Identity(key), &f).await;
+            self.read_taint(Subject::Identity(key), &f, true).await;
         }
         f
     }
@@ -412,56 +414,56 @@ impl Gateway {
         v
     }
 
-    /// Reads `subject`'s [`NS_TAINT`] entries from the store into `facts`.
-    /// A store that cannot answer fails closed: every taint label counts
-    /// as read.
-    async fn read_taint(&self, subject: Subject<'_>, facts: &crate::session::Facts) {
-        let store = self.pep.contain.state.store();
-        let mut found = Vec::new();
-        for l in self.label_universe() {
-            match store.get(NS_TAINT, &subject.key(&l)).await {
-                Ok(Some(_)) => found.push(l),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "labels read elsewhere unreadable: treated as tainted");
-                    facts.read(self.pep.taint_labels());
-                    return;
-                }
+    /// Reads `subject`'s [`NS_TAINT`] entries from the store into `facts`
+    /// (one round trip on Redis). When the store cannot answer: with
+    /// `fail_closed` every taint label counts as read (nothing is known of
+    /// this subject here yet), otherwise the taint known here stands.
+    async fn read_taint(
+        &self,
+        subject: Subject<'_>,
+        facts: &crate::session::Facts,
+        fail_closed: bool,
+    ) {
+        let labels = self.label_universe();
+        let keys: Vec<String> = labels.iter().map(|l| subject.key(l)).collect();
+        match self
+            .pep
+            .contain
+            .state
+            .store()
+            .get_many(NS_TAINT, &keys)
+            .await
+        {
+            Ok(found) => {
+                let read: Vec<String> = labels
+                    .into_iter()
+                    .zip(found)
+                    .filter_map(|(l, e)| e.map(|_| l))
+                    .collect();
+                facts.read(&read);
+            }
+            Err(e) if fail_closed => {
+                tracing::warn!(error = %e, "labels read elsewhere unreadable: treated as tainted");
+                facts.read(self.pep.taint_labels());
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "labels read elsewhere unreadable: the known taint stands");
             }
         }
-        facts.read(&found);
     }
 
     /// With `[store] taint_reads = "strict"`, before a decision taint can
-    /// change (a tool call): what other
-    /// replicas recorded for this session (or 2026-07-28 identity), read
-    /// from the shared store — one lookup — and added here, so a label read
+    /// change (a tool call): the labels other replicas recorded for this
+    /// session (or 2026-07-28 identity), read from the shared store — one
+    /// round trip for every label entry — and added here, so a label read
     /// through another replica a moment ago is never missed. A store that
     /// cannot answer leaves the last known taint (and `on_unreachable`).
     pub async fn refresh_taint(&self, client: &Client) {
         if !self.sessions_shared() {
             return;
         }
-        let store = self.pep.contain.state.store();
-        let labels = if client.id.is_empty() {
-            match store.get(NS_IDENTITY_FACTS, &client.owner).await {
-                Ok(Some(e)) => serde_json::from_value::<IdentityFacts>(e.value)
-                    .ok()
-                    .map(|f| f.labels_read),
-                _ => None,
-            }
-        } else {
-            match store.get(NS_SESSION, &client.id).await {
-                Ok(Some(e)) => serde_json::from_value::<Binding>(e.value)
-                    .ok()
-                    .map(|b| b.labels_read),
-                _ => None,
-            }
-        };
-        if let Some(l) = labels {
-            client.facts().read(&l);
-        }
-        self.read_taint(Subject::of(client), &client.facts()).await;
+        self.read_taint(Subject::of(client), &client.facts(), false)
+            .await;
     }
 
     /// Applies a binding change from the store: a session ended elsewhere

@@ -760,6 +760,66 @@ impl Inner {
             })
     }
 
+    /// Several entries of one namespace with one `MGET`, each as
+    /// [`Inner::get`] answers it.
+    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Entry>>, StoreError> {
+        check_ns(ns)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_unix();
+        let live = |e: Option<Entry>| e.filter(|e| e.expires_at.is_none_or(|t| t > now));
+        let queued: Vec<Option<Option<Entry>>> = {
+            let st = lock(&self.state);
+            keys.iter().map(|k| st.queued_entry(ns, k)).collect()
+        };
+        if let Some(mut con) = self.conn() {
+            let mut cmd = redis::cmd("MGET");
+            for k in keys {
+                cmd.arg(self.keys.entry(ns, k));
+            }
+            match timed(
+                self.op_timeout,
+                cmd.query_async::<Vec<Option<String>>>(&mut con),
+            )
+            .await
+            {
+                Ok(vals) => {
+                    return Ok(vals
+                        .into_iter()
+                        .zip(queued)
+                        .map(|(v, q)| match q {
+                            Some(q) => live(q),
+                            None => live(v.and_then(|v| serde_json::from_str::<Entry>(&v).ok())),
+                        })
+                        .collect());
+                }
+                Err(f) => {
+                    self.note(&f);
+                    if f.kind == FailKind::Server {
+                        return Err(StoreError::Unavailable(format!(
+                            "redis {}: {}",
+                            self.target, f.msg
+                        )));
+                    }
+                }
+            }
+        }
+        let view = lock(&self.state).offline_view(ns, now).ok_or_else(|| {
+            self.unreachable(&format!(
+                "namespace {ns} was never read here, so there is no last known state"
+            ))
+        })?;
+        Ok(keys
+            .iter()
+            .zip(queued)
+            .map(|(k, q)| match q {
+                Some(q) => live(q),
+                None => view.iter().find(|e| &e.key == k).cloned(),
+            })
+            .collect())
+    }
+
     // ------------------------------------------------------------- link --
 
     /// The link task: keeps the command connection, reconnecting with backoff.
@@ -1127,6 +1187,14 @@ impl StateStore for RedisStore {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
         Box::pin(self.inner.get(ns, key))
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        ns: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<Entry>>, StoreError>> {
+        Box::pin(self.inner.get_many(ns, keys))
     }
 
     /// Every replica of the deployment reads and writes the same Redis.

@@ -91,6 +91,20 @@ async fn put_list_remove_expiry_and_batches() {
         Some(json!(2))
     );
     assert_eq!(s.get("q", "gone").await.unwrap(), None, "expired");
+    // Several by key in one round trip, in the order asked, same rules.
+    let keys: Vec<String> = ["b", "missing", "gone", "a"].map(String::from).to_vec();
+    let many: Vec<Option<Value>> = s
+        .get_many("q", &keys)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.map(|e| e.value))
+        .collect();
+    assert_eq!(
+        many,
+        vec![Some(json!(2)), None, None, Some(json!({"n": 1}))]
+    );
+    assert!(s.get_many("q", &[]).await.unwrap().is_empty());
     assert_eq!(s.get("q", "nope").await.unwrap(), None);
     assert!(s.status().current && s.status().pending_writes == 0);
 
