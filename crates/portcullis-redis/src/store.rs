@@ -451,6 +451,21 @@ impl Inner {
         ))
     }
 
+    /// Notes a failed read; the error to return when the server refused
+    /// it (`None`: the link failed, answer from the last known state).
+    fn read_failed(&self, f: &Fail) -> Option<StoreError> {
+        self.note(f);
+        (f.kind == FailKind::Server)
+            .then(|| StoreError::Unavailable(format!("redis {}: {}", self.target, f.msg)))
+    }
+
+    /// Redis is away and `ns` has no last known state here.
+    fn never_read(&self, ns: &str) -> StoreError {
+        self.unreachable(&format!(
+            "namespace {ns} was never read here, so there is no last known state"
+        ))
+    }
+
     fn announce(&self, changes: Vec<Change>) {
         for c in changes {
             let _ = self.tx.send(c);
@@ -704,23 +719,15 @@ impl Inner {
                     return Ok(lock(&self.state).overlay(ns, map, now_unix()));
                 }
                 Err(f) => {
-                    self.note(&f);
-                    if f.kind == FailKind::Server {
-                        return Err(StoreError::Unavailable(format!(
-                            "redis {}: {}",
-                            self.target, f.msg
-                        )));
+                    if let Some(e) = self.read_failed(&f) {
+                        return Err(e);
                     }
                 }
             }
         }
         lock(&self.state)
             .offline_view(ns, now_unix())
-            .ok_or_else(|| {
-                self.unreachable(&format!(
-                    "namespace {ns} was never read here, so there is no last known state"
-                ))
-            })
+            .ok_or_else(|| self.never_read(ns))
     }
 
     /// One entry: this replica's queued write to it if any, else Redis,
@@ -740,12 +747,8 @@ impl Inner {
                         .filter(|e| e.expires_at.is_none_or(|t| t > now)));
                 }
                 Err(f) => {
-                    self.note(&f);
-                    if f.kind == FailKind::Server {
-                        return Err(StoreError::Unavailable(format!(
-                            "redis {}: {}",
-                            self.target, f.msg
-                        )));
+                    if let Some(e) = self.read_failed(&f) {
+                        return Err(e);
                     }
                 }
             }
@@ -753,11 +756,7 @@ impl Inner {
         lock(&self.state)
             .offline_view(ns, now)
             .map(|entries| entries.into_iter().find(|e| e.key == key))
-            .ok_or_else(|| {
-                self.unreachable(&format!(
-                    "namespace {ns} was never read here, so there is no last known state"
-                ))
-            })
+            .ok_or_else(|| self.never_read(ns))
     }
 
     /// Several entries of one namespace with one `MGET`, each as
@@ -795,21 +794,15 @@ impl Inner {
                         .collect());
                 }
                 Err(f) => {
-                    self.note(&f);
-                    if f.kind == FailKind::Server {
-                        return Err(StoreError::Unavailable(format!(
-                            "redis {}: {}",
-                            self.target, f.msg
-                        )));
+                    if let Some(e) = self.read_failed(&f) {
+                        return Err(e);
                     }
                 }
             }
         }
-        let view = lock(&self.state).offline_view(ns, now).ok_or_else(|| {
-            self.unreachable(&format!(
-                "namespace {ns} was never read here, so there is no last known state"
-            ))
-        })?;
+        let view = lock(&self.state)
+            .offline_view(ns, now)
+            .ok_or_else(|| self.never_read(ns))?;
         Ok(keys
             .iter()
             .zip(queued)
